@@ -1,0 +1,233 @@
+"""``gapship build``: freeze a spec into a signed, chunked bundle (docs/format.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..installer.bundle import CHUNKS, MANIFEST, SIGNATURES
+from ..installer.errors import GapshipError, HostError, UsageError
+from ..installer.hashing import READ_SIZE, Progress, new_hasher, no_progress
+from ..installer.manifest import (
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Component, FileEntry, Manifest,
+)
+from ..installer.paths import check_no_collisions, check_relative_path
+from ..installer.policy import parse_policy
+from ._payload import ChunkWriter, end_archive, member_header, pad_to_block
+from .keys import SigningKey
+from .sign import write_signature
+from .spec import BundleSpec
+
+DEFAULT_CHUNK_SIZE = 64 * 1024**2
+POLICY_PATH = "safeguards/policy.toml"
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB`` -> 67108864, ``4GB`` -> 4000000000, ``512`` -> 512 (KB/MB/GB are decimal)."""
+    match = _SIZE_RE.fullmatch(text)
+    if not match:
+        raise UsageError(f"size {text!r} is not a number with an optional unit such as MiB or GB", subject=text)
+    value = int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if not MIN_CHUNK_SIZE <= value <= MAX_CHUNK_SIZE:
+        raise UsageError(f"chunk size {text} is outside {MIN_CHUNK_SIZE} bytes..16 GiB", subject=text)
+    return value
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    source: Path
+    path: str  # where it lands in the bundle
+    size: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    manifest: Manifest
+    signer: str
+
+    def to_dict(self) -> dict[str, object]:
+        m = self.manifest
+        return {
+            "out": str(self.out),
+            "bundle": {"name": m.name, "version": m.version},
+            "chunks": len(m.chunks),
+            "files": m.file_count,
+            "payload_size": m.payload_size,
+            "signer": self.signer,
+        }
+
+
+def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
+          algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None) -> BuildResult:
+    """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all."""
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"output {out} already exists; refusing to overwrite it", subject=str(out))
+    policy_bytes = _read_policy(spec)
+    groups = collect_sources(spec)
+    created = _created(now)
+    staging = _staging_dir(out)
+    try:
+        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress)
+        _check_policy_unchanged(manifest, policy_bytes, spec)
+        (staging / MANIFEST).write_bytes(manifest.to_bytes())
+        (staging / SIGNATURES).mkdir()
+        keyid = write_signature(staging, manifest.to_bytes(), key)
+        os.rename(staging, out)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise HostError(f"cannot write bundle {out}: {e.strerror}", subject=str(out)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(out=out, manifest=manifest, signer=keyid)
+
+
+def _read_policy(spec: BundleSpec) -> bytes:
+    try:
+        data = spec.safeguards.read_bytes()
+    except OSError as e:
+        raise UsageError(f"safeguards policy {spec.safeguards}: {e.strerror}", subject=str(spec.safeguards)) from None
+    policy = parse_policy(data, source=str(spec.safeguards))
+    policy.check_models({m.name for m in spec.models})
+    return data
+
+
+def _check_policy_unchanged(manifest: Manifest, policy: bytes, spec: BundleSpec) -> None:
+    """The policy was validated from the bytes read first; the payload must carry exactly those."""
+    hasher = new_hasher(manifest.hash_algorithm)
+    hasher.update(policy)
+    bundled = next(f for f in manifest.files() if f.path == POLICY_PATH)
+    if bundled.hash != hasher.hexdigest():
+        raise UsageError(f"{spec.safeguards} changed while the bundle was being built", subject=str(spec.safeguards))
+
+
+def collect_sources(spec: BundleSpec) -> list[tuple[str, str, list[SourceFile]]]:
+    """(kind, name, files) per component, each file list sorted by path; refuse unsafe sources."""
+    groups: list[tuple[str, str, list[SourceFile]]] = []
+    for model in spec.models:
+        groups.append(("model", model.name, _walk(model.source, f"models/{model.name}")))
+    policy = _source_file(spec.safeguards, POLICY_PATH)
+    groups.append(("safeguards", "safeguards", [policy]))
+    check_no_collisions(f.path for _, _, files in groups for f in files)
+    return groups
+
+
+def _walk(source: Path, root: str) -> list[SourceFile]:
+    try:
+        st = source.lstat()
+    except FileNotFoundError:
+        raise UsageError(f"model source {source} does not exist", subject=str(source)) from None
+    if stat.S_ISREG(st.st_mode):
+        return [_source_file(source, f"{root}/{source.name}")]
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"model source {source} is not a regular file or directory", subject=str(source))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            full = Path(dirpath) / name
+            rel = full.relative_to(source).as_posix()
+            out.append(_source_file(full, f"{root}/{rel}"))
+    if not out:
+        raise UsageError(f"model source {source} holds no files", subject=str(source))
+    return sorted(out, key=lambda f: f.path.encode("utf-8", "surrogateescape"))
+
+
+def _source_file(path: Path, target: str) -> SourceFile:
+    try:
+        check_relative_path(target)
+    except GapshipError as e:
+        raise UsageError(f"cannot bundle {path}: {e.message}", subject=str(path)) from None
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist", subject=str(path)) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{path} is a symlink; bundles carry regular files only", subject=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path} is not a regular file", subject=str(path))
+    mode = 0o755 if st.st_mode & 0o111 else 0o644
+    return SourceFile(source=path, path=target, size=st.st_size, mode=mode)
+
+
+def _created(now: datetime | None) -> datetime:
+    """SOURCE_DATE_EPOCH makes builds reproducible; otherwise the current time."""
+    if now is not None:
+        return now
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+def _staging_dir(out: Path) -> Path:
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as e:
+        raise HostError(f"cannot create {out}: {e.strerror}", subject=str(out)) from None
+
+
+def _write_payload(staging: Path, spec: BundleSpec, groups: list[tuple[str, str, list[SourceFile]]],
+                   chunk_size: int, algorithm: str, created: datetime, progress: Progress) -> Manifest:
+    (staging / CHUNKS).mkdir()
+    writer = ChunkWriter(staging / CHUNKS, chunk_size, algorithm)
+    mtime = int(created.timestamp())
+    components = []
+    buf = bytearray(READ_SIZE)
+    try:
+        for kind, name, files in groups:
+            entries = tuple(_append(writer, f, mtime, algorithm, buf, progress) for f in files)
+            components.append(Component(kind=kind, name=name, files=entries))
+        end_archive(writer)
+        chunks = writer.finish()
+    finally:
+        writer.abort()
+    return Manifest(
+        name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=writer.position,
+        chunks=tuple(chunks), components=tuple(components),
+    )
+
+
+def _append(writer: ChunkWriter, f: SourceFile, mtime: int, algorithm: str, buf: bytearray,
+            progress: Progress) -> FileEntry:
+    """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
+    writer.write(member_header(f.path, f.size, f.mode, mtime))
+    offset = writer.position
+    hasher = new_hasher(algorithm)
+    view = memoryview(buf)
+    try:
+        fd = os.open(f.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(f"cannot read {f.source}: {e.strerror}", subject=str(f.source)) from None
+    try:
+        seen = 0
+        while True:
+            n = os.readv(fd, [view])
+            if n == 0:
+                break
+            if seen + n > f.size:
+                break
+            hasher.update(view[:n])
+            writer.write(view[:n])
+            seen += n
+            progress(n)
+    finally:
+        os.close(fd)
+    if seen != f.size:
+        raise UsageError(f"{f.source} changed size while it was being bundled", subject=str(f.source))
+    pad_to_block(writer)
+    return FileEntry(path=f.path, size=f.size, mode=f.mode, hash=hasher.hexdigest(), offset=offset)

@@ -1,0 +1,5 @@
+"""``python -m gapship.installer``: the installer's commands alone (no bundler)."""
+
+from .cli import main
+
+main()

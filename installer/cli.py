@@ -1,0 +1,233 @@
+"""The disconnected side's commands: ``verify``, ``install``, ``inspect`` (docs/cli.md).
+
+Thin by design: each command parses options, calls one library function and renders the result as
+text or, with ``--json``, as one JSON object on stdout. Errors are caught once, in :class:`GapshipGroup`,
+and mapped to the exit codes of :data:`~gapship.installer.errors.EXIT_CODES`.
+``python -m gapship.installer`` runs this group alone, which is all a site needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .bundle import read_raw_bundle
+from .errors import EXIT_CODES, GapshipError
+from .hashing import Progress
+from .install import install as install_bundle
+from .trust import SignatureCheck, TrustStore, parse_unverified, verify_manifest
+from .verify import verify_chunk_file, verify_chunks
+
+F = TypeVar("F", bound=Callable[..., Any])
+JSON_KEY = "gapship.json"
+
+
+def _exit_code_help() -> str:
+    rows = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    return f"\b\nExit codes:\n{rows}"
+
+
+class GapshipGroup(click.Group):
+    """Catches every error once: a one-line message on stderr (or a JSON object on stdout with
+    ``--json``) and the error's documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GapshipError as e:
+            _fail(ctx, e.to_dict(), e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail(ctx, {"code": 1, "kind": "interrupted", "message": "interrupted", "subject": None, "hint": None}, 130)
+        except Exception as e:  # a bug: say so, keep the traceback for the report
+            if os.environ.get("GAPSHIP_DEBUG"):
+                traceback.print_exc()
+            message = f"internal error: {type(e).__name__}: {e} (set GAPSHIP_DEBUG=1 for a traceback)"
+            _fail(ctx, {"code": 1, "kind": "internal", "message": message, "subject": None, "hint": None}, 1)
+
+
+def _fail(ctx: click.Context, error: dict[str, Any], code: int) -> None:
+    if _wants_json(ctx):
+        click.echo(json.dumps({"ok": False, "error": error}, sort_keys=True))
+    else:
+        click.echo(f"gapship: error: {error['message']}", err=True)
+        if error.get("hint"):
+            click.echo(f"gapship: hint: {error['hint']}", err=True)
+    ctx.exit(code)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().meta.get(JSON_KEY))
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.find_root().meta[JSON_KEY] = True
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_set_json,
+                           help="Print one JSON object on stdout (fields in docs/cli.md).")
+
+
+def output_options(f: F) -> F:
+    """``--json`` and ``--progress/--no-progress`` for every command that reports."""
+    f = click.option("--progress/--no-progress", default=None,
+                     help="Show a progress bar on stderr (default: when stderr is a terminal).")(f)
+    return json_option(f)
+
+
+@contextmanager
+def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Progress]:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show:
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
+              leave=False) as bar:
+        yield bar.update
+
+
+def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": True, **payload}, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def signer_names(trust: TrustStore, signers: tuple[str, ...]) -> str:
+    return ", ".join(f"{trust.names.get(k, '?')} ({k[:16]})" for k in signers)
+
+
+@click.group(cls=GapshipGroup, epilog=_exit_code_help(), context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gapship")
+def cli() -> None:
+    """gapship: carry signed ML deployments across an air gap.
+
+    Verify and install bundles on a disconnected host; on the connected side, build and sign them.
+    """
+
+
+trust_option = click.option("--trust", "trust_dir", required=True, type=click.Path(path_type=Path),
+                            help="Trust directory: the site's *.pub keys.")
+bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+@cli.command()
+@bundle_argument
+@trust_option
+@click.option("--chunk", "chunk_files", multiple=True, type=click.Path(path_type=Path),
+              help="Check only this chunk file against the signed manifest (repeatable).")
+@output_options
+def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None) -> None:
+    """Check BUNDLE's signatures, then every chunk (or only --chunk files)."""
+    trust = TrustStore.from_dir(trust_dir)
+    raw = read_raw_bundle(bundle)
+    verified = verify_manifest(raw, trust=trust)
+    m = verified.manifest
+    if chunk_files:
+        checked = [verify_chunk_file(path, verified) for path in chunk_files]
+        count, size = len(checked), sum(c.size for c in checked)
+    else:
+        with progress_bar(m.payload_size, "verify", progress) as bar:
+            report = verify_chunks(bundle, verified, progress=bar)
+        count, size = report.chunks, report.bytes
+    scope = "chunk" if chunk_files else "bundle"
+    emit(as_json, {
+        "bundle": {"name": m.name, "version": m.version},
+        "manifest_digest": verified.digest,
+        "signers": list(verified.signers),
+        "signatures": [c.to_dict() for c in verified.checks],
+        "scope": scope,
+        "chunks_checked": count,
+        "chunks_total": len(m.chunks),
+        "bytes_checked": size,
+    }, [
+        f"OK {m.name} {m.version}: signed by {signer_names(trust, verified.signers)}",
+        f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
+    ])
+
+
+@cli.command()
+@bundle_argument
+@trust_option
+@click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
+@output_options
+def install(bundle: Path, trust_dir: Path, prefix: Path, as_json: bool, progress: bool | None) -> None:
+    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current."""
+    trust = TrustStore.from_dir(trust_dir)
+    verified = verify_manifest(read_raw_bundle(bundle), trust=trust)
+    with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar)
+    was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
+    verb = "installed" if result.status == "installed" else "already installed"
+    emit(as_json, result.to_dict(), [
+        f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
+        f"current -> {result.version}{was}; signed by {signer_names(trust, result.signers)}",
+    ])
+
+
+@cli.command()
+@bundle_argument
+@click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
+              help="Also say which signatures are valid for this trust directory.")
+@json_option
+def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
+    """Show what BUNDLE holds, who signed it and its sizes. Does NOT verify anything unless --trust."""
+    raw = read_raw_bundle(bundle)
+    m = parse_unverified(raw)
+    checks: tuple[SignatureCheck, ...] = ()
+    if trust_dir is not None:
+        from .trust import check_signatures
+
+        checks = check_signatures(raw.manifest_bytes, raw.signatures, TrustStore.from_dir(trust_dir))
+    signatures = [c.to_dict() for c in checks] if checks else [{"file": n} for n in sorted(raw.signatures)]
+    payload = {
+        "verified": False,
+        "bundle": {"name": m.name, "version": m.version},
+        "created": m.created,
+        "expires": m.expires,
+        "format_version": m.format_version,
+        "hash_algorithm": m.hash_algorithm,
+        "chunk_size": m.chunk_size,
+        "chunks": len(m.chunks),
+        "payload_size": m.payload_size,
+        "components": [{"kind": c.kind, "name": c.name, "files": len(c.files), "bytes": c.size} for c in m.components],
+        "signatures": signatures,
+    }
+    lines = [
+        f"{m.name} {m.version} (format v{m.format_version}, created {m.created})",
+        f"payload: {human_size(m.payload_size)} in {len(m.chunks)} chunk(s) of {human_size(m.chunk_size)}, {m.hash_algorithm}",
+        *(f"  {c.kind:<12} {c.name:<24} {len(c.files):>6} files {human_size(c.size):>12}" for c in m.components),
+        "signatures:",
+        *(f"  {s['file']}  {s.get('status', '')}" for s in signatures),
+    ]
+    if not checks:
+        lines.append("(not verified: inspect reads the manifest as it is; run `gapship verify` to check it)")
+    emit(as_json, payload, lines)
+
+
+def main() -> None:
+    cli(prog_name="gapship")
