@@ -97,7 +97,11 @@ def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Progr
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
               leave=False) as bar:
-        yield bar.update
+
+        def update(n: int) -> None:
+            bar.update(n)
+
+        yield update
 
 
 def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up and pass the tests (the README's test command; .ci/run calls it).
+# Installs gapship (not editable) with its test extras into .venv, type-checks the package, runs pytest.
+# Arguments are passed to pytest, e.g. ./test.sh -k install -x
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/python -m mypy -p gapship.installer -p gapship.bundler
+# Not `python -m pytest`: that puts the checkout on sys.path, where installer/ would shadow pypa's installer.
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,79 @@
+"""Shared fixtures: every test builds its own keys, model files and bundles in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gapship.bundler.build import build
+from gapship.bundler.keys import SigningKey, keygen
+from gapship.bundler.spec import load_spec
+from gapship_testing import POLICY, KeyPair
+
+
+@pytest.fixture
+def make_key(tmp_path: Path) -> Callable[[str], KeyPair]:
+    """make_key("release") writes tmp_path/keys/release.{key,pub}."""
+
+    def make(name: str) -> KeyPair:
+        private, public, _ = keygen(name, tmp_path / "keys")
+        return KeyPair(name, private, public, SigningKey.load(private))
+
+    return make
+
+
+@pytest.fixture
+def make_trust(tmp_path: Path) -> Callable[..., Path]:
+    """make_trust(key1, key2, name="trust") copies the keys' .pub files into a new trust directory."""
+
+    def make(*keys: KeyPair, name: str = "trust") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for k in keys:
+            (folder / k.public.name).write_bytes(k.public.read_bytes())
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> Callable[..., Path]:
+    """make_spec(files={"weights.bin": b"..."}, version="1.0.0") writes a model dir, policy and spec."""
+    counter = iter(range(1_000_000))
+
+    def make(files: dict[str, bytes] | None = None, *, name: str = "demo", version: str = "1.0.0",
+             model: str = "tiny", policy: bytes = POLICY) -> Path:
+        base = tmp_path / f"spec{next(counter)}"
+        model_dir = base / "model"
+        for rel, data in (files or {"config.json": b'{"hidden": 4}\n', "weights.bin": bytes(range(256)) * 300}).items():
+            target = model_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (base / "policy.toml").write_bytes(policy)
+        spec = base / "spec.toml"
+        spec.write_text(
+            f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n'
+            f'[[model]]\nname = "{model}"\nsource = "model"\n\n'
+            f'[safeguards]\nsource = "policy.toml"\n'
+        )
+        return spec
+
+    return make
+
+
+@pytest.fixture
+def make_bundle(tmp_path: Path, make_spec: Callable[..., Path]) -> Callable[..., Path]:
+    """make_bundle(key, files=..., version=..., chunk_size=1024) builds a signed bundle via the library."""
+    counter = iter(range(1_000_000))
+
+    def make(key: KeyPair, *, chunk_size: int = 1024, out: Path | None = None, **spec_args: object) -> Path:
+        spec = make_spec(**spec_args)
+        target = out or tmp_path / f"bundle{next(counter)}"
+        build(load_spec(spec), out=target, key=key.key, chunk_size=chunk_size)
+        return target
+
+    return make
+
+

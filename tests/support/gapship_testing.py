@@ -1,0 +1,58 @@
+"""Helpers shared by the tests (tests/support is on pytest's pythonpath; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from gapship.bundler.cli import cli
+from gapship.bundler.keys import SigningKey
+
+POLICY = b"""schema_version = 1
+prohibited_uses = ["weapons targeting"]
+
+[sites.test-site]
+safeguards = ["inference-audit-log"]
+
+[models.tiny]
+sites = ["test-site"]
+"""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    name: str
+    private: Path
+    public: Path
+    key: SigningKey
+
+    @property
+    def keyid(self) -> str:
+        return self.key.public.keyid
+
+
+def run(*args: str | Path) -> Result:
+    """Run the gapship CLI in-process; return click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_json(*args: str | Path) -> tuple[int, dict[str, object]]:
+    result = run(*args, "--json")
+    return result.exit_code, json.loads(result.stdout)
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """A snapshot of everything under root (files by content, symlinks by target) to prove nothing changed."""
+    out: dict[str, bytes | str] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "-> " + str(p.readlink())
+        elif p.is_file():
+            out[rel] = p.read_bytes()
+    return out
