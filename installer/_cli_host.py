@@ -101,6 +101,16 @@ class HostContext:
         }
 
 
+_OPTIONS = (
+    click.option("--site-config", type=click.Path(path_type=Path),
+                 help="This host's site file (default: /etc/gapship/site.toml when it exists)."),
+    click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
+                 help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
+    click.option("--audit-log", type=click.Path(path_type=Path),
+                 help="Append the audit record here (default: /var/log/gapship/audit.jsonl on a site host)."),
+)
+
+
 def host_options(f: F) -> F:
     """Add ``--site-config``, ``--authorization`` and ``--audit-log`` to a command, pass it ``host``,
     and append one audit record when it ends."""
@@ -109,8 +119,8 @@ def host_options(f: F) -> F:
     def run(*args: Any, site_config: Path | None, authorization_paths: tuple[Path, ...],
             audit_log: Path | None, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        explicit_site = site_config is not None or site_module.DEFAULT_SITE_CONFIG.exists()
-        path = audit_log or (audit.DEFAULT_LOG if explicit_site else None)
+        site_host = site_config is not None or site_module.DEFAULT_SITE_CONFIG.exists()
+        path = audit_log or (audit.DEFAULT_LOG if site_host else None)
         log = audit.AuditLog.open(path) if path else None  # before anything else: no log, no action
         host = HostContext(command=ctx.command_path.partition(" ")[2] or ctx.info_name or "?",
                            site_config=site_config, authorization_paths=authorization_paths, log=log,
@@ -137,16 +147,6 @@ def host_options(f: F) -> F:
     for option in reversed(_OPTIONS):
         run = option(run)
     return run  # type: ignore[return-value]
-
-
-_OPTIONS = (
-    click.option("--site-config", type=click.Path(path_type=Path),
-                 help="This host's site file (default: /etc/gapship/site.toml when it exists)."),
-    click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
-                 help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
-    click.option("--audit-log", type=click.Path(path_type=Path),
-                 help="Append the audit record here (default: /var/log/gapship/audit.jsonl on a site host)."),
-)
 
 
 def _finish(host: HostContext, decision: str, reason: dict[str, object]) -> None:
