@@ -64,3 +64,6 @@ def sign(bundle: Path, key_file: Path, as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="gapship")
+
+
+from . import _cli_authorize  # noqa: E402,F401  (registers `gapship authorize`)

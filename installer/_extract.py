@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class _Sink:
     header: bytearray = field(default_factory=bytearray)
     fd: int = -1
     hasher: object = None
+    select: Callable[[FileEntry], bool] | None = None
 
     def feed(self, data: memoryview, pos: int) -> None:
         while len(data):
@@ -86,24 +88,26 @@ class _Sink:
             raise UnsafeContentError(f"unexpected non-zero bytes in the tar stream {where}", subject=seg.file.path if seg.file else "payload")
 
     def _open(self, f: FileEntry) -> None:
-        target = self.root / f.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if self.select is None or self.select(f):  # a file not selected is hashed, never written
+            target = self.root / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.hasher = new_hasher(self.algorithm)
         if f.size == 0:
             self._close(f)
 
     def _write(self, f: FileEntry, piece: memoryview) -> None:
         self.hasher.update(piece)  # type: ignore[attr-defined]
-        while len(piece):
+        while len(piece) and self.fd >= 0:
             n = os.write(self.fd, piece)
             piece = piece[n:]
 
     def _close(self, f: FileEntry) -> None:
         digest = self.hasher.hexdigest()  # type: ignore[attr-defined]
-        os.fchmod(self.fd, f.mode)
-        os.close(self.fd)
-        self.fd = -1
+        if self.fd >= 0:
+            os.fchmod(self.fd, f.mode)
+            os.close(self.fd)
+            self.fd = -1
         if digest != f.hash:
             raise IntegrityError(f"file {f.path!r} does not match its {self.algorithm} hash", subject=f.path)
 
@@ -113,9 +117,12 @@ class _Sink:
             self.fd = -1
 
 
-def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: Progress = no_progress) -> None:
-    """Write every file of ``manifest`` under ``root`` (an empty private directory), or raise."""
-    sink = _Sink(root=root, algorithm=manifest.hash_algorithm, segments=plan(manifest))
+def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: Progress = no_progress,
+                    select: Callable[[FileEntry], bool] | None = None) -> None:
+    """Write every file of ``manifest`` under ``root`` (an empty private directory), or raise.
+    With ``select``, only the files it accepts are written; the others are still read, checked
+    (header, hash) and hashed into their chunk, so the chunk checks are unchanged."""
+    sink = _Sink(root=root, algorithm=manifest.hash_algorithm, segments=plan(manifest), select=select)
     buf = bytearray(READ_SIZE)
     try:
         for i, chunk in enumerate(manifest.chunks):

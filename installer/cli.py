@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
+from ._cli_host import HostContext, host_options
 from .bundle import read_raw_bundle
 from .errors import EXIT_CODES, GapshipError
 from .hashing import Progress
@@ -145,11 +146,14 @@ bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--chunk", "chunk_files", multiple=True, type=click.Path(path_type=Path),
               help="Check only this chunk file against the signed manifest (repeatable).")
 @output_options
-def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None) -> None:
-    """Check BUNDLE's signatures, then every chunk (or only --chunk files)."""
+@host_options
+def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None,
+           host: HostContext) -> None:
+    """Check BUNDLE's signatures, then every chunk (or only --chunk files), then, on a site host,
+    the bundle's site policy."""
     trust = TrustStore.from_dir(trust_dir)
     raw = read_raw_bundle(bundle)
-    verified = verify_manifest(raw, trust=trust)
+    verified = host.note(verify_manifest(raw, trust=trust))
     m = verified.manifest
     if chunk_files:
         checked = [verify_chunk_file(path, verified) for path in chunk_files]
@@ -158,6 +162,7 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
         with progress_bar(m.payload_size, "verify", progress) as bar:
             report = verify_chunks(bundle, verified, progress=bar)
         count, size = report.chunks, report.bytes
+        host.decide(bundle, verified, trust_dir=trust_dir)
     scope = "chunk" if chunk_files else "bundle"
     emit(as_json, {
         "bundle": {"name": m.name, "version": m.version},
@@ -168,9 +173,11 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
         "chunks_checked": count,
         "chunks_total": len(m.chunks),
         "bytes_checked": size,
+        "site": host.summary(),
     }, [
         f"OK {m.name} {m.version}: signed by {signer_names(trust, verified.signers)}",
         f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
+        *host.lines(),
     ])
 
 
@@ -179,17 +186,22 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
 @trust_option
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
 @output_options
-def install(bundle: Path, trust_dir: Path, prefix: Path, as_json: bool, progress: bool | None) -> None:
-    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current."""
+@host_options
+def install(bundle: Path, trust_dir: Path, prefix: Path, as_json: bool, progress: bool | None,
+            host: HostContext) -> None:
+    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
+    On a site host, the bundle's site policy is enforced first (docs/safeguards.md)."""
     trust = TrustStore.from_dir(trust_dir)
-    verified = verify_manifest(read_raw_bundle(bundle), trust=trust)
+    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust))
+    decision = host.decide(bundle, verified, trust_dir=trust_dir)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
-        result = install_bundle(bundle, verified, prefix=prefix, progress=bar)
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, site=decision)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
-    emit(as_json, result.to_dict(), [
+    emit(as_json, {**result.to_dict(), "site": host.summary()}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
         f"current -> {result.version}{was}; signed by {signer_names(trust, result.signers)}",
+        *host.lines(),
     ])
 
 
@@ -235,3 +247,7 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="gapship")
+
+
+from . import _cli_audit  # noqa: E402,F401  (registers `gapship audit`)
+from . import _cli_status  # noqa: E402,F401  (registers `gapship status`)

@@ -32,6 +32,7 @@ from .bundle import SIGNATURES
 from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
 from .manifest import canonical_json
+from .safeguards import SiteDecision, write_site_records
 from .trust import VerifiedManifest
 
 CURRENT = "current"
@@ -65,9 +66,11 @@ class InstallResult:
         }
 
 
-def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress) -> InstallResult:
+def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
+            site: SiteDecision | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
-    On any failure the previous ``current`` and every installed version are left as they were."""
+    On any failure the previous ``current`` and every installed version are left as they were.
+    With a ``site`` decision (docs/safeguards.md), models not enabled there are not written."""
     m = verified.manifest
     home = prefix / m.name
     _make_dirs(home)
@@ -81,8 +84,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             return _result(verified, target, "already-installed", previous)
         staging = Path(_mkdtemp(home))
         try:
-            extract_payload(bundle, m, staging, progress=progress)
-            _write_records(staging, verified)
+            extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
+            _write_records(staging, verified, site)
             _sync(staging)
             os.chmod(staging, 0o755)
             os.rename(staging, target)
@@ -167,7 +170,7 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
         )
 
 
-def _write_records(staging: Path, verified: VerifiedManifest) -> None:
+def _write_records(staging: Path, verified: VerifiedManifest, site: SiteDecision | None) -> None:
     """The receipt and the exact manifest and signatures, so the install can be re-verified later."""
     m = verified.manifest
     (staging / "manifest.json").write_bytes(verified.manifest_bytes)
@@ -186,8 +189,10 @@ def _write_records(staging: Path, verified: VerifiedManifest) -> None:
         "files": m.file_count,
         "bytes": sum(f.size for f in m.files()),
         "gapship_version": __version__,
+        "site": site.summary() if site else None,
     }
     (staging / RECEIPT).write_bytes(canonical_json(receipt) + b"\n")
+    write_site_records(staging, verified, site, now=datetime.now(timezone.utc))
 
 
 def _who() -> str:
