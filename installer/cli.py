@@ -235,3 +235,6 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="gapship")
+
+
+from . import _cli_sigstore  # noqa: E402,F401  registers `trust add-sigstore` (docs/sigstore.md)
