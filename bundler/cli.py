@@ -3,14 +3,16 @@ to make the one ``gapship`` command (docs/cli.md)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from ..installer.cli import cli, emit, human_size, json_option, output_options, progress_bar
+from ..installer.errors import UsageError
 from .build import DEFAULT_CHUNK_SIZE, build as build_bundle, collect_sources, parse_size
 from .keys import SigningKey, keygen as write_keys
-from .sign import sign_bundle
+from .sign import sign_bundle, sign_bundle_sigstore
 from .spec import load_spec
 
 
@@ -53,13 +55,35 @@ def build(spec: Path, out: Path, key_file: Path, chunk_size: str, as_json: bool,
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path), help="Private signing key.")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private Ed25519 signing key.")
+@click.option("--sigstore", "use_sigstore", is_flag=True,
+              help="Sign keylessly with sigstore (needs the network and gapship[sigstore]; docs/sigstore.md).")
+@click.option("--identity-token", envvar="GAPSHIP_IDENTITY_TOKEN", show_envvar=True, default=None,
+              help="OIDC token for --sigstore (default: ambient CI credentials, else a browser flow in a "
+                   "terminal). Prefer the environment variable: a command line is visible to other users.")
 @json_option
-def sign(bundle: Path, key_file: Path, as_json: bool) -> None:
-    """Add a signature by KEY to an existing BUNDLE."""
-    keyid, m = sign_bundle(bundle, SigningKey.load(key_file))
-    emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "keyid": keyid},
-         [f"signed {m.name} {m.version} with {keyid[:16]}"])
+def sign(bundle: Path, key_file: Path | None, use_sigstore: bool, identity_token: str | None, as_json: bool) -> None:
+    """Add a signature to an existing BUNDLE: by KEY, or keyless with --sigstore (exactly one)."""
+    if (key_file is None) == (not use_sigstore):
+        raise UsageError("give exactly one of --key FILE or --sigstore", subject="sign")
+    if key_file is not None:
+        if identity_token and _given_on_command_line("identity_token"):
+            raise UsageError("--identity-token goes with --sigstore, not --key", subject="--identity-token")
+        keyid, m = sign_bundle(bundle, SigningKey.load(key_file))
+        emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "keyid": keyid},
+             [f"signed {m.name} {m.version} with {keyid[:16]}"])
+        return
+    signature, m = sign_bundle_sigstore(bundle, identity_token=identity_token, interactive=sys.stdin.isatty())
+    emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "kind": "sigstore", "file": signature.file,
+                   "identity": signature.identity, "issuer": signature.issuer}, [
+        f"signed {m.name} {m.version} with sigstore as {signature.identity} ({signature.issuer})",
+        f"wrote {signature.file}; a site pins it with: gapship trust add-sigstore --identity "
+        f"'{signature.identity}' --issuer '{signature.issuer}' --trusted-root trusted_root.json --trust TRUSTDIR",
+    ])
+
+
+def _given_on_command_line(param: str) -> bool:
+    return click.get_current_context().get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE
 
 
 def main() -> None:

@@ -1,16 +1,25 @@
-"""``gapship sign``: add a detached Ed25519 signature to a bundle (docs/format.md, "Signatures")."""
+"""``gapship sign``: add a detached Ed25519 signature to a bundle (docs/format.md, "Signatures"),
+or, with ``--sigstore``, a keyless sigstore signature (docs/sigstore.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..installer._sigstore import SIGSTORE_SUFFIX, certificate_identity, one_line
 from ..installer.bundle import MANIFEST, SIGNATURES, read_capped
-from ..installer.errors import HostError, IntegrityError
+from ..installer.errors import HostError, IntegrityError, UsageError
 from ..installer.keys import signature_file_name
 from ..installer.manifest import MAX_MANIFEST_BYTES, Manifest
 from .keys import SigningKey
+
+if TYPE_CHECKING:
+    from sigstore.models import Bundle, ClientTrustConfig
+    from sigstore.oidc import IdentityToken
 
 
 def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
@@ -39,3 +48,106 @@ def write_signature(bundle: Path, manifest_bytes: bytes, key: SigningKey) -> str
         os.unlink(tmp)
         raise
     return keyid
+
+
+# --- sigstore (keyless): the connected side talks to Fulcio, Rekor and an OIDC provider ---
+
+@dataclass(frozen=True)
+class SigstoreSignature:
+    """A sigstore signature written into a bundle, and what a site must pin to accept it."""
+
+    file: str  # signatures/<name>.sigstore.json
+    identity: str  # the certificate's identity (SAN): pass it to `gapship trust add-sigstore --identity`
+    issuer: str  # the OIDC issuer: `--issuer`
+
+
+def sign_bundle_sigstore(bundle: Path, *, identity_token: str | None = None,
+                         interactive: bool = False) -> tuple[SigstoreSignature, Manifest]:
+    """Sign the exact manifest bytes of ``bundle`` with sigstore (production instance) and store the
+    sigstore bundle as ``signatures/<name>.sigstore.json``. The identity comes from ``identity_token``,
+    else ambient credentials (CI), else, when ``interactive``, a browser OIDC flow. Needs the network."""
+    data = read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
+    manifest = Manifest.from_bytes(data)
+    _require_sigstore_signing()
+    token = _given_or_ambient_identity(identity_token)  # offline: fail fast before any network use
+    if token is None and not interactive:
+        raise UsageError("no OIDC identity for sigstore: pass --identity-token, run in CI with OIDC "
+                         "credentials, or run in a terminal for the browser flow", subject="--identity-token")
+    config = _trust_config()
+    signed = _sign(config, token or _interactive_identity(config), data)
+    identity, issuer = _certificate_identity(signed)
+    name = hashlib.sha256(f"{identity}\n{issuer}".encode()).hexdigest()[:16] + SIGSTORE_SUFFIX
+    try:
+        (bundle / SIGNATURES).mkdir(exist_ok=True)
+        _write_atomic(bundle / SIGNATURES, name, signed.to_json().encode("utf-8"))
+    except OSError as e:
+        raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None
+    return SigstoreSignature(file=f"{SIGNATURES}/{name}", identity=identity, issuer=issuer), manifest
+
+
+def _require_sigstore_signing() -> None:
+    try:
+        import sigstore.sign  # noqa: F401
+    except ImportError as e:
+        raise HostError("gapship sign --sigstore needs sigstore: install gapship[sigstore]", subject="sigstore") from e
+
+
+def _trust_config() -> ClientTrustConfig:
+    """Sigstore's production trust config, refreshed through TUF (online: this is the connected side)."""
+    from sigstore.models import ClientTrustConfig
+
+    try:
+        return ClientTrustConfig.production()
+    except Exception as e:
+        raise HostError(f"cannot fetch sigstore's trust config (network?): {one_line(e)}", subject="sigstore") from e
+
+
+def _given_or_ambient_identity(token: str | None) -> IdentityToken | None:
+    from sigstore.oidc import IdentityToken, detect_credential
+
+    try:
+        raw = token or detect_credential()
+        return IdentityToken(raw) if raw else None
+    except Exception as e:
+        raise UsageError(f"sigstore identity token refused: {one_line(e)}", subject="--identity-token") from e
+
+
+def _interactive_identity(config: ClientTrustConfig) -> IdentityToken:
+    """The browser OIDC flow; sigstore-python prompts on the terminal itself."""
+    from sigstore.oidc import Issuer
+
+    try:
+        return Issuer(config.signing_config.get_oidc_url()).identity_token()
+    except Exception as e:
+        raise UsageError(f"sigstore identity token refused: {one_line(e)}", subject="--identity-token") from e
+
+
+def _sign(config: ClientTrustConfig, token: IdentityToken, data: bytes) -> Bundle:
+    from sigstore.sign import SigningContext
+
+    try:
+        with SigningContext.from_trust_config(config).signer(token, cache=False) as signer:
+            return signer.sign_artifact(data)
+    except Exception as e:
+        raise HostError(f"sigstore signing failed: {one_line(e)}", subject="sigstore") from e
+
+
+def _certificate_identity(signed: Bundle) -> tuple[str, str]:
+    """What a site pins, read from the issued certificate as the verifier will (installer/_sigstore.py):
+    for GitHub Actions the SAN is the workflow URL and ref, not the token's ``sub``."""
+    return certificate_identity(signed.signing_certificate)
+
+
+def _write_atomic(folder: Path, name: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sig-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+

@@ -250,4 +250,5 @@ def main() -> None:
 
 
 from . import _cli_audit  # noqa: E402,F401  (registers `gapship audit`)
+from . import _cli_sigstore  # noqa: E402,F401  (registers `gapship trust add-sigstore`, docs/sigstore.md)
 from . import _cli_status  # noqa: E402,F401  (registers `gapship status`)

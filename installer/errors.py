@@ -54,6 +54,20 @@ class TrustError(GapshipError):
     kind = "trust"
 
 
+class SigstoreUnavailableError(TrustError):
+    """A sigstore signature was found but the optional extra ``gapship[sigstore]`` is not installed:
+    the signature is reported as not checked and does not count (docs/sigstore.md)."""
+
+
+class SigstoreSignatureError(TrustError):
+    """A sigstore signature was checked and refused. ``reason`` names the check that failed:
+    ``malformed``, ``identity``, ``issuer``, ``chain`` or ``signature`` (docs/sigstore.md)."""
+
+    def __init__(self, message: str, *, reason: str, subject: str | None = None) -> None:
+        super().__init__(message, subject=subject)
+        self.reason = reason
+
+
 class PolicyError(GapshipError):
     """The bundle is authentic but this host must not install it (version, expiry, site)."""
 

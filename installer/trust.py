@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._sigstore import SigstoreSigner, check_sigstore_file, is_sigstore_signature_file, load_sigstore_signers
 from .bundle import RawBundle
 from .errors import TrustError, UsageError
 from .hashing import new_hasher
@@ -29,13 +30,15 @@ class TrustStore:
     source: str
     names: dict[str, str]  # key id -> the file it came from, for messages
     threshold: int = 1
+    sigstore: tuple[SigstoreSigner, ...] = ()  # pinned sigstore signers (docs/sigstore.md)
 
     @classmethod
     def from_dir(cls, path: Path) -> TrustStore:
         if not path.is_dir():
             raise UsageError(f"trust directory {str(path)!r} does not exist", subject=str(path))
         pubs = sorted(p for p in path.iterdir() if p.name.endswith(".pub"))
-        if not pubs:
+        sigstore = load_sigstore_signers(path)  # TRUSTDIR/sigstore/<signer>.toml
+        if not pubs and not sigstore:
             raise TrustError(f"trust directory {str(path)!r} holds no *.pub keys", subject=str(path))
         if len(pubs) > MAX_TRUSTED_KEYS:
             raise TrustError(f"trust directory holds over {MAX_TRUSTED_KEYS} keys", subject=str(path))
@@ -47,7 +50,8 @@ class TrustStore:
             key = PublicKey.from_pem(pub.read_bytes(), source=str(pub))
             keys[key.keyid] = key
             names[key.keyid] = pub.name
-        return cls(keys=keys, source=str(path), names=names)
+        names.update({s.signer_id: s.description for s in sigstore})
+        return cls(keys=keys, source=str(path), names=names, sigstore=sigstore)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class SignatureCheck:
 
     file: str
     keyid: str | None
-    status: str  # valid | untrusted | invalid | unsupported
+    status: str  # valid | untrusted | invalid | unsupported | unchecked (sigstore extra missing)
     detail: str = ""
 
     def to_dict(self) -> dict[str, object]:
@@ -80,6 +84,10 @@ def check_signatures(manifest_bytes: bytes, signatures: dict[str, bytes], trust:
     """Check every signature file; each trusted key is counted at most once."""
     checks = []
     for name, sig in sorted(signatures.items()):
+        if is_sigstore_signature_file(name):  # a sigstore signer counts once, as "sigstore:<name>"
+            found = check_sigstore_file(name, sig, manifest_bytes, trust.sigstore)
+            checks.append(SignatureCheck(name, found.signer, found.status, found.detail))
+            continue
         keyid = keyid_of_signature_file(name)
         if keyid is None:
             checks.append(SignatureCheck(name, None, "unsupported", "not an <keyid>.ed25519.sig file"))
@@ -128,7 +136,7 @@ def parse_unverified(raw: RawBundle) -> Manifest:
 def _no_signature_message(checks: tuple[SignatureCheck, ...], trust: TrustStore) -> str:
     if not checks:
         return "bundle carries no signature"
-    found = "; ".join(f"{c.file}: {c.status}" for c in checks)
+    found = "; ".join(f"{c.file}: {c.status}" + (f" ({c.detail})" if c.status == "unchecked" else "") for c in checks)
     return f"no valid signature from a key in {trust.source} (found {found})"
 
 
