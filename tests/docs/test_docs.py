@@ -57,6 +57,23 @@ def fenced_block_after(text: str, marker: str) -> str:
     return match.group(1)
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(info string, content) of every fenced code block, pairing the fences line by line."""
+    blocks: list[tuple[str, str]] = []
+    info: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if info is None:
+                info, lines = line[3:].strip(), []
+            else:
+                blocks.append((info, "".join(f"{x}\n" for x in lines)))
+                info = None
+        elif info is not None:
+            lines.append(line)
+    return blocks
+
+
 def sections(text: str, level: str = "## ") -> dict[str, str]:
     """Heading text (without the #'s) -> the text up to the next heading of the same level."""
     out: dict[str, str] = {}
@@ -265,6 +282,62 @@ def test_pipeline_script_stops_on_an_untrusted_manifest(tmp_path: Path, pipeline
     assert '"kind": "trust"' in result.stderr
     assert list((outbox / "chunks").iterdir()) == []
     assert sorted(p.name for p in (inbox / "chunks").iterdir()) == sorted(p.name for p in (bundle / "chunks").iterdir())
+
+
+# -- the README's tour ---------------------------------------------------------------------------------
+
+
+def _tour_steps() -> list[tuple[str, str]]:
+    """(command, expected output) for every ``$ command`` line of the README's tour, in order."""
+    tour = sections(README.read_text())["A 5-minute tour"]
+    steps: list[tuple[str, str]] = []
+    for info, block in fenced_blocks(tour):
+        if info:  # the tour's transcripts are the plain ``` blocks; ```sh blocks are set-up
+            continue
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], ""))
+            else:
+                command, output = steps[-1]
+                steps[-1] = (command, output + line + "\n")
+    return steps
+
+
+def _normalised(text: str) -> list[str]:
+    """Key ids, digests and times differ at every run, and so does the order of signature files
+    (sorted by key id); everything else must match."""
+    text = re.sub(r"[0-9a-f]{64}", "<hex64>", text)
+    text = re.sub(r"[0-9a-f]{16}", "<hex16>", text)
+    return sorted(re.sub(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "<time>", text).splitlines())
+
+
+@pytest.mark.slow  # about 20 commands, each flushing keys, chunks or an install to disk
+def test_readme_tour_output_is_what_the_commands_print(tmp_path: Path) -> None:
+    gapship = Path(sys.executable).parent / "gapship"
+    if not gapship.exists():
+        pytest.skip("the gapship console script is not beside this Python")
+    # The tour runs in demo-out/tour and builds ../../manifests/example.toml: rebuild that here.
+    manifests = tmp_path / "manifests"
+    (manifests / "example").mkdir(parents=True)
+    shutil.copy(ROOT / "manifests" / "example.toml", manifests)
+    shutil.copy(ROOT / "manifests" / "example" / "policy.toml", manifests / "example")
+    subprocess.run([sys.executable, str(ROOT / "manifests" / "example" / "make_model.py"),
+                    str(manifests / "example" / "tiny-model")], check=True, capture_output=True)
+    workdir = tmp_path / "demo-out" / "tour"
+    workdir.mkdir(parents=True)
+    steps = _tour_steps()
+    assert len(steps) > 10
+    separator = "----- gapship tour step -----"
+    script = "".join(f"echo '{separator}'\n{command}\n" for command, _ in steps)
+    env = {**os.environ, "PATH": f"{gapship.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    result = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+    outputs = result.stdout.split(separator + "\n")[1:]
+    assert len(outputs) == len(steps), result.stdout
+    for (command, expected), actual in zip(steps, outputs):
+        assert _normalised(actual) == _normalised(expected), command
 
 
 # -- (b) exit codes ----------------------------------------------------------------------------------
