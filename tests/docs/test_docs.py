@@ -1,0 +1,574 @@
+"""Tests that keep the documentation true to the code.
+
+They run the shell recipes the docs print (the by-hand check of docs/format.md section 10, the
+pipeline script of docs/pipeline.md) against real bundles, and compare the docs' tables of exit codes,
+commands, options, --json fields and limits with the code they describe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from gapship.bundler.cli import cli
+from gapship.installer import bundle as bundle_module
+from gapship.installer import keys as keys_module
+from gapship.installer import manifest as manifest_module
+from gapship.installer import paths as paths_module
+from gapship.installer import trust as trust_module
+from gapship.installer.errors import EXIT_CODES
+from gapship_testing import KeyPair, run, run_json
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+FORMAT = ROOT / "docs" / "format.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
+PIPELINE = ROOT / "docs" / "pipeline.md"
+BY_HAND_MARKER = "<!-- by-hand-check:"
+PIPELINE_MARKER = "<!-- pipeline-script:"
+
+# Files with awkward names, so the recipes are tested beyond the easy case: a space, non-ASCII (NFC),
+# a name long enough to need a pax header, an empty file, and data that spans several chunks.
+AWKWARD_FILES = {
+    "config.json": b'{"hidden": 4}\n',
+    "sub dir/weights.bin": bytes(range(256)) * 40,
+    "donn\u00e9es/caf\u00e9.txt": "d\u00e9j\u00e0 vu\n".encode(),
+    "long/" + "n" * 150 + ".bin": b"long name\n",
+    "empty": b"",
+}
+
+
+# -- reading the markdown ---------------------------------------------------------------------------
+
+
+def fenced_block_after(text: str, marker: str) -> str:
+    """The content of the first fenced code block after the line holding ``marker``."""
+    start = text.index(marker)
+    match = re.compile(r"^```[a-z]*\n(.*?)^```$", re.M | re.S).search(text, start)
+    assert match is not None, f"no fenced block after {marker!r}"
+    return match.group(1)
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(info string, content) of every fenced code block, pairing the fences line by line."""
+    blocks: list[tuple[str, str]] = []
+    info: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if info is None:
+                info, lines = line[3:].strip(), []
+            else:
+                blocks.append((info, "".join(f"{x}\n" for x in lines)))
+                info = None
+        elif info is not None:
+            lines.append(line)
+    return blocks
+
+
+def sections(text: str, level: str = "## ") -> dict[str, str]:
+    """Heading text (without the #'s) -> the text up to the next heading of the same level."""
+    out: dict[str, str] = {}
+    parts = re.split(rf"^{re.escape(level)}(.+)$", text, flags=re.M)
+    for title, body in zip(parts[1::2], parts[2::2]):
+        out[title.strip()] = body
+    return out
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """Cells of each body row of the first markdown table whose header row starts with ``header_start``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(header_start):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([cell.strip() for cell in row.strip().strip("|").split("|")])
+            return rows
+    raise AssertionError(f"no table with header {header_start!r}")
+
+
+def backticked(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+# -- (a) the by-hand check of docs/format.md section 10 --------------------------------------------
+
+
+def _have_rawin_openssl() -> bool:
+    if not (shutil.which("openssl") and shutil.which("sha256sum") and shutil.which("tar")):
+        return False
+    help_text = subprocess.run(["openssl", "pkeyutl", "-help"], capture_output=True, text=True)
+    return "-rawin" in help_text.stdout + help_text.stderr
+
+
+needs_tools = pytest.mark.skipif(not _have_rawin_openssl(), reason="needs openssl 3 (pkeyutl -rawin), sha256sum and tar")
+
+
+@pytest.fixture
+def by_hand(tmp_path: Path) -> Callable[[Path, Path], subprocess.CompletedProcess[str]]:
+    """Run the documented block with bash -euo pipefail, as the doc says, for a bundle and a key."""
+    script = tmp_path / "check-bundle.sh"
+    script.write_text(fenced_block_after(FORMAT.read_text(), BY_HAND_MARKER))
+    counter = iter(range(1000))
+
+    def check(bundle: Path, key: Path) -> subprocess.CompletedProcess[str]:
+        out = tmp_path / f"scratch{next(counter)}"
+        out.mkdir()
+        env = {**os.environ, "BUNDLE": str(bundle), "KEY": str(key), "OUT": str(out), "LC_ALL": "C"}
+        return subprocess.run(["bash", "-euo", "pipefail", str(script)], env=env, capture_output=True,
+                              text=True, cwd=tmp_path)
+
+    return check
+
+
+@pytest.fixture
+def signed_bundle(make_key: Callable[[str], KeyPair], make_bundle: Callable[..., Path]) -> tuple[Path, KeyPair]:
+    key = make_key("release")
+    return make_bundle(key, files=AWKWARD_FILES, chunk_size=1024), key
+
+
+@needs_tools
+def test_by_hand_check_accepts_a_good_bundle(signed_bundle: tuple[Path, KeyPair], by_hand) -> None:
+    bundle, key = signed_bundle
+    assert len(list((bundle / "chunks").iterdir())) > 3  # the payload really spans several chunks
+
+    result = by_hand(bundle, key.public)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"key id {key.keyid}" in result.stdout
+    assert "Signature Verified Successfully" in result.stdout
+    assert "bundle OK" in result.stdout
+
+
+def _tamper_chunk(bundle: Path) -> str:
+    chunk = bundle / "chunks" / "00001.bin"
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    return "chunks/00001.bin: FAILED"
+
+
+def _tamper_manifest(bundle: Path) -> str:
+    manifest = bundle / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"chunk_size":1024', '"chunk_size":1025', 1))
+    return "Signature Verification Failure"
+
+
+def _remove_chunk(bundle: Path) -> str:
+    (bundle / "chunks" / "00002.bin").unlink()
+    return "chunks/00002.bin: FAILED open or read"
+
+
+def _add_extra_chunk(bundle: Path) -> str:
+    last = sorted((bundle / "chunks").iterdir())[-1]
+    shutil.copy(last, bundle / "chunks" / "99999.bin")
+    return ""
+
+
+def _swap_chunks(bundle: Path) -> str:
+    a, b = bundle / "chunks" / "00001.bin", bundle / "chunks" / "00002.bin"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    return "chunks/00001.bin: FAILED"
+
+
+@needs_tools
+@pytest.mark.parametrize("tamper", [_tamper_chunk, _tamper_manifest, _remove_chunk, _add_extra_chunk, _swap_chunks],
+                         ids=["tampered-chunk", "tampered-manifest", "missing-chunk", "extra-chunk", "reordered-chunks"])
+def test_by_hand_check_rejects_a_damaged_bundle(signed_bundle: tuple[Path, KeyPair], by_hand,
+                                                tamper: Callable[[Path], str]) -> None:
+    bundle, key = signed_bundle
+    expected = tamper(bundle)
+
+    result = by_hand(bundle, key.public)
+
+    assert result.returncode != 0, result.stdout
+    assert "bundle OK" not in result.stdout
+    assert expected in result.stdout + result.stderr
+
+
+@needs_tools
+def test_by_hand_check_rejects_an_untrusted_signer(signed_bundle: tuple[Path, KeyPair], by_hand,
+                                                   make_key: Callable[[str], KeyPair]) -> None:
+    bundle, _ = signed_bundle
+    stranger = make_key("stranger")
+
+    result = by_hand(bundle, stranger.public)
+
+    assert result.returncode != 0
+    assert "bundle OK" not in result.stdout
+    assert f"{stranger.keyid}.ed25519.sig" in result.stderr  # no signature by that key
+
+
+@needs_tools
+def test_by_hand_key_id_matches_gapship(make_key: Callable[[str], KeyPair], tmp_path: Path) -> None:
+    key = make_key("release")
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    digest = subprocess.run(["sha256sum"], input=der, capture_output=True, check=True).stdout.split()[0]
+    assert digest.decode() == key.keyid
+
+
+# -- docs/pipeline.md's example script ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pipeline_script(tmp_path: Path) -> Path:
+    gapship = Path(sys.executable).parent / "gapship"
+    if not gapship.exists():
+        pytest.skip("the gapship console script is not beside this Python")
+    script = tmp_path / "forward-chunks.sh"
+    script.write_text(fenced_block_after(PIPELINE.read_text(), PIPELINE_MARKER))
+    return script
+
+
+def _inbox_from(bundle: Path, inbox: Path) -> None:
+    shutil.copytree(bundle, inbox)
+
+
+def _run_pipeline(script: Path, inbox: Path, trust: Path, outbox: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", str(script), str(inbox), str(trust), str(outbox)], env=env,
+                          capture_output=True, text=True)
+
+
+def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
+        tmp_path: Path, pipeline_script: Path, make_key, make_trust, make_bundle) -> None:
+    key = make_key("release")
+    bundle = make_bundle(key, chunk_size=32768)
+    names = sorted(p.name for p in (bundle / "chunks").iterdir())
+    assert len(names) >= 3
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    _inbox_from(bundle, inbox)
+    _tamper_chunk(inbox)
+
+    result = _run_pipeline(pipeline_script, inbox, make_trust(key), outbox)
+
+    assert result.returncode == 3, result.stderr
+    assert "rejected 00001.bin" in result.stderr
+    assert sorted(p.name for p in (inbox / "rejected").iterdir()) == ["00001.bin"]
+    assert sorted(p.name for p in (outbox / "chunks").iterdir()) == [n for n in names if n != "00001.bin"]
+    assert (outbox / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+
+
+def test_pipeline_script_stops_on_an_untrusted_manifest(tmp_path: Path, pipeline_script: Path, make_key,
+                                                        make_trust, make_bundle) -> None:
+    key, stranger = make_key("release"), make_key("stranger")
+    bundle = make_bundle(key, chunk_size=32768)
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    _inbox_from(bundle, inbox)
+
+    result = _run_pipeline(pipeline_script, inbox, make_trust(stranger), outbox)
+
+    assert result.returncode == 4, result.stderr
+    assert '"kind": "trust"' in result.stderr
+    assert list((outbox / "chunks").iterdir()) == []
+    assert sorted(p.name for p in (inbox / "chunks").iterdir()) == sorted(p.name for p in (bundle / "chunks").iterdir())
+
+
+# -- the README's tour ---------------------------------------------------------------------------------
+
+
+def _tour_steps() -> list[tuple[str, str]]:
+    """(command, expected output) for every ``$ command`` line of the README's tour, in order."""
+    tour = sections(README.read_text())["A 5-minute tour"]
+    steps: list[tuple[str, str]] = []
+    for info, block in fenced_blocks(tour):
+        if info:  # the tour's transcripts are the plain ``` blocks; ```sh blocks are set-up
+            continue
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], ""))
+            else:
+                command, output = steps[-1]
+                steps[-1] = (command, output + line + "\n")
+    return steps
+
+
+def _normalised(text: str) -> list[str]:
+    """Key ids, digests and times differ at every run, and so does the order of signature files
+    (sorted by key id); everything else must match."""
+    text = re.sub(r"[0-9a-f]{64}", "<hex64>", text)
+    text = re.sub(r"[0-9a-f]{16}", "<hex16>", text)
+    return sorted(re.sub(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", "<time>", text).splitlines())
+
+
+@pytest.mark.slow  # about 20 commands, each flushing keys, chunks or an install to disk
+def test_readme_tour_output_is_what_the_commands_print(tmp_path: Path) -> None:
+    gapship = Path(sys.executable).parent / "gapship"
+    if not gapship.exists():
+        pytest.skip("the gapship console script is not beside this Python")
+    # The tour runs in demo-out/tour and builds ../../manifests/example.toml: rebuild that here.
+    manifests = tmp_path / "manifests"
+    (manifests / "example").mkdir(parents=True)
+    shutil.copy(ROOT / "manifests" / "example.toml", manifests)
+    shutil.copy(ROOT / "manifests" / "example" / "policy.toml", manifests / "example")
+    subprocess.run([sys.executable, str(ROOT / "manifests" / "example" / "make_model.py"),
+                    str(manifests / "example" / "tiny-model")], check=True, capture_output=True)
+    workdir = tmp_path / "demo-out" / "tour"
+    workdir.mkdir(parents=True)
+    steps = _tour_steps()
+    assert len(steps) > 10
+    separator = "----- gapship tour step -----"
+    script = "".join(f"echo '{separator}'\n{command}\n" for command, _ in steps)
+    env = {**os.environ, "PATH": f"{gapship.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    result = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+    outputs = result.stdout.split(separator + "\n")[1:]
+    assert len(outputs) == len(steps), result.stdout
+    for (command, expected), actual in zip(steps, outputs):
+        assert _normalised(actual) == _normalised(expected), command
+
+
+# -- (b) exit codes ----------------------------------------------------------------------------------
+
+
+def _exit_code_table(text: str) -> list[tuple[int, str]]:
+    return [(int(code), meaning) for code, meaning in table_rows(text, "| code | meaning |")]
+
+
+def test_readme_exit_code_table_is_exit_codes() -> None:
+    section = sections(README.read_text())["Exit codes"]
+    assert _exit_code_table(section) == list(EXIT_CODES)
+
+
+def test_cli_doc_exit_code_table_is_exit_codes() -> None:
+    section = sections(CLI_DOC.read_text())["3. Exit codes"]
+    assert _exit_code_table(section) == list(EXIT_CODES)
+
+
+# -- (c) commands, arguments and options of docs/cli.md ----------------------------------------------
+
+
+def _command_sections() -> dict[str, str]:
+    out = {}
+    for title, body in sections(CLI_DOC.read_text()).items():
+        match = re.fullmatch(r"\d+\. `gapship (\w+)`", title)
+        if match:
+            out[match.group(1)] = body
+    return out
+
+
+def _documented_parameters(body: str) -> set[str]:
+    names = set()
+    for row in table_rows(body, "| argument or option |"):
+        names.update(token.split()[0] for token in backticked(row[0]))
+    return names
+
+
+def _real_parameters(command: click.Command) -> set[str]:
+    names = set()
+    for param in command.params:
+        if isinstance(param, click.Option):
+            names.update(param.opts + param.secondary_opts)
+        else:
+            names.add(param.human_readable_name)
+    return names
+
+
+def test_cli_doc_lists_exactly_the_commands() -> None:
+    assert set(_command_sections()) == set(cli.commands)
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_cli_doc_lists_exactly_the_arguments_and_options_of(name: str) -> None:
+    body = _command_sections()[name]
+    real = _real_parameters(cli.commands[name])
+    assert _documented_parameters(body) == real
+    synopsis = fenced_block_after(body, "")
+    assert synopsis.startswith(f"gapship {name} ")
+    assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == {n for n in real if n.startswith("--")}
+
+
+def test_cli_doc_global_options_exist() -> None:
+    body = sections(CLI_DOC.read_text())["1. Global options"]
+    documented = set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", fenced_block_after(body, "")))
+    real = {o for p in cli.params if isinstance(p, click.Option) for o in p.opts}
+    real.update(cli.context_settings["help_option_names"])
+    assert documented == real
+
+
+# -- --json fields of docs/cli.md ---------------------------------------------------------------------
+
+
+def flatten(value: object, prefix: str = "") -> Iterator[str]:
+    """Dotted field names of a JSON object; list items are named ``field[].sub``."""
+    assert isinstance(value, dict)
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict):
+            yield from flatten(item, f"{name}.")
+        elif isinstance(item, list) and any(isinstance(x, dict) for x in item):
+            for x in item:
+                yield from flatten(x, f"{name}[].")
+        else:
+            yield name
+
+
+def _documented_fields(body: str) -> set[str]:
+    return {backticked(row[0])[0] for row in table_rows(body, "| field |")}
+
+
+def _json(*args: str | Path) -> dict[str, object]:
+    code, out = run_json(*args)
+    assert code == 0, out
+    return out
+
+
+def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_trust, make_spec) -> None:
+    key, second = make_key("release"), make_key("second")
+    trust = make_trust(key)
+    bundle = tmp_path / "bundle"
+    runs: dict[str, list[dict[str, object]]] = {
+        "keygen": [_json("keygen", "fresh", "--out-dir", tmp_path / "k")],
+        "build": [_json("build", make_spec(), "--out", bundle, "--key", key.private, "--chunk-size", "1KiB")],
+    }
+    (bundle / "signatures" / "note.txt").write_text("not a signature\n")  # reported with keyid null
+    runs["sign"] = [_json("sign", bundle, "--key", second.private)]
+    runs["verify"] = [_json("verify", bundle, "--trust", trust),
+                      _json("verify", bundle, "--trust", trust, "--chunk", bundle / "chunks" / "00000.bin")]
+    runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix")]
+    runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust)]
+    commands = _command_sections()
+    for name, outputs in runs.items():
+        seen = {field for out in outputs for field in flatten(out)}
+        assert seen == _documented_fields(commands[name]), name
+    assert set(runs) == set(cli.commands)
+
+
+def test_cli_doc_lists_exactly_the_json_error_fields(tmp_path: Path, make_key, make_trust) -> None:
+    trust = make_trust(make_key("release"))
+    code, out = run_json("verify", tmp_path / "missing", "--trust", trust)
+    assert code == 2
+    assert out["ok"] is False
+    body = sections(CLI_DOC.read_text())["2. Output, errors and progress"]
+    assert set(flatten(out)) == _documented_fields(body)
+
+
+def test_cli_usage_errors_are_text_even_with_json_as_documented(tmp_path: Path) -> None:
+    result = run("verify", tmp_path, "--json")  # --trust is missing
+    assert result.exit_code == 2
+    assert "Missing option '--trust'" in result.output
+    assert '"ok"' not in result.output
+
+
+# -- (d) the two commands -----------------------------------------------------------------------------
+
+
+def _commands(block: str) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_readme_gives_exactly_the_two_setup_commands() -> None:
+    section = sections(README.read_text())["Two commands"]
+    assert section.count("```") == 2  # one fenced block
+    assert _commands(fenced_block_after(section, "")) == ["./demo.sh", "./test.sh"]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert any(line.split()[0] == "./test.sh" for line in _commands(ci))
+
+
+@pytest.mark.parametrize("script", ["demo.sh", "test.sh"])
+def test_setup_commands_are_executable_strict_bash(script: str) -> None:
+    path = ROOT / script
+    assert os.access(path, os.X_OK)
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in text
+
+
+# -- format.md against the code ---------------------------------------------------------------------
+
+
+def test_format_doc_has_every_section_the_code_cites() -> None:
+    headings = {re.sub(r"^[\d.]+ ", "", h) for h in re.findall(r"^#{2,3} (.+)$", FORMAT.read_text(), re.M)}
+    cited = set()
+    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+        cited.update(re.findall(r'docs/format\.md,?\s+"([^"]+)"', source.read_text()))
+    assert cited, "the code cites no section"
+    assert cited <= headings, cited - headings
+
+
+def test_docs_the_code_cites_exist() -> None:
+    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+        for page in re.findall(r"docs/[a-z-]+\.md", source.read_text()):
+            assert (ROOT / page).is_file(), f"{source.name} cites {page}"
+
+
+def test_format_doc_limits_are_the_code_constants() -> None:
+    section = sections(FORMAT.read_text(), "### ")["4.7 Limits"]
+    rows = {row[0]: row[1] for row in table_rows(section, "| what | cap |")}
+    m, b, p = manifest_module, bundle_module, paths_module
+    expected = {
+        "`manifest.json`": [m.MAX_MANIFEST_BYTES],
+        "entries in `signatures/`": [b.MAX_SIGNATURE_FILES],
+        "one signature file": [b.MAX_SIGNATURE_BYTES],
+        "chunks": [m.MAX_CHUNKS],
+        "files (all components together)": [m.MAX_FILES],
+        "components": [m.MAX_FILES],
+        "header region before a file's data": [m.BLOCK, m.MAX_HEADER_REGION],
+        "end-of-archive region": [m.END_OF_ARCHIVE, m.END_OF_ARCHIVE + m.RECORD],
+        "path": [p.MAX_PATH_BYTES, p.MAX_DEPTH, p.MAX_COMPONENT_BYTES],
+        "trust store": [trust_module.MAX_TRUSTED_KEYS, keys_module.MAX_KEY_FILE_BYTES],
+    }
+    for what, numbers in expected.items():
+        # the cap's numbers come first in the cell; what follows (a unit, a section number) is prose
+        assert re.findall(r"\d+", rows[what])[:len(numbers)] == [str(n) for n in numbers], what
+    assert m.MIN_CHUNK_SIZE == 512 and m.MAX_CHUNK_SIZE == 16 * 1024**3  # "512 bytes to 16 GiB"
+    assert m.MAX_SAFE_INTEGER == 2**53 - 1
+
+
+def test_format_doc_names_the_accepted_algorithms_kinds_and_modes() -> None:
+    text = FORMAT.read_text()
+    from gapship.installer.hashing import HASH_ALGORITHMS
+
+    assert "`sha256`, `sha384` or `sha512`" in text and HASH_ALGORITHMS == ("sha256", "sha384", "sha512")
+    kinds = [backticked(row[0])[0] for row in table_rows(text, "| kind | root of its files |")]
+    assert tuple(kinds) == manifest_module.COMPONENT_KINDS
+    assert manifest_module.ALLOWED_MODES == (420, 493)
+    assert "`420` (0644) or `493` (0755)" in text
+
+
+# -- links between the pages ----------------------------------------------------------------------
+
+
+PAGES = [README, ROOT / "keys" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Written by other work; the README links to them before they exist.
+PLACEHOLDERS = {ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "security-report.md"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_point_at_existing_pages_and_headings(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path_part, _, anchor = target.partition("#")
+        linked = (page.parent / path_part).resolve() if path_part else page
+        if linked in PLACEHOLDERS and not linked.exists():
+            continue
+        assert linked.exists(), f"{page.name} links to missing {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+            assert anchor in {slug(h) for h in headings}, f"{page.name} links to missing #{anchor}"
