@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from ..installer.authorization import (
     AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions, parse_time,
 )
 from ..installer.bundle import MANIFEST, SIGNATURES
+from ..installer._fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.keys import signature_file_name
 from .keys import SigningKey
@@ -95,7 +95,7 @@ def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path) -> Writ
         os.chmod(staging, 0o755)
         os.rename(staging, target)
     except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         if isinstance(e, OSError):
             raise HostError(f"cannot write {target}: {e.strerror}", subject=str(target)) from None
         raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..installer.bundle import CHUNKS, MANIFEST, SIGNATURES
+from ..installer._fs import remove_tree
 from ..installer.errors import GapshipError, HostError, UsageError
 from ..installer.hashing import READ_SIZE, Progress, new_hasher, no_progress
 from ..installer.manifest import (
@@ -83,12 +83,13 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
         (staging / MANIFEST).write_bytes(manifest.to_bytes())
         (staging / SIGNATURES).mkdir()
         keyid = write_signature(staging, manifest.to_bytes(), key)
+        os.chmod(staging, 0o755)  # mkdtemp made it 0700; a transfer pipeline may run as another user
         os.rename(staging, out)
     except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise HostError(f"cannot write bundle {out}: {e.strerror}", subject=str(out)) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     return BuildResult(out=out, manifest=manifest, signer=keyid)
 
@@ -119,7 +120,10 @@ def collect_sources(spec: BundleSpec) -> list[tuple[str, str, list[SourceFile]]]
         groups.append(("model", model.name, _walk(model.source, f"models/{model.name}")))
     policy = _source_file(spec.safeguards, POLICY_PATH)
     groups.append(("safeguards", "safeguards", [policy]))
-    check_no_collisions(f.path for _, _, files in groups for f in files)
+    try:
+        check_no_collisions(f.path for _, _, files in groups for f in files)
+    except GapshipError as e:  # the user's source tree, not a hostile bundle: exit 2 like other bad paths
+        raise UsageError(f"cannot bundle {spec.path}: {e.message}", subject=e.subject) from None
     return groups
 
 

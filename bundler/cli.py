@@ -10,7 +10,7 @@ import click
 
 from ..installer.cli import cli, emit, human_size, json_option, output_options, progress_bar
 from ..installer.errors import UsageError
-from .build import DEFAULT_CHUNK_SIZE, build as build_bundle, collect_sources, parse_size
+from .build import build as build_bundle, collect_sources, parse_size
 from .keys import SigningKey, keygen as write_keys
 from .sign import sign_bundle, sign_bundle_sigstore
 from .spec import load_spec
@@ -34,7 +34,7 @@ def keygen(name: str, out_dir: Path, as_json: bool) -> None:
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
 @click.option("--key", "key_file", required=True, type=click.Path(path_type=Path), help="Private signing key.")
-@click.option("--chunk-size", default=str(DEFAULT_CHUNK_SIZE), show_default=True,
+@click.option("--chunk-size", default="64MiB", show_default=True,
               help="Chunk size, e.g. 64MiB or 4GB.")
 @output_options
 def build(spec: Path, out: Path, key_file: Path, chunk_size: str, as_json: bool, progress: bool | None) -> None:

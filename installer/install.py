@@ -13,11 +13,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import getpass
 import json
 import os
 import secrets
-import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +26,8 @@ from pathlib import Path
 
 from . import __version__
 from ._extract import extract_payload
+from ._fs import remove_tree
+from .audit import who as audit_who
 from .bundle import SIGNATURES
 from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
@@ -91,7 +91,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             os.rename(staging, target)
             _fsync_dir(home)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
             raise
         _switch_current(home, m.version)
     return _result(verified, target, "installed", previous)
@@ -134,10 +134,7 @@ def _remove_staging_litter(home: Path) -> None:
     """Called under the lock: no other install can own a staging directory now."""
     for entry in home.iterdir():
         if entry.name.startswith((STAGING_PREFIX, ".current-")):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            remove_tree(entry)
 
 
 def _mkdtemp(home: Path) -> str:
@@ -196,10 +193,8 @@ def _write_records(staging: Path, verified: VerifiedManifest, site: SiteDecision
 
 
 def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+    """The real uid's name, never $USER/$LOGNAME, which the caller's environment controls."""
+    return str(audit_who()["user"])
 
 
 def _switch_current(home: Path, version: str) -> None:

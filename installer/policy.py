@@ -90,7 +90,8 @@ def _table(value: object, where: str) -> Mapping[str, Any]:
 
 def _policy(raw: Mapping[str, Any]) -> Policy:
     _keys(raw, "policy", {"schema_version", "prohibited_uses", "sites", "models"}, set())
-    if raw["schema_version"] != POLICY_SCHEMA_VERSION:
+    version = raw["schema_version"]
+    if type(version) is not int or version != POLICY_SCHEMA_VERSION:  # True == 1.0 == 1 in Python
         raise _Bad(f"schema_version must be {POLICY_SCHEMA_VERSION}, not {raw['schema_version']!r}")
     prohibited = _strings(raw["prohibited_uses"], "prohibited_uses")
     if not prohibited:
