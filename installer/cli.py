@@ -41,15 +41,26 @@ class GapshipGroup(click.Group):
     """Catches every error once: a one-line message on stderr (or a JSON object on stdout with
     ``--json``) and the error's documented exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Seen before any sub-command parses its options, so that a usage error in them can still
+        # be reported as JSON to a script that asked for JSON.
+        if "--json" in args:
+            ctx.meta[JSON_KEY] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GapshipError as e:
             _fail(ctx, e.to_dict(), e.exit_code)
+        except click.UsageError as e:
+            if not _wants_json(ctx):
+                raise
+            _fail(ctx, {"code": 2, "kind": "usage", "message": e.format_message(), "subject": None, "hint": None}, 2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            _fail(ctx, {"code": 1, "kind": "interrupted", "message": "interrupted", "subject": None, "hint": None}, 130)
+            _fail(ctx, {"code": 130, "kind": "interrupted", "message": "interrupted", "subject": None, "hint": None}, 130)
         except Exception as e:  # a bug: say so, keep the traceback for the report
             if os.environ.get("GAPSHIP_DEBUG"):
                 traceback.print_exc()
