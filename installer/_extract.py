@@ -20,6 +20,7 @@ from .bundle import chunk_path, open_nofollow
 from .errors import GapshipError, HostError, IntegrityError, UnsafeContentError
 from .hashing import READ_SIZE, Progress, new_hasher, no_progress
 from .manifest import FileEntry, Manifest, padded
+from .verify import check_chunk_names
 
 HEADER, DATA, ZEROS = "header", "data", "zeros"
 
@@ -115,6 +116,7 @@ class _Sink:
 
 def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: Progress = no_progress) -> None:
     """Write every file of ``manifest`` under ``root`` (an empty private directory), or raise."""
+    check_chunk_names(bundle, manifest)  # chunks/ must hold exactly the signed chunks, no extra one
     sink = _Sink(root=root, algorithm=manifest.hash_algorithm, segments=plan(manifest))
     buf = bytearray(READ_SIZE)
     try:
