@@ -29,6 +29,8 @@ BAD_POLICIES = {
                          "sites.test-site has unknown key 'firewall'"),
     "site_undeclared": (POLICY.replace(b'sites = ["test-site"]', b'sites = ["nowhere"]'),
                         "models.tiny.sites names site 'nowhere', which is not declared under [sites]"),
+    "model_enabled_at_no_site": (POLICY.replace(b'sites = ["test-site"]', b"sites = []"),
+                                 "models.tiny.sites must name at least one site"),
     "wrong_schema_version": (POLICY.replace(b"schema_version = 1", b"schema_version = 2"),
                              "schema_version must be 1, not 2"),
 }
