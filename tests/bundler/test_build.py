@@ -118,8 +118,8 @@ def test_rejects_existing_output_and_leaves_it_untouched(tmp_path: Path, make_ke
 def test_chunk_size_parsing(tmp_path: Path, make_key: Callable[[str], KeyPair], make_spec: Callable[..., Path],
                             text: str, size: int) -> None:
     out = tmp_path / "out"
-    code, result = run_json("build", make_spec(), "--out", out, "--key", make_key("release").private,
-                            "--chunk-size", text)
+    spec = make_spec(files={"w.bin": b"w"})  # small: a 512-byte chunk size means one fsync per chunk
+    code, result = run_json("build", spec, "--out", out, "--key", make_key("release").private, "--chunk-size", text)
     assert code == 0, result
     assert json.loads((out / "manifest.json").read_bytes())["chunk_size"] == size
 

@@ -19,7 +19,7 @@ import pytest
 from gapship.bundler.build import build
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
-from gapship_testing import POLICY, assert_error, noise, run, run_json, tree
+from gapship_testing import assert_error, noise, run, run_json, tree, write_spec
 
 CHUNK = 1024
 
@@ -35,15 +35,9 @@ class World:
 
 
 def _build(base: Path, key: SigningKey, version: str, seed: int) -> Path:
-    src = base / f"src-{version}"
-    (src / "model").mkdir(parents=True)
-    (src / "model" / "weights.bin").write_bytes(noise(40 * CHUNK, seed=seed))
-    (src / "policy.toml").write_bytes(POLICY)
-    (src / "spec.toml").write_text(
-        f'[bundle]\nname = "demo"\nversion = "{version}"\n[[model]]\nname = "tiny"\nsource = "model"\n'
-        '[safeguards]\nsource = "policy.toml"\n')
+    spec = write_spec(base / f"src-{version}", {"weights.bin": noise(40 * CHUNK, seed=seed)}, version=version)
     out = base / f"bundle-{version}"
-    build(load_spec(src / "spec.toml"), out=out, key=key, chunk_size=CHUNK)
+    build(load_spec(spec), out=out, key=key, chunk_size=CHUNK)
     return out
 
 

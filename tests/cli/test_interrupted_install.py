@@ -17,7 +17,10 @@ from pathlib import Path
 
 from gapship_testing import KeyPair, gapship_script, noise, run_json, tree
 
-BIG = 8 * 1024 * 1024  # with 4 KiB chunks: ~2000 chunks, a few hundred ms to install
+# 16 MiB in 256 chunks of 64 KiB: the install spends 100+ ms with data in staging (hashing, writing,
+# flushing), against a 0.5 ms poll; few chunks keep the build's per-chunk fsync cheap.
+BIG = 16 * 1024 * 1024
+CHUNK = 64 * 1024
 POLL = 0.0005
 
 
@@ -54,7 +57,7 @@ def test_killed_install_keeps_previous_and_rerun_succeeds(
     home = prefix / "demo"
     old = make_bundle(key, version="0.9.0", files={"weights.bin": noise(5000, seed=1)})
     big = noise(BIG, seed=2)
-    new = make_bundle(key, version="1.0.0", chunk_size=4096, files={"weights.bin": big})
+    new = make_bundle(key, version="1.0.0", chunk_size=CHUNK, files={"weights.bin": big})
     assert run_json("install", old, "--trust", trust, "--prefix", prefix)[0] == 0
     previous = tree(home / "0.9.0")
     command = [str(gapship_script()), "install", str(new), "--trust", str(trust), "--prefix", str(prefix), "--json"]

@@ -46,6 +46,23 @@ def run_json(*args: str | Path) -> tuple[int, dict[str, object]]:
     return result.exit_code, json.loads(result.stdout)
 
 
+def write_spec(base: Path, files: dict[str, bytes], *, name: str = "demo", version: str = "1.0.0") -> Path:
+    """Write base/model/<files>, base/policy.toml and base/spec.toml (model "tiny"); return the spec.
+    For module-scoped fixtures, which cannot use the function-scoped make_spec."""
+    for rel, data in files.items():
+        target = base / "model" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    (base / "policy.toml").write_bytes(POLICY)
+    spec = base / "spec.toml"
+    spec.write_text(
+        f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n'
+        f'[[model]]\nname = "tiny"\nsource = "model"\n\n'
+        f'[safeguards]\nsource = "policy.toml"\n'
+    )
+    return spec
+
+
 def gapship_script() -> Path:
     """The installed ``gapship`` console script of the interpreter running the tests."""
     return Path(sys.executable).parent / "gapship"
