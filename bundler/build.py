@@ -167,9 +167,17 @@ def _created(now: datetime | None) -> datetime:
     if now is not None:
         return now
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
+    if not epoch:
+        return datetime.now(timezone.utc)
+    # reproducible-builds.org/specs/source-date-epoch: a malformed value should fail the build, not be
+    # ignored (that would silently make it unreproducible).
+    try:
+        if not (epoch.isascii() and epoch.isdigit()):
+            raise ValueError(epoch)
         return datetime.fromtimestamp(int(epoch), timezone.utc)
-    return datetime.now(timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(f"SOURCE_DATE_EPOCH {epoch!r} is not a whole number of seconds since 1970 up to "
+                         "year 9999", subject="SOURCE_DATE_EPOCH") from None
 
 
 def _staging_dir(out: Path) -> Path:

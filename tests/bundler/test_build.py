@@ -180,3 +180,17 @@ def test_build_reports_what_it_wrote(tmp_path: Path, make_key: Callable[[str], K
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith(f"built demo 1.0.0 at {out}: 3 files, ")
     assert f"signed by {key.keyid[:16]}" in result.stdout
+
+
+@pytest.mark.parametrize("epoch", ["yesterday", "1.5", "-1", "99999999999999"])
+def test_rejects_malformed_source_date_epoch(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                             make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+                                             epoch: str) -> None:
+    """reproducible-builds.org: a malformed SOURCE_DATE_EPOCH should fail the build, not be ignored."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    spec, out = make_spec(), tmp_path / "out"
+    code, result = _build(spec, out, make_key("release"))
+    assert code == 2
+    message = assert_error(result, code=2, kind="usage", subject="SOURCE_DATE_EPOCH")
+    assert f"SOURCE_DATE_EPOCH {epoch!r}" in message
+    _assert_nothing_written(spec, out)
