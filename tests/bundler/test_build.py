@@ -194,3 +194,29 @@ def test_rejects_malformed_source_date_epoch(tmp_path: Path, make_key: Callable[
     message = assert_error(result, code=2, kind="usage", subject="SOURCE_DATE_EPOCH")
     assert f"SOURCE_DATE_EPOCH {epoch!r}" in message
     _assert_nothing_written(spec, out)
+
+
+def test_single_file_source_and_two_models(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                           make_trust: Callable[..., Path]) -> None:
+    """A [[model]] source may be one file (it lands at models/<name>/<file name>); models keep spec order."""
+    key = make_key("release")
+    base = tmp_path / "src"
+    (base / "two").mkdir(parents=True)
+    (base / "one.safetensors").write_bytes(noise(3000, seed=1))
+    (base / "two" / "a.txt").write_bytes(b"a\n")
+    policy = POLICY + b'\n[models.two]\nsites = ["test-site"]\n'
+    (base / "policy.toml").write_bytes(policy.replace(b"[models.tiny]", b"[models.one]"))
+    (base / "spec.toml").write_text('[bundle]\nname = "multi"\nversion = "2.0.0"\n'
+                                    '[[model]]\nname = "one"\nsource = "one.safetensors"\n'
+                                    '[[model]]\nname = "two"\nsource = "two"\n'
+                                    '[safeguards]\nsource = "policy.toml"\n')
+    out, prefix = tmp_path / "out", tmp_path / "prefix"
+    assert _build(base / "spec.toml", out, key)[0] == 0
+    code, result = run_json("install", out, "--trust", make_trust(key), "--prefix", prefix)
+    assert code == 0, result
+    installed = prefix / "multi" / "current"
+    assert (installed / "models" / "one" / "one.safetensors").read_bytes() == noise(3000, seed=1)
+    assert (installed / "models" / "two" / "a.txt").read_bytes() == b"a\n"
+    components = json.loads((out / "manifest.json").read_bytes())["components"]
+    assert [(c["kind"], c["name"]) for c in components] == [("model", "one"), ("model", "two"),
+                                                            ("safeguards", "safeguards")]

@@ -3,6 +3,8 @@ the problem for each way a policy can be wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gapship.installer.errors import PolicyError, UsageError
@@ -105,3 +107,10 @@ def test_error_class_is_the_callers_choice() -> None:
     """The installer re-reads the policy from a verified bundle and raises its own class there."""
     with pytest.raises(PolicyError):
         parse_policy(b"schema_version = 2\n", source="policy.toml", error=PolicyError)
+
+
+def test_the_shipped_example_policy_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "manifests" / "example" / "policy.toml"
+    policy = parse_policy(example.read_bytes(), source=str(example))
+    assert "tiny" in policy.models
+    assert any(rule.sensitive for rule in policy.sites.values())
