@@ -26,7 +26,8 @@ from .spec import BundleSpec
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
 POLICY_PATH = "safeguards/policy.toml"
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+# The unit group matches exactly the keys of _UNITS ("Mi" without "B" is not one of them).
+_SIZE_RE = re.compile(r"\s*(\d+)\s*(b|[kmgt](?:i?b)?)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
 
@@ -170,9 +171,17 @@ def _created(now: datetime | None) -> datetime:
     if now is not None:
         return now
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
+    if not epoch:
+        return datetime.now(timezone.utc)
+    # reproducible-builds.org/specs/source-date-epoch: a malformed value should fail the build, not be
+    # ignored (that would silently make it unreproducible).
+    try:
+        if not (epoch.isascii() and epoch.isdigit()):
+            raise ValueError(epoch)
         return datetime.fromtimestamp(int(epoch), timezone.utc)
-    return datetime.now(timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise UsageError(f"SOURCE_DATE_EPOCH {epoch!r} is not a whole number of seconds since 1970 up to "
+                         "year 9999", subject="SOURCE_DATE_EPOCH") from None
 
 
 def _staging_dir(out: Path) -> Path:

@@ -107,6 +107,8 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
         table = _table(body, where)
         _keys(table, where, {"sites"}, set())
         enabled = _strings(table["sites"], f"{where}.sites", _ID_RE)
+        if not enabled:  # a model enabled at no site could never be installed anywhere: a mistake
+            raise _Bad(f"{where}.sites must name at least one site")
         for sid in enabled:
             if sid not in sites:
                 raise _Bad(f"{where}.sites names site {sid!r}, which is not declared under [sites]")

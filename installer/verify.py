@@ -15,7 +15,7 @@ from pathlib import Path
 from .bundle import chunk_path, list_chunk_files, open_nofollow
 from .errors import IntegrityError
 from .hashing import READ_SIZE, Progress, hash_fd, no_progress
-from .manifest import Chunk
+from .manifest import Chunk, Manifest
 from .trust import VerifiedManifest
 
 
@@ -56,7 +56,7 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
                   workers: int | None = None) -> ChunkReport:
     """Check that ``chunks/`` holds exactly the manifest's chunks, each with its size and hash."""
     m = verified.manifest
-    _check_chunk_names(root, verified)
+    check_chunk_names(root, m)
     local = threading.local()
     lock = threading.Lock()
 
@@ -84,10 +84,11 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
     return ChunkReport(chunks=len(m.chunks), bytes=m.payload_size)
 
 
-def _check_chunk_names(root: Path, verified: VerifiedManifest) -> None:
-    """Refuse missing and extra chunk files before hashing anything."""
+def check_chunk_names(root: Path, manifest: Manifest) -> None:
+    """Refuse missing and extra chunk files before hashing anything: ``chunks/`` must hold exactly
+    the manifest's chunks (docs/format.md, "Chunks"). ``verify`` and ``install`` both call it."""
     present = set(list_chunk_files(root))
-    expected = [c.name for c in verified.manifest.chunks]
+    expected = [c.name for c in manifest.chunks]
     for name in expected:
         if name not in present:
             raise IntegrityError(f"chunks/{name} is missing", subject=f"chunks/{name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,3 +78,11 @@ def make_bundle(tmp_path: Path, make_spec: Callable[..., Path]) -> Callable[...,
     return make
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``network`` need the package index; they run only with GAPSHIP_NETWORK_TESTS=1."""
+    if os.environ.get("GAPSHIP_NETWORK_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs the package index; set GAPSHIP_NETWORK_TESTS=1 to run")
+    for item in items:
+        if "network" in item.keywords:
+            item.add_marker(skip)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,45 @@ def run(*args: str | Path) -> Result:
 def run_json(*args: str | Path) -> tuple[int, dict[str, object]]:
     result = run(*args, "--json")
     return result.exit_code, json.loads(result.stdout)
+
+
+def write_spec(base: Path, files: dict[str, bytes], *, name: str = "demo", version: str = "1.0.0") -> Path:
+    """Write base/model/<files>, base/policy.toml and base/spec.toml (model "tiny"); return the spec.
+    For module-scoped fixtures, which cannot use the function-scoped make_spec."""
+    for rel, data in files.items():
+        target = base / "model" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    (base / "policy.toml").write_bytes(POLICY)
+    spec = base / "spec.toml"
+    spec.write_text(
+        f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n'
+        f'[[model]]\nname = "tiny"\nsource = "model"\n\n'
+        f'[safeguards]\nsource = "policy.toml"\n'
+    )
+    return spec
+
+
+def gapship_script() -> Path:
+    """The installed ``gapship`` console script of the interpreter running the tests."""
+    return Path(sys.executable).parent / "gapship"
+
+
+def noise(size: int, seed: int) -> bytes:
+    """Deterministic bytes that do not repeat, so no two chunks of a bundle are alike (a swapped or
+    renamed chunk must change the bytes, or the test could not fail)."""
+    return random.Random(seed).randbytes(size)
+
+
+def assert_error(out: dict[str, object], *, code: int, kind: str, subject: str) -> str:
+    """Check a ``--json`` failure object; return its message for further checks."""
+    assert out["ok"] is False, out
+    error = out["error"]
+    assert isinstance(error, dict), out
+    assert (error["code"], error["kind"], error["subject"]) == (code, kind, subject), error
+    message = error["message"]
+    assert isinstance(message, str) and "\n" not in message, error
+    return message
 
 
 def tree(root: Path) -> dict[str, bytes | str]:

@@ -1,0 +1,56 @@
+"""Install-time host conditions: a second install of the same bundle name while one holds the lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from gapship_testing import KeyPair, assert_error, noise, run, run_json, tree
+
+
+def test_rejects_install_while_another_holds_the_lock(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                                      make_trust: Callable[..., Path],
+                                                      make_bundle: Callable[..., Path]) -> None:
+    key = make_key("release")
+    trust = make_trust(key)
+    prefix = tmp_path / "prefix"
+    old = make_bundle(key, version="0.9.0", files={"w.bin": noise(3000, seed=1)})
+    new = make_bundle(key, version="1.0.0", files={"w.bin": noise(3000, seed=2)})
+    assert run_json("install", old, "--trust", trust, "--prefix", prefix)[0] == 0
+    lock = prefix / "demo" / ".lock"
+    before = tree(prefix)
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a concurrent gapship install would
+        code, out = run_json("install", new, "--trust", trust, "--prefix", prefix)
+        assert code == 7
+        message = assert_error(out, code=7, kind="environment", subject=str(lock))
+        assert message == f"target busy: another gapship process holds {lock}"
+        result = run("install", new, "--trust", trust, "--prefix", prefix)
+        assert result.exit_code == 7 and str(lock) in result.stderr
+        assert tree(prefix) == before
+    finally:
+        os.close(fd)
+
+    code, out = run_json("install", new, "--trust", trust, "--prefix", prefix)  # the lock is free again
+    assert code == 0, out
+    assert os.readlink(prefix / "demo" / "current") == "1.0.0"
+
+
+def test_install_removes_staging_litter(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                        make_trust: Callable[..., Path], make_bundle: Callable[..., Path]) -> None:
+    """What a killed install leaves (a half-written staging dir, a half-made current link) goes away
+    on the next run; tests/cli/test_interrupted_install.py kills a real process."""
+    key = make_key("release")
+    bundle = make_bundle(key)
+    home = tmp_path / "prefix" / "demo"
+    (home / ".staging-abc123" / "models").mkdir(parents=True)
+    (home / ".staging-abc123" / "models" / "half.bin").write_bytes(b"half")
+    os.symlink("0.0.1", home / ".current-0123456789ab")
+
+    code, out = run_json("install", bundle, "--trust", make_trust(key), "--prefix", home.parent)
+    assert code == 0, out
+    assert sorted(p.name for p in home.iterdir()) == [".lock", "1.0.0", "current"]

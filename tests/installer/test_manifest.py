@@ -1,0 +1,155 @@
+"""The manifest model (installer/manifest.py): bytes round trip, canonical form, and a representative
+structural rule per field (the exhaustive hostile versions live in tests/security/)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gapship.bundler.build import build
+from gapship.bundler.keys import SigningKey, keygen
+from gapship.bundler.spec import load_spec
+from gapship.installer.errors import UnsafeContentError
+from gapship.installer.manifest import MAX_MANIFEST_BYTES, Manifest, canonical_json
+from gapship_testing import noise, write_spec
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The manifest bytes of a real two-file bundle, one with a non-ASCII name (built once)."""
+    base = tmp_path_factory.mktemp("manifest")
+    spec = write_spec(base / "src", {"w.bin": noise(3000, seed=1), "é.txt": b"e\n"})
+    key = SigningKey.load(keygen("release", base / "keys")[0])
+    build(load_spec(spec), out=base / "bundle", key=key, chunk_size=1024)
+    return (base / "bundle" / "manifest.json").read_bytes()
+
+
+def _refused(raw: Any, *, subject: str, words: str) -> None:
+    body = raw if isinstance(raw, bytes) else canonical_json(raw)
+    with pytest.raises(UnsafeContentError) as caught:
+        Manifest.from_bytes(body)
+    assert caught.value.subject == subject, caught.value.message
+    assert words in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_round_trip_bytes(data: bytes) -> None:
+    m = Manifest.from_bytes(data)
+    assert m.to_bytes() == data
+    assert Manifest.from_dict(m.to_dict()) == m
+    assert (m.name, m.version, m.hash_algorithm, m.chunk_size) == ("demo", "1.0.0", "sha256", 1024)
+    assert [f.path for f in m.files()] == ["models/tiny/w.bin", "models/tiny/é.txt", "safeguards/policy.toml"]
+    assert m.file_count == 3
+    assert m.chunk("00001.bin") == m.chunks[1] and m.chunk("99999.bin") is None
+    assert "é".encode() in data  # UTF-8 as is, not \\u escapes (RFC 8785)
+
+
+@pytest.mark.parametrize("variant", ["indented", "spaced", "reordered", "trailing_newline", "ascii_escaped",
+                                     "duplicate_key"])
+def test_rejects_non_canonical_form(data: bytes, variant: str) -> None:
+    raw = json.loads(data)
+    body = {
+        "indented": json.dumps(raw, sort_keys=True, indent=1, ensure_ascii=False).encode(),
+        "spaced": json.dumps(raw, sort_keys=True, ensure_ascii=False).encode(),
+        "reordered": json.dumps(dict(reversed(list(raw.items()))), separators=(",", ":"),
+                                ensure_ascii=False).encode(),
+        "trailing_newline": data + b"\n",
+        "ascii_escaped": json.dumps(raw, sort_keys=True, separators=(",", ":")).encode(),
+        "duplicate_key": data.replace(b'{"bundle":', b'{"bundle":{"name":"x","version":"9"},"bundle":', 1),
+    }[variant]
+    assert body != data
+    _refused(body, subject="manifest.json", words="not in canonical form")
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"\xff\xfe", "not valid JSON"),
+    (b'{"format":', "not valid JSON"),
+    (b"[]", "must be an object"),
+])
+def test_rejects_what_is_not_a_json_object(body: bytes, words: str) -> None:
+    with pytest.raises(UnsafeContentError) as caught:
+        Manifest.from_bytes(body)
+    assert words in caught.value.message
+
+
+def test_rejects_float(data: bytes) -> None:
+    _refused(data.replace(b'"chunk_size":1024', b'"chunk_size":1024.0'), subject="manifest.json",
+             words="non-integer number '1024.0'")
+
+
+def test_rejects_oversized_manifest_before_parsing() -> None:
+    _refused(b" " * (MAX_MANIFEST_BYTES + 1), subject="manifest.json", words="over the")
+
+
+def _edit(data: bytes, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    raw: dict[str, Any] = json.loads(data)
+    change(raw)
+    return raw
+
+
+def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    """A change that sets raw[a][b]... for a dotted path (list indices as numbers)."""
+    def change(raw: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = raw
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+    return change
+
+
+_DELETE = object()
+
+RULES = [
+    # (where, new value, subject named, words)
+    ("format", "zip", "format", "is not 'gapship-bundle'"),
+    ("format_version", 2, "format_version", "format_version 2 is not supported"),
+    ("created", _DELETE, "manifest", "lacks created"),
+    ("surprise", 1, "manifest", "has unknown surprise"),
+    ("bundle.name", "Demo", "bundle name", "'Demo' must match"),
+    ("bundle.version", "v1.0.0", "version", "not in normalised PEP 440 form"),
+    ("bundle.version", "one", "version", "not a PEP 440 version"),
+    ("created", "2024-01-01 00:00:00", "created", "is not YYYY-MM-DDTHH:MM:SSZ"),
+    ("expires", "tomorrow", "expires", "is not YYYY-MM-DDTHH:MM:SSZ"),
+    ("hash_algorithm", "md5", "hash_algorithm", "'md5' is not one of"),
+    ("chunk_size", 100, "chunk_size", "outside 512.."),
+    ("chunk_size", True, "chunk_size", "must be an integer"),
+    ("chunk_size", -1, "chunk_size", "must be an integer"),
+    ("chunk_size", 2**53, "chunk_size", "must be an integer"),
+    ("chunks", [], "chunks", "lists no chunks"),
+    ("chunks.1.name", "00002.bin", "00002.bin", "chunk 1 is named '00002.bin', expected '00001.bin'"),
+    ("chunks.0.size", 1000, "00000.bin", "every chunk but the last must be exactly chunk_size"),
+    ("chunks.0.hash", "AB" * 32, "chunk 00000.bin", "not a lower-case hex sha256 digest"),
+    ("payload_size", 512, "payload_size", "not payload_size 512"),
+    ("components.0.kind", "plugin", "component plugin/tiny", "kind must be one of"),
+    ("components.0.files.0.path", "models/tiny/../w.bin", "models/tiny/../w.bin", "'..' component"),
+    ("components.0.files.0.path", "safeguards/w.bin", "safeguards/w.bin", "is not under models/tiny/"),
+    ("components.0.files.0.mode", 0o4755, "models/tiny/w.bin", "only 644 and 755"),
+    ("components.0.files.0.hash", "0" * 63, "file 'models/tiny/w.bin'", "not a lower-case hex sha256 digest"),
+    ("components.0.files.0.offset", 100, "models/tiny/w.bin", "has offset 100"),
+    ("components.0.files.0.size", "3000", "components[0].files[0].size", "must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "subject", "words"), RULES,
+                         ids=[f"{r[0]}={r[1] if r[1] is not _DELETE else 'deleted'}" for r in RULES])
+def test_rejects_structural_violation(data: bytes, where: str, value: object, subject: str, words: str) -> None:
+    _refused(_edit(data, _set(where, value)), subject=subject, words=words)
+
+
+def test_rejects_component_listed_twice(data: bytes) -> None:
+    raw = _edit(data, lambda r: r["components"].insert(1, r["components"][0]))
+    _refused(raw, subject="component model/tiny", words="is listed twice")
+
+
+def test_rejects_paths_that_collide_after_case_folding(data: bytes) -> None:
+    def change(raw: dict[str, Any]) -> None:
+        files = raw["components"][0]["files"]
+        files[1]["path"] = files[0]["path"].upper().replace("MODELS/TINY/", "models/tiny/")
+    _refused(_edit(data, change), subject="models/tiny/W.BIN", words="collides with 'models/tiny/w.bin'")
