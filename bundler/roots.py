@@ -84,7 +84,12 @@ def next_version(trust_dir: Path, change: RootChange, *, expires: datetime,
         raise UsageError(f"{trust_dir} is a legacy trust directory (only *.pub files); run `gapship trust init` first",
                          subject=str(trust_dir))
     old = store.root
-    new = change(old)
+    try:
+        new = change(old)
+    except UsageError:
+        raise
+    except GapshipError as e:  # the model refused the change (dataclasses.replace re-validates)
+        raise UsageError(f"that trust root would be invalid: {e.message}", subject=e.subject) from None
     new = make_root(version=old.version + 1, expires=format_time(expires), keys=new.keys, roles=new.roles,
                     names=new.names, floor_resets=new.floor_resets)
     _check_signers(sign_with, [old, new])

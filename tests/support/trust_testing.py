@@ -65,7 +65,7 @@ def sign_extra(bundle: Path, key: SigningKey) -> None:
     sign_bundle(bundle, key)
 
 
-def verify(bundle: Path, trust_dir: Path, *, now: datetime = T0 + DAY, prefix: Path | None = None,
+def verify(bundle: Path, trust_dir: Path, *, now: datetime | None = T0 + DAY, prefix: Path | None = None,
            allow: Allowances = Allowances(), persist: bool = False) -> VerifiedManifest:
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix).load() if prefix is not None else None
@@ -73,9 +73,9 @@ def verify(bundle: Path, trust_dir: Path, *, now: datetime = T0 + DAY, prefix: P
                            persist_root=trust.persist if persist else None)
 
 
-def verify_and_install(bundle: Path, trust_dir: Path, prefix: Path, *, now: datetime = T0 + DAY,
+def verify_and_install(bundle: Path, trust_dir: Path, prefix: Path, *, now: datetime | None = T0 + DAY,
                        allow: Allowances = Allowances()) -> InstallResult:
-    """What ``gapship install`` does, with the clock given."""
+    """What ``gapship install`` does, with the clock given (None: the real one)."""
     verified = verify(bundle, trust_dir, now=now, prefix=prefix, allow=allow, persist=True)
     return install(bundle, verified, prefix=prefix, state=HostState.for_prefix(prefix))
 
