@@ -13,7 +13,7 @@ from gapship.installer.errors import TrustError
 from gapship.installer.keys import ML_DSA_87, PublicKey, parse_signature_file_name, signature_file_name
 from gapship.installer.trust import TrustStore, load_root_file, update_root
 from gapship_testing import KeyPair, run, tree
-from trust_testing import attach, build_bundle, copy_trust, init_root, new_root, sign_extra, verify
+from trust_testing import attach, build_bundle, init_root, new_root, sign_extra, verify
 
 
 @pytest.fixture
