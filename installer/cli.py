@@ -204,7 +204,7 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:
         for override in result.overrides:
-            click.echo(f"gapship: warning: --allow-{override} was used; logged in the receipt and {state.path}", err=True)
+            click.echo(f"gapship: warning: --allow-{override} was needed; logged in {state.path}", err=True)
     emit(as_json, {**result.to_dict(), **trust_fields(verified)}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
         f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
@@ -213,8 +213,8 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
 
 
 def trust_fields(verified: VerifiedManifest) -> dict[str, Any]:
-    """The trust root that decided (docs/cli.md): its version (null in legacy mode) and the versions
-    this bundle's roots/ brought in."""
+    """The trust root that decided (docs/trust.md, "Commands"): its version (null in legacy mode) and
+    the versions this bundle's roots/ brought in."""
     return {"root_version": verified.root_version, "root_updates": list(verified.root_updates)}
 
 
