@@ -6,7 +6,8 @@ import os
 import re
 import stat
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ..installer.manifest import (
 )
 from ..installer.paths import check_no_collisions, check_relative_path
 from ..installer.policy import parse_policy
+from ._expiry import parse_expires
 from ._payload import ChunkWriter, end_archive, member_header, pad_to_block
 from .keys import SigningKey
 from .sign import write_signature
@@ -56,6 +58,7 @@ class BuildResult:
     out: Path
     manifest: Manifest
     signer: str
+    signers: tuple[str, ...] = ()  # every key id that signed, the first being ``signer``
 
     def to_dict(self) -> dict[str, object]:
         m = self.manifest
@@ -66,24 +69,34 @@ class BuildResult:
             "files": m.file_count,
             "payload_size": m.payload_size,
             "signer": self.signer,
+            "signers": list(self.signers or (self.signer,)),
+            "hash_algorithm": m.hash_algorithm,
+            "expires": m.expires,
         }
 
 
 def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
-          algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None) -> BuildResult:
-    """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all."""
+          algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None,
+          expires: str | None = None, also_sign: Sequence[SigningKey] = ()) -> BuildResult:
+    """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
+    ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
+    ``also_sign`` adds more signers, e.g. the ML-DSA-87 half of a hybrid pair."""
     if out.exists() or out.is_symlink():
         raise UsageError(f"output {out} already exists; refusing to overwrite it", subject=str(out))
+    keys = _distinct_keys([key, *also_sign])
     policy_bytes = _read_policy(spec)
     groups = collect_sources(spec)
-    created = _created(now)
+    created = _created(now).replace(microsecond=0)
+    until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
     try:
         manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress)
+        if until is not None:
+            manifest = replace(manifest, expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _check_policy_unchanged(manifest, policy_bytes, spec)
         (staging / MANIFEST).write_bytes(manifest.to_bytes())
         (staging / SIGNATURES).mkdir()
-        keyid = write_signature(staging, manifest.to_bytes(), key)
+        keyids = tuple(write_signature(staging, manifest.to_bytes(), k) for k in keys)
         os.chmod(staging, 0o755)  # mkdtemp made it 0700; a transfer pipeline may run as another user
         os.rename(staging, out)
     except OSError as e:
@@ -92,7 +105,16 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     except BaseException:
         remove_tree(staging)
         raise
-    return BuildResult(out=out, manifest=manifest, signer=keyid)
+    return BuildResult(out=out, manifest=manifest, signer=keyids[0], signers=keyids)
+
+
+def _distinct_keys(keys: list[SigningKey]) -> list[SigningKey]:
+    seen: set[str] = set()
+    for k in keys:
+        if k.public.keyid in seen:
+            raise UsageError(f"key {k.public.keyid[:16]} is given twice", subject=k.public.keyid)
+        seen.add(k.public.keyid)
+    return keys
 
 
 def _read_policy(spec: BundleSpec) -> bytes:

@@ -10,6 +10,9 @@ import click
 
 from ..installer.cli import cli, emit, human_size, json_option, output_options, progress_bar
 from ..installer.errors import UsageError
+from ..installer.hashing import HASH_ALGORITHMS
+from ..installer.keys import ALGORITHMS, ED25519
+from . import trust_cli as _trust_cli  # noqa: F401  (adds init, add-key, ... to `gapship trust`)
 from .build import build as build_bundle, collect_sources, parse_size
 from .keys import SigningKey, keygen as write_keys
 from .sign import sign_bundle, sign_bundle_sigstore
@@ -20,36 +23,46 @@ from .spec import load_spec
 @click.argument("name")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Where to write NAME.key and NAME.pub.")
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default=ED25519, show_default=True,
+              help="ed25519 (FIPS 186-5) or ml-dsa-87 (FIPS 204, post-quantum; CNSA 2.0).")
 @json_option
-def keygen(name: str, out_dir: Path, as_json: bool) -> None:
-    """Write an Ed25519 key pair: NAME.key (private, mode 0600) and NAME.pub."""
-    private, public, key = write_keys(name, out_dir)
-    emit(as_json, {"private": str(private), "public": str(public), "keyid": key.keyid}, [
+def keygen(name: str, out_dir: Path, algorithm: str, as_json: bool) -> None:
+    """Write a key pair: NAME.key (private, mode 0600) and NAME.pub."""
+    private, public, key = write_keys(name, out_dir, algorithm)
+    emit(as_json, {"private": str(private), "public": str(public), "keyid": key.keyid, "algorithm": key.algorithm}, [
         f"wrote {private} (private: keep it offline) and {public}",
-        f"key id {key.keyid}",
+        f"{key.algorithm} key id {key.keyid}",
     ])
 
 
 @cli.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
-@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path), help="Private signing key.")
+@click.option("--key", "key_files", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Private signing key (repeatable: e.g. an Ed25519 and an ML-DSA-87 key for hybrid signing).")
 @click.option("--chunk-size", default="64MiB", show_default=True,
               help="Chunk size, e.g. 64MiB or 4GB.")
+@click.option("--hash", "hash_algorithm", type=click.Choice(HASH_ALGORITHMS), default="sha256", show_default=True,
+              help="Hash for chunks and files (sha384 for CNSA 2.0 sites).")
+@click.option("--expires", help="Refuse the bundle after this: a duration after creation (90d, 12h, 2w) or "
+                                "YYYY-MM-DDTHH:MM:SSZ.")
 @output_options
-def build(spec: Path, out: Path, key_file: Path, chunk_size: str, as_json: bool, progress: bool | None) -> None:
+def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
+          expires: str | None, as_json: bool, progress: bool | None) -> None:
     """Freeze the models and safeguards of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
-    key = SigningKey.load(key_file)
+    key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
     total = sum(f.size for _, _, files in collect_sources(bundle_spec) for f in files)
     with progress_bar(total, "build", progress) as bar:
-        result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar)
+        result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar, algorithm=hash_algorithm,
+                              expires=expires, also_sign=others)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
-        f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}",
-        f"signed by {result.signer[:16]}",
+        f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}, {m.hash_algorithm}"
+        + (f", expires {m.expires}" if m.expires else ""),
+        f"signed by {', '.join(k[:16] for k in result.signers)}",
     ])
 
 
@@ -69,9 +82,10 @@ def sign(bundle: Path, key_file: Path | None, use_sigstore: bool, identity_token
     if key_file is not None:
         if identity_token and _given_on_command_line("identity_token"):
             raise UsageError("--identity-token goes with --sigstore, not --key", subject="--identity-token")
-        keyid, m = sign_bundle(bundle, SigningKey.load(key_file))
-        emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "keyid": keyid},
-             [f"signed {m.name} {m.version} with {keyid[:16]}"])
+        key = SigningKey.load(key_file)
+        keyid, m = sign_bundle(bundle, key)
+        emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "keyid": keyid, "algorithm": key.algorithm},
+             [f"signed {m.name} {m.version} with {key.algorithm} key {keyid[:16]}"])
         return
     signature, m = sign_bundle_sigstore(bundle, identity_token=identity_token, interactive=sys.stdin.isatty())
     emit(as_json, {"bundle": {"name": m.name, "version": m.version}, "kind": "sigstore", "file": signature.file,

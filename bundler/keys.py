@@ -1,8 +1,9 @@
-"""Ed25519 private keys for offline signing (docs/keys.md).
+"""Private keys for offline signing: Ed25519 and ML-DSA-87 (docs/keys.md, docs/trust.md "Algorithms").
 
-A private key is an unencrypted PKCS#8 PEM file (``openssl pkey`` reads it), written with mode 0600
-and never overwritten. Keep it on removable media or in an HSM-backed vault; it never belongs in a
-repository, not even a test one.
+A private key is an unencrypted PKCS#8 PEM file (``openssl pkey`` reads it; ML-DSA needs OpenSSL >=
+3.5), written with mode 0600 and never overwritten. An ML-DSA-87 key is stored in the 32-byte seed form
+of RFC 9881 (what ``cryptography`` writes). Keep keys on removable media or in an HSM-backed vault; they
+never belong in a repository, not even a test one.
 """
 
 from __future__ import annotations
@@ -10,32 +11,47 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 
 from ..installer.errors import HostError, UsageError
-from ..installer.keys import MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
+from ..installer.keys import ALGORITHMS, ED25519, ML_DSA_87, MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
 
 # DER PKCS#8 PrivateKeyInfo for Ed25519 (RFC 8410) is this fixed prefix and the 32-byte seed.
 PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+# ... and for ML-DSA-87 in the seed-only form (RFC 9881, the "seed [0]" choice).
+MLDSA87_PKCS8_PREFIX = bytes.fromhex("3034020100300b060960864801650304031304228020")
+SEED_BYTES = 32
 
 
 @dataclass(frozen=True)
 class SigningKey:
     seed: bytes
+    algorithm: str = ED25519
 
     @property
     def public(self) -> PublicKey:
+        if self.algorithm == ML_DSA_87:
+            return PublicKey(raw=_mldsa(self.seed).public_key().public_bytes_raw(), algorithm=ML_DSA_87)
         return PublicKey(raw=bytes(nacl.signing.SigningKey(self.seed).verify_key))
 
     def sign(self, message: bytes) -> bytes:
+        if self.algorithm == ML_DSA_87:
+            signature: bytes = _mldsa(self.seed).sign(message)  # empty context, as the verifier expects
+            return signature
         return nacl.signing.SigningKey(self.seed).sign(message).signature
 
     def to_pem(self) -> bytes:
-        return pem_encode(PKCS8_PREFIX + self.seed, "PRIVATE KEY")
+        prefix = MLDSA87_PKCS8_PREFIX if self.algorithm == ML_DSA_87 else PKCS8_PREFIX
+        return pem_encode(prefix + self.seed, "PRIVATE KEY")
 
     @classmethod
-    def generate(cls) -> SigningKey:
+    def generate(cls, algorithm: str = ED25519) -> SigningKey:
+        if algorithm not in ALGORITHMS:
+            raise UsageError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}", subject=algorithm)
+        if algorithm == ML_DSA_87:
+            return cls(seed=_mldsa_generate().private_bytes_raw(), algorithm=ML_DSA_87)
         return cls(seed=bytes(nacl.signing.SigningKey.generate()))
 
     @classmethod
@@ -49,12 +65,46 @@ class SigningKey:
         if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
             raise UsageError(f"{path} is a public key; signing needs the private .key file", subject=str(path))
         der = pem_decode(data, "PRIVATE KEY", source=str(path))
-        if len(der) != len(PKCS8_PREFIX) + 32 or not der.startswith(PKCS8_PREFIX):
-            raise UsageError(f"{path}: not an unencrypted Ed25519 PKCS#8 private key", subject=str(path))
-        return cls(seed=der[len(PKCS8_PREFIX):])
+        if len(der) == len(PKCS8_PREFIX) + SEED_BYTES and der.startswith(PKCS8_PREFIX):
+            return cls(seed=der[len(PKCS8_PREFIX):])
+        if len(der) == len(MLDSA87_PKCS8_PREFIX) + SEED_BYTES and der.startswith(MLDSA87_PKCS8_PREFIX):
+            return cls(seed=der[len(MLDSA87_PKCS8_PREFIX):], algorithm=ML_DSA_87)
+        return cls(seed=_mldsa_seed_from_der(der, source=str(path)), algorithm=ML_DSA_87)
 
 
-def keygen(name: str, out_dir: Path) -> tuple[Path, Path, PublicKey]:
+def _mldsa(seed: bytes) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    return mldsa.MLDSA87PrivateKey.from_seed_bytes(seed)
+
+
+def _mldsa_generate() -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    try:
+        return mldsa.MLDSA87PrivateKey.generate()
+    except UnsupportedAlgorithm:
+        raise UsageError("this cryptography build cannot make ML-DSA-87 keys (needs cryptography >= 48)",
+                         subject=ML_DSA_87) from None
+
+
+def _mldsa_seed_from_der(der: bytes, *, source: str) -> bytes:
+    """Other PKCS#8 encodings of ML-DSA-87 (e.g. OpenSSL's seed-and-expanded form) that keep the seed."""
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
+
+    try:
+        key = load_der_private_key(der, password=None)
+        if isinstance(key, mldsa.MLDSA87PrivateKey):
+            seed: bytes = key.private_bytes_raw()
+            return seed
+    except (ValueError, TypeError):
+        pass
+    raise UsageError(f"{source}: not an unencrypted Ed25519 or ML-DSA-87 PKCS#8 private key", subject=source)
+
+
+def keygen(name: str, out_dir: Path, algorithm: str = ED25519) -> tuple[Path, Path, PublicKey]:
     """Write ``NAME.key`` (0600, never overwritten) and ``NAME.pub``; return their paths and the key."""
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"key name {name!r} must be a plain file name", subject=name)
@@ -62,7 +112,7 @@ def keygen(name: str, out_dir: Path) -> tuple[Path, Path, PublicKey]:
     for path in (private, public):
         if path.exists() or path.is_symlink():
             raise UsageError(f"{path} already exists; refusing to overwrite a key", subject=str(path))
-    key = SigningKey.generate()
+    key = SigningKey.generate(algorithm)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

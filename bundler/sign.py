@@ -1,5 +1,8 @@
-"""``gapship sign``: add a detached Ed25519 signature to a bundle (docs/format.md, "Signatures"),
-or, with ``--sigstore``, a keyless sigstore signature (docs/sigstore.md)."""
+"""``gapship sign``: add a detached signature to a bundle (docs/format.md, "Signatures").
+
+The file is ``signatures/<keyid>.<algorithm>.sig`` (``ed25519`` or ``ml-dsa-87``): signing a bundle with
+an Ed25519 key and with an ML-DSA-87 key gives the hybrid pair a root may require (docs/trust.md).
+With ``--sigstore``, a keyless sigstore signature instead (docs/sigstore.md)."""
 
 from __future__ import annotations
 
@@ -34,16 +37,18 @@ def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
 
 
 def write_signature(bundle: Path, manifest_bytes: bytes, key: SigningKey) -> str:
-    """Write ``signatures/<keyid>.ed25519.sig`` atomically; return the key id."""
+    """Write ``signatures/<keyid>.<algorithm>.sig`` atomically; return the key id."""
     keyid = key.public.keyid
     folder = bundle / SIGNATURES
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sig-")
     try:
-        os.write(fd, key.sign(manifest_bytes))
+        view = memoryview(key.sign(manifest_bytes))
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
         os.close(fd)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / signature_file_name(keyid))
+        os.replace(tmp, folder / signature_file_name(keyid, key.algorithm))
     except BaseException:
         os.unlink(tmp)
         raise

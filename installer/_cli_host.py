@@ -27,17 +27,19 @@ from .authorization import AuthorizeKeys, carried_authorizations, read_authoriza
 from .errors import GapshipError, UsageError
 from .safeguards import SiteDecision, decide, read_bundled_policy
 from .site import Site
-from .trust import VerifiedManifest
+from .trust import TrustStore, VerifiedManifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 _QUIET_PARAMS = {"as_json", "progress"}
 
 
-def authorize_keys(trust_dir: Path) -> AuthorizeKeys:
-    """THE SEAM to the trust root (issue 4): who may sign site authorizations. Legacy mode reads
-    ``TRUSTDIR/authorize/*.pub``, threshold 1; with a trust root this becomes the root's ``authorize``
-    role (its keys and threshold)."""
-    return AuthorizeKeys.from_legacy_dir(trust_dir)
+def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
+    """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
+    bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
+    ``TRUSTDIR/authorize/*.pub``, threshold 1."""
+    if trust.legacy:
+        return AuthorizeKeys.from_legacy_dir(trust_dir)
+    return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
 
 
 @dataclass
@@ -66,7 +68,7 @@ class HostContext:
         candidates = [read_authorization(p, explicit=True) for p in self.authorization_paths]
         candidates += carried_authorizations(bundle)
         self.decision = decide(policy, verified, site=self.site, candidates=candidates,
-                               keys=authorize_keys(trust_dir), now=datetime.now(timezone.utc))
+                               keys=authorize_keys(trust_dir, verified.trust or TrustStore.from_dir(trust_dir)), now=datetime.now(timezone.utc))
         return self.decision
 
     def summary(self) -> dict[str, object] | None:

@@ -37,7 +37,8 @@ def status(prefix: Path, site_config: Path | None, as_json: bool) -> None:
         raise UsageError(f"prefix {str(prefix)!r} does not exist", subject=str(prefix))
     site = load_site(site_config)
     now = datetime.now(timezone.utc)
-    bundles = [_bundle(home, now) for home in sorted(prefix.iterdir()) if home.is_dir() and not home.is_symlink()]
+    bundles = [_bundle(home, now) for home in sorted(prefix.iterdir())
+               if home.is_dir() and not home.is_symlink() and not home.name.startswith(".")]  # .gapship/: host state
     bundles = [b for b in bundles if b["versions"]]
     payload = {"prefix": str(prefix), "site": site.site_id if site else None, "bundles": bundles}
     lines = [f"prefix {prefix}" + (f" (site {site.site_id})" if site else "")]

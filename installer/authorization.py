@@ -32,7 +32,8 @@ from packaging.version import InvalidVersion, Version
 from .bundle import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, read_capped
 from .errors import PolicyError, TrustError, UsageError
 from .hashing import HASH_ALGORITHMS, digest_hex_length
-from .keys import MAX_KEY_FILE_BYTES, PublicKey, keyid_of_signature_file
+from ._root import ROLE_AUTHORIZE, Root, TrustedKey
+from .keys import MAX_KEY_FILE_BYTES, PublicKey, parse_signature_file_name
 from .manifest import _TIME_RE, canonical_json
 from .policy import _CONTROL_RE, _ID_RE
 
@@ -219,9 +220,18 @@ def _no_float(text: str) -> object:
 class AuthorizeKeys:
     """The keys that may sign site authorizations, and how many distinct ones must."""
 
-    keys: Mapping[str, PublicKey]
+    keys: Mapping[str, TrustedKey]
     threshold: int
     source: str
+
+    @classmethod
+    def from_root(cls, root: Root, *, source: str) -> AuthorizeKeys:
+        """The trust root's ``authorize`` role (docs/trust.md); no such role means no key may authorize."""
+        role = root.role(ROLE_AUTHORIZE)
+        if role is None:
+            return cls(keys={}, threshold=1, source=f"{source} (trust root v{root.version} has no authorize role)")
+        keys = {k: root.keys[k] for k in role.keyids}
+        return cls(keys=keys, threshold=role.threshold, source=f"{source} (trust root v{root.version}, authorize role)")
 
     @classmethod
     def from_legacy_dir(cls, trust_dir: Path) -> AuthorizeKeys:
@@ -288,8 +298,12 @@ def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, ke
     signers: set[str] = set()
     found: list[str] = []
     for name, sig in sorted(signatures.items()):
-        keyid = keyid_of_signature_file(name)
+        parsed = parse_signature_file_name(name)
+        keyid = parsed[0] if parsed else None
         key = keys.keys.get(keyid) if keyid else None
+        if key is not None and parsed is not None and key.algorithm != parsed[1]:
+            found.append(f"{name[:16]}: signature says {parsed[1]}, the key is {key.algorithm}")
+            continue
         if key is None:
             found.append(f"{name[:16]}: not an authorize key" if keyid else f"{name}: not a signature file")
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HostError, IntegrityError, TrustError, UsageError
@@ -18,8 +18,11 @@ from .manifest import MAX_MANIFEST_BYTES
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures"
 CHUNKS = "chunks"
+ROOTS = "roots"  # optional: new trust roots for the site, outside the manifest (docs/trust.md, "Rotation")
 MAX_SIGNATURE_FILES = 64
 MAX_SIGNATURE_BYTES = 64 * 1024
+MAX_ROOT_FILES = 64
+MAX_ROOT_FILE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,15 @@ class RawBundle:
     root: Path
     manifest_bytes: bytes
     signatures: dict[str, bytes]
+    roots: dict[str, bytes] = field(default_factory=dict)  # roots/<N>.root.json, unverified
 
 
 def read_raw_bundle(root: Path) -> RawBundle:
     if not root.is_dir():
         raise UsageError(f"bundle directory {str(root)!r} does not exist or is not a directory", subject=str(root))
     manifest = read_capped(root / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
-    return RawBundle(root=root, manifest_bytes=manifest, signatures=_read_signatures(root / SIGNATURES))
+    return RawBundle(root=root, manifest_bytes=manifest, signatures=_read_signatures(root / SIGNATURES),
+                     roots=_read_roots(root / ROOTS))
 
 
 def _read_signatures(folder: Path) -> dict[str, bytes]:
@@ -48,6 +53,19 @@ def _read_signatures(folder: Path) -> dict[str, bytes]:
     if len(names) > MAX_SIGNATURE_FILES:
         raise TrustError(f"{SIGNATURES}/ holds {len(names)} files, over the cap of {MAX_SIGNATURE_FILES}", subject=SIGNATURES)
     return {name: read_capped(folder / name, MAX_SIGNATURE_BYTES, missing=TrustError) for name in names}
+
+
+def _read_roots(folder: Path) -> dict[str, bytes]:
+    """The optional ``roots/`` chain; absent means none. Interpreted only by :mod:`.trust`."""
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return {}
+    except NotADirectoryError:
+        raise TrustError(f"{ROOTS} is not a directory", subject=ROOTS) from None
+    if len(names) > MAX_ROOT_FILES:
+        raise TrustError(f"{ROOTS}/ holds {len(names)} files, over the cap of {MAX_ROOT_FILES}", subject=ROOTS)
+    return {name: read_capped(folder / name, MAX_ROOT_FILE_BYTES, missing=TrustError) for name in names}
 
 
 def read_capped(path: Path, cap: int, *, missing: type[IntegrityError] | type[TrustError]) -> bytes:
@@ -89,7 +107,7 @@ def open_nofollow(path: Path, *, missing: type[IntegrityError] | type[TrustError
 
 def _rel(path: Path) -> str:
     """A short name for messages: ``chunks/00003.bin`` rather than a whole path."""
-    return f"{path.parent.name}/{path.name}" if path.parent.name in (CHUNKS, SIGNATURES) else path.name
+    return f"{path.parent.name}/{path.name}" if path.parent.name in (CHUNKS, SIGNATURES, ROOTS) else path.name
 
 
 def chunk_path(root: Path, name: str) -> Path:

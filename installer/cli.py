@@ -25,7 +25,8 @@ from .bundle import read_raw_bundle
 from .errors import EXIT_CODES, GapshipError
 from .hashing import Progress
 from .install import install as install_bundle
-from .trust import SignatureCheck, TrustStore, parse_unverified, verify_manifest
+from .state import HostState
+from .trust import Allowances, SignatureCheck, TrustStore, VerifiedManifest, parse_unverified, verify_manifest
 from .verify import verify_chunk_file, verify_chunks
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -147,7 +148,7 @@ def cli() -> None:
 
 
 trust_option = click.option("--trust", "trust_dir", required=True, type=click.Path(path_type=Path),
-                            help="Trust directory: the site's *.pub keys.")
+                            help="Trust directory: the site's root.json (or, legacy, its *.pub keys).")
 bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
 
 
@@ -185,9 +186,11 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
         "chunks_total": len(m.chunks),
         "bytes_checked": size,
         "site": host.summary(),
+        **trust_fields(verified),
     }, [
-        f"OK {m.name} {m.version}: signed by {signer_names(trust, verified.signers)}",
+        f"OK {m.name} {m.version}: signed by {signer_names(verified.trust or trust, verified.signers)}",
         f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
+        *trust_lines(verified, persisted=False),
         *host.lines(),
     ])
 
@@ -196,24 +199,52 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
 @bundle_argument
 @trust_option
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
+@click.option("--allow-reinstall", is_flag=True,
+              help="Install a version equal to the highest installed one (logged).")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Install a version older than the highest installed one (logged; the floor stays).")
 @output_options
 @host_options
-def install(bundle: Path, trust_dir: Path, prefix: Path, as_json: bool, progress: bool | None,
-            host: HostContext) -> None:
+def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+            as_json: bool, progress: bool | None, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
-    On a site host, the bundle's site policy is enforced first (docs/safeguards.md)."""
+
+    Refuses (exit 5) a version at or below the highest one installed, an expired bundle, or a host
+    clock earlier than a signing time already accepted. On a site host, the bundle's site policy is
+    enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
+    directory as soon as they verify."""
     trust = TrustStore.from_dir(trust_dir)
-    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust))
+    state = HostState.for_prefix(prefix)
+    allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
+    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust, state=state.load(), allow=allow,
+                                         persist_root=trust.persist))
     decision = host.decide(bundle, verified, trust_dir=trust_dir)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
-        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, site=decision)
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
-    emit(as_json, {**result.to_dict(), "site": host.summary()}, [
+    if not as_json:
+        for override in result.overrides:
+            click.echo(f"gapship: warning: --allow-{override} was needed; logged in {state.path}", err=True)
+    emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
-        f"current -> {result.version}{was}; signed by {signer_names(trust, result.signers)}",
+        f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
+        *trust_lines(verified, persisted=True),
         *host.lines(),
     ])
+
+
+def trust_fields(verified: VerifiedManifest) -> dict[str, Any]:
+    """The trust root that decided (docs/trust.md, "Commands"): its version (null in legacy mode) and
+    the versions this bundle's roots/ brought in."""
+    return {"root_version": verified.root_version, "root_updates": list(verified.root_updates)}
+
+
+def trust_lines(verified: VerifiedManifest, *, persisted: bool) -> list[str]:
+    if not verified.root_updates:
+        return []
+    done = "updated" if persisted else "would update (verify writes nothing; install does)"
+    return [f"trust root {done} to v{verified.root_updates[-1]}"]
 
 
 @cli.command()
@@ -260,6 +291,7 @@ def main() -> None:
     cli(prog_name="gapship")
 
 
+from . import trust_cli as _trust_cli  # noqa: E402,F401  (registers `gapship trust`)
 from . import _cli_audit  # noqa: E402,F401  (registers `gapship audit`)
-from . import _cli_sigstore  # noqa: E402,F401  (registers `gapship trust add-sigstore`, docs/sigstore.md)
+from . import _cli_sigstore  # noqa: E402,F401  (adds `gapship trust add-sigstore`, docs/sigstore.md)
 from . import _cli_status  # noqa: E402,F401  (registers `gapship status`)

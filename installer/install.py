@@ -33,7 +33,8 @@ from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
 from .manifest import canonical_json
 from .safeguards import SiteDecision, write_site_records
-from .trust import VerifiedManifest
+from .state import HostState, StateSnapshot
+from .trust import VerifiedManifest, installed_record, recheck_floor
 
 CURRENT = "current"
 RECEIPT = "receipt.json"
@@ -52,6 +53,7 @@ class InstallResult:
     bytes: int
     status: str  # "installed" | "already-installed"
     previous: str | None
+    overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade": an --allow-* flag was needed (docs/trust.md)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -63,29 +65,37 @@ class InstallResult:
             "files": self.files,
             "bytes": self.bytes,
             "previous": self.previous,
+            "overrides": list(self.overrides),
         }
 
 
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
-            site: SiteDecision | None = None) -> InstallResult:
+            state: HostState | None = None, site: SiteDecision | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
+
+    With ``state``, the anti-rollback floor is checked again under the lock and raised only after
+    ``current`` was switched: an install interrupted before that is finished by a plain rerun, while a
+    completed one makes the same version "already installed" (docs/trust.md, "Anti-rollback").
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written."""
     m = verified.manifest
     home = prefix / m.name
     _make_dirs(home)
     with _locked(home):
         _remove_staging_litter(home)
+        snapshot = state.load() if state else None
+        overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
         previous = _active_version(home)
         target = home / m.version
         if target.exists() or target.is_symlink():
             _check_same_bundle(target, verified)
             _switch_current(home, m.version)
-            return _result(verified, target, "already-installed", previous)
+            _record(state, snapshot, verified, overrides)
+            return _result(verified, target, "already-installed", previous, overrides)
         staging = Path(_mkdtemp(home))
         try:
             extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
-            _write_records(staging, verified, site)
+            _write_records(staging, verified, overrides, site)
             _sync(staging)
             os.chmod(staging, 0o755)
             os.rename(staging, target)
@@ -94,15 +104,25 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             remove_tree(staging)
             raise
         _switch_current(home, m.version)
-    return _result(verified, target, "installed", previous)
+        _record(state, snapshot, verified, overrides)
+    return _result(verified, target, "installed", previous, overrides)
 
 
-def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None) -> InstallResult:
+def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
+            overrides: tuple[str, ...]) -> InstallResult:
     m = verified.manifest
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
         files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
+        overrides=overrides,
     )
+
+
+def _record(state: HostState | None, snapshot: StateSnapshot | None, verified: VerifiedManifest,
+            overrides: tuple[str, ...]) -> None:
+    """Raise the floor last, after ``current`` points at the new version (see :func:`install`)."""
+    if state is not None and snapshot is not None:
+        state.record(installed_record(verified, snapshot, overrides=overrides, at=datetime.now(timezone.utc), by=_who()))
 
 
 def _make_dirs(home: Path) -> None:
@@ -167,7 +187,8 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
         )
 
 
-def _write_records(staging: Path, verified: VerifiedManifest, site: SiteDecision | None) -> None:
+def _write_records(staging: Path, verified: VerifiedManifest, overrides: tuple[str, ...],
+                   site: SiteDecision | None) -> None:
     """The receipt and the exact manifest and signatures, so the install can be re-verified later."""
     m = verified.manifest
     (staging / "manifest.json").write_bytes(verified.manifest_bytes)
@@ -186,6 +207,7 @@ def _write_records(staging: Path, verified: VerifiedManifest, site: SiteDecision
         "files": m.file_count,
         "bytes": sum(f.size for f in m.files()),
         "gapship_version": __version__,
+        "overrides": list(overrides),
         "site": site.summary() if site else None,
     }
     (staging / RECEIPT).write_bytes(canonical_json(receipt) + b"\n")

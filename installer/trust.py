@@ -1,76 +1,129 @@
-"""The one place that decides trust (docs/format.md, "Verification order").
+"""The one place that decides trust (docs/format.md, "Verification order"; docs/trust.md).
 
-:func:`verify_manifest` takes the raw manifest bytes and the raw signature files, checks the signatures
-against the site's trust store, and only then parses the manifest. Everything downstream works on the
-:class:`VerifiedManifest` it returns; nothing else in gapship reads an unverified manifest field (the
-one exception, ``inspect``, says so in its name: :func:`parse_unverified`).
+:func:`verify_manifest` takes the raw bytes of a bundle (manifest, signature files, and any new trust
+roots it carries) and returns a :class:`VerifiedManifest` or raises. Its order is python-tuf's
+TrustedMetadataSet's: for the roots, signatures then version (each new root needs a threshold of the
+old root's root keys AND of its own, and exactly the next version), then the final root's expiry; for
+the manifest, signatures and threshold, then parsing, then version (anti-rollback against the host's
+floor), then time (a clock set back, then expiry). Nothing else in gapship reads an unverified manifest
+field (the one exception, ``inspect``, says so in its name: :func:`parse_unverified`).
+
+Everything here returns nothing or raises; the host state and the trust directory are read and
+written by :mod:`.state` and :mod:`._trustdir`, which decide nothing.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from packaging.version import Version
+
 from ._sigstore import SigstoreSigner, check_sigstore_file, is_sigstore_signature_file, load_sigstore_signers
+from ._root import (
+    LEGACY_VERSION, ROLE_RELEASE, ROLE_ROOT, Envelope, Role, Root, SignedRoot, TrustedKey,
+)
+from ._time import format_time, parse_time, utc_now
+from ._trustdir import (
+    HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
+    read_legacy_keys, root_file_name, write_root,
+)
 from .bundle import RawBundle
-from .errors import TrustError, UsageError
+from .errors import PolicyError, TrustError
 from .hashing import new_hasher
-from .keys import MAX_KEY_FILE_BYTES, PublicKey, keyid_of_signature_file
+from .keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
 from .manifest import Manifest
+from .state import Installed, StateSnapshot
 
 MAX_TRUSTED_KEYS = 256
+# How far the host clock may lag a signing time before it counts as set back. Expiry periods are days;
+# this absorbs ordinary drift between the builder's and the site's clocks (docs/trust.md, "Time").
+CLOCK_SKEW = timedelta(minutes=5)
 
-
-@dataclass(frozen=True)
-class TrustStore:
-    """The keys a site accepts. For now a directory of ``*.pub`` files, any one of which suffices."""
-
-    keys: dict[str, PublicKey]
-    source: str
-    names: dict[str, str]  # key id -> the file it came from, for messages
-    threshold: int = 1
-    sigstore: tuple[SigstoreSigner, ...] = ()  # pinned sigstore signers (docs/sigstore.md)
-
-    @classmethod
-    def from_dir(cls, path: Path) -> TrustStore:
-        if not path.is_dir():
-            raise UsageError(f"trust directory {str(path)!r} does not exist", subject=str(path))
-        pubs = sorted(p for p in path.iterdir() if p.name.endswith(".pub"))
-        sigstore = load_sigstore_signers(path)  # TRUSTDIR/sigstore/<signer>.toml
-        if not pubs and not sigstore:
-            raise TrustError(f"trust directory {str(path)!r} holds no *.pub keys", subject=str(path))
-        if len(pubs) > MAX_TRUSTED_KEYS:
-            raise TrustError(f"trust directory holds over {MAX_TRUSTED_KEYS} keys", subject=str(path))
-        keys: dict[str, PublicKey] = {}
-        names: dict[str, str] = {}
-        for pub in pubs:
-            if pub.stat().st_size > MAX_KEY_FILE_BYTES:
-                raise UsageError(f"{pub}: key file over {MAX_KEY_FILE_BYTES} bytes", subject=str(pub))
-            key = PublicKey.from_pem(pub.read_bytes(), source=str(pub))
-            keys[key.keyid] = key
-            names[key.keyid] = pub.name
-        names.update({s.signer_id: s.description for s in sigstore})
-        return cls(keys=keys, source=str(path), names=names, sigstore=sigstore)
+PersistRoot = Callable[[SignedRoot], None]
+SignatureInput = tuple[str, str | None, str | None, bytes]  # (label, keyid, algorithm, signature)
 
 
 @dataclass(frozen=True)
 class SignatureCheck:
-    """What was found about one signature file (reported by ``verify`` and ``inspect``)."""
+    """What was found about one signature (reported by ``verify`` and ``inspect``)."""
 
     file: str
     keyid: str | None
-    status: str  # valid | untrusted | invalid | unsupported | unchecked (sigstore extra missing)
+    status: str  # valid | untrusted | invalid | unsupported | duplicate | unchecked (sigstore extra missing)
     detail: str = ""
+    algorithm: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"file": self.file, "keyid": self.keyid, "status": self.status, "detail": self.detail}
+        return {"file": self.file, "keyid": self.keyid, "status": self.status, "detail": self.detail,
+                "algorithm": self.algorithm}
+
+
+@dataclass(frozen=True)
+class Allowances:
+    """Overrides an admin gave on the command line; each use is logged (docs/trust.md, "Anti-rollback")."""
+
+    reinstall: bool = False
+    downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """The keys a site accepts: its current trust root (``root.json``), or, in legacy mode, a root
+    synthesised from a directory of ``*.pub`` files (every key may sign releases, threshold 1)."""
+
+    root: Root
+    source: str
+    names: Mapping[str, str]  # key id -> a label for messages (file name or the root's key name)
+    path: Path | None = None
+    anchor: SignedRoot | None = None  # the current root document; None in legacy mode
+    # Pinned sigstore signers (TRUSTDIR/sigstore/<name>.toml, docs/sigstore.md): each verified one
+    # counts toward the release threshold once, like a key.
+    sigstore: tuple[SigstoreSigner, ...] = ()
+
+    @property
+    def legacy(self) -> bool:
+        return self.root.legacy
+
+    @property
+    def keys(self) -> Mapping[str, TrustedKey]:
+        return self.root.keys
+
+    @property
+    def threshold(self) -> int:
+        role = self.root.role(ROLE_RELEASE)
+        return role.threshold if role else 1
+
+    @classmethod
+    def from_dir(cls, path: Path) -> TrustStore:
+        check_trust_dir(path)
+        sigstore = load_sigstore_signers(path)
+        data = read_anchor(path)
+        if data is None:
+            return _with_sigstore(_legacy_store(path, keys_required=not sigstore), sigstore)
+        store = _with_sigstore(_anchored_store(path, data), sigstore)
+        # Catch up on history written after root.json (a crash between the two writes of write_root).
+        later = {root_file_name(v): d for v, d in read_history(path).items() if v > store.root.version}
+        store, _ = apply_root_chain(store, later, where=HISTORY_DIR)
+        return store
+
+    def with_root(self, signed: SignedRoot) -> TrustStore:
+        names = {**_root_names(signed.root), **{s.signer_id: s.description for s in self.sigstore}}
+        return replace(self, root=signed.root, anchor=signed, names=names)
+
+    def persist(self, signed: SignedRoot) -> None:
+        """Write an accepted root into this trust directory (history, then root.json, atomically)."""
+        if self.path is None:
+            raise TrustError("this trust store has no directory to write to", subject=self.source)
+        write_root(self.path, signed.version, signed.to_bytes())
 
 
 @dataclass(frozen=True)
 class VerifiedManifest:
-    """A manifest whose bytes were signed by enough trusted keys. Only :func:`verify_manifest`
-    makes one."""
+    """A manifest whose bytes were signed by enough trusted keys and that passed the host's version
+    and time rules. Only :func:`verify_manifest` makes one."""
 
     manifest: Manifest
     manifest_bytes: bytes
@@ -78,40 +131,45 @@ class VerifiedManifest:
     signers: tuple[str, ...]  # key ids of the valid trusted signatures, sorted
     checks: tuple[SignatureCheck, ...]
     signature_files: dict[str, bytes]  # the raw signature files, kept with the install
+    trust: TrustStore | None = None  # the trust after any root update this bundle carried
+    root_updates: tuple[int, ...] = ()  # root versions accepted from the bundle's roots/
+    overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade" when an Allowance was needed
+    allow: Allowances = field(default_factory=Allowances)
+
+    @property
+    def root(self) -> Root | None:
+        return self.trust.root if self.trust else None
+
+    @property
+    def root_version(self) -> int | None:
+        root = self.root
+        return None if root is None or root.legacy else root.version
 
 
-def check_signatures(manifest_bytes: bytes, signatures: dict[str, bytes], trust: TrustStore) -> tuple[SignatureCheck, ...]:
-    """Check every signature file; each trusted key is counted at most once."""
-    checks = []
-    for name, sig in sorted(signatures.items()):
-        if is_sigstore_signature_file(name):  # a sigstore signer counts once, as "sigstore:<name>"
-            found = check_sigstore_file(name, sig, manifest_bytes, trust.sigstore)
-            checks.append(SignatureCheck(name, found.signer, found.status, found.detail))
-            continue
-        keyid = keyid_of_signature_file(name)
-        if keyid is None:
-            checks.append(SignatureCheck(name, None, "unsupported", "not an <keyid>.ed25519.sig file"))
-            continue
-        key = trust.keys.get(keyid)
-        if key is None:
-            checks.append(SignatureCheck(name, keyid, "untrusted", "key not in the trust store"))
-            continue
-        try:
-            key.verify(manifest_bytes, sig, subject=f"signatures/{name}")
-        except TrustError as e:
-            checks.append(SignatureCheck(name, keyid, "invalid", e.message))
-            continue
-        checks.append(SignatureCheck(name, keyid, "valid"))
-    return tuple(checks)
+# -- the decision ----------------------------------------------------------------------------------
 
 
-def verify_manifest(raw: RawBundle, *, trust: TrustStore) -> VerifiedManifest:
-    """Signatures first, then parsing: return the verified manifest or raise."""
+def verify_manifest(raw: RawBundle, *, trust: TrustStore, state: StateSnapshot | None = None,
+                    now: datetime | None = None, allow: Allowances = Allowances(),
+                    persist_root: PersistRoot | None = None) -> VerifiedManifest:
+    """Roots, then manifest signatures, then parsing, then version, then time: return or raise.
+
+    ``state`` (the host's floors and newest accepted time) is None for a stateless ``verify``, which then
+    checks expiry and the bundle's own signing time only. ``persist_root`` is called with each new root
+    as soon as it is verified, as python-tuf does, so a revocation sticks even if the bundle is refused.
+    """
+    when = now or utc_now()
+    trust, updates = apply_root_chain(trust, raw.roots, persist=persist_root)
+    check_root_expiry(trust.root, now=when)
     checks = check_signatures(raw.manifest_bytes, raw.signatures, trust)
-    signers = tuple(sorted({c.keyid for c in checks if c.status == "valid" and c.keyid}))
-    if len(signers) < trust.threshold:
-        raise TrustError(_no_signature_message(checks, trust), subject="signatures")
+    signers = require_threshold(trust.root, ROLE_RELEASE, checks, what=f"the bundle (trust {trust.source})")
     manifest = Manifest.from_bytes(raw.manifest_bytes)
+    overrides: tuple[str, ...] = ()
+    if state is not None:
+        floor, _ = effective_floor(manifest.name, state.floor(manifest.name), trust.root)
+        overrides = check_floor(manifest, floor=floor, allow=allow)
+    check_clock(manifest, newest=state.newest_accepted if state else None, now=when)
+    check_expiry(manifest, now=when)
     return VerifiedManifest(
         manifest=manifest,
         manifest_bytes=raw.manifest_bytes,
@@ -119,7 +177,231 @@ def verify_manifest(raw: RawBundle, *, trust: TrustStore) -> VerifiedManifest:
         signers=signers,
         checks=checks,
         signature_files=dict(raw.signatures),
+        trust=trust,
+        root_updates=updates,
+        overrides=overrides,
+        allow=allow,
     )
+
+
+# -- signatures and thresholds ---------------------------------------------------------------------
+
+
+def check_signatures(manifest_bytes: bytes, signatures: Mapping[str, bytes], trust: TrustStore) -> tuple[SignatureCheck, ...]:
+    """Check every signature file of a bundle against the release role; each key is counted once."""
+    items: list[SignatureInput] = []
+    sigstore_checks: list[SignatureCheck] = []
+    for name, sig in sorted(signatures.items()):
+        if is_sigstore_signature_file(name):  # a pinned sigstore signer counts once, as "sigstore:<name>"
+            found = check_sigstore_file(name, sig, manifest_bytes, trust.sigstore)
+            sigstore_checks.append(SignatureCheck(name, found.signer, found.status, found.detail, "sigstore"))
+            continue
+        parsed = parse_signature_file_name(name)
+        items.append((name, parsed[0], parsed[1], sig) if parsed else (name, None, None, sig))
+    return check_role_signatures(trust.root, ROLE_RELEASE, manifest_bytes, items) + tuple(sigstore_checks)
+
+
+def envelope_items(envelope: Envelope, *, where: str) -> list[SignatureInput]:
+    return [(f"{where} signatures[{i}]", s.keyid, s.algorithm, s.sig) for i, s in enumerate(envelope.signatures)]
+
+
+def check_role_signatures(root: Root, role_name: str, message: bytes,
+                          items: Iterable[SignatureInput]) -> tuple[SignatureCheck, ...]:
+    """One :class:`SignatureCheck` per signature. Any signed document (manifest, root, and the site
+    authorizations of docs/trust.md's ``authorize`` role) goes through here."""
+    role = root.role(role_name) or Role(keyids=(), threshold=1)
+    counted: set[str] = set()
+    return tuple(_check_one(root, role_name, role, message, item, counted) for item in items)
+
+
+def _check_one(root: Root, role_name: str, role: Role, message: bytes, item: SignatureInput,
+               counted: set[str]) -> SignatureCheck:
+    label, keyid, algorithm, sig = item
+    if keyid is None or algorithm is None:
+        return SignatureCheck(label, None, "unsupported", "not a <keyid>.<algorithm>.sig file")
+    key = root.keys.get(keyid)
+    if key is None:
+        where = "the trust store" if root.legacy else f"trust root v{root.version}"
+        return SignatureCheck(label, keyid, "untrusted", f"key not in {where}", algorithm)
+    if keyid not in role.keyids:
+        return SignatureCheck(label, keyid, "untrusted", f"key is not in the {role_name} role", algorithm)
+    if key.algorithm != algorithm:
+        return SignatureCheck(label, keyid, "invalid", f"signature says {algorithm}, the key is {key.algorithm}", algorithm)
+    if keyid in counted:
+        return SignatureCheck(label, keyid, "duplicate", "this key was already counted once", algorithm)
+    try:
+        key.verify(message, sig, subject=label)
+    except AlgorithmUnavailable as e:
+        return SignatureCheck(label, keyid, "unsupported", e.message, algorithm)
+    except TrustError as e:
+        return SignatureCheck(label, keyid, "invalid", e.message, algorithm)
+    counted.add(keyid)
+    return SignatureCheck(label, keyid, "valid", "", algorithm)
+
+
+def require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck, ...], *, what: str) -> tuple[str, ...]:
+    """The distinct valid signers, or raise when the role's threshold is not met. With
+    ``require_algorithms`` (hybrid signing) the threshold must be met in EACH listed algorithm."""
+    role = root.role(role_name)
+    if role is None:
+        raise TrustError(f"trust root v{root.version} has no {role_name} role", subject=role_name)
+    valid = sorted({c.keyid for c in checks if c.status == "valid" and c.keyid})
+    groups: tuple[str | None, ...] = role.require_algorithms or (None,)
+    for algorithm in groups:
+        have = [k for k in valid if algorithm is None or _algorithm_of(root, k) == algorithm]
+        if len(have) < role.threshold:
+            raise TrustError(_threshold_message(what, role_name, role, algorithm, len(have), checks), subject="signatures")
+    return tuple(valid)
+
+
+def _algorithm_of(root: Root, signer: str) -> str:
+    """A key's algorithm; signers that are not root keys are pinned sigstore identities."""
+    key = root.keys.get(signer)
+    return key.algorithm if key is not None else "sigstore"
+
+
+def _threshold_message(what: str, role_name: str, role: Role, algorithm: str | None, have: int,
+                       checks: tuple[SignatureCheck, ...]) -> str:
+    if not checks:
+        return f"{what} carries no signature"
+    found = "; ".join(f"{c.file}: {c.status}" + (f" ({c.detail})" if c.detail else "") for c in checks)
+    kind = f"{algorithm} " if algorithm else ""
+    if role.threshold == 1 and not algorithm:
+        return f"no valid signature on {what} from a {role_name} key (found {found})"
+    return (f"{what} needs {role.threshold} valid {kind}signatures from distinct {role_name} keys, "
+            f"found {have} (found {found})")
+
+
+# -- roots: rotation and revocation ----------------------------------------------------------------
+
+
+def update_root(trusted: Root, data: bytes, *, where: str) -> SignedRoot:
+    """Accept ``data`` as the next root after ``trusted``, or raise (TUF spec 5.3.4-5.3.5): signed by a
+    threshold of the trusted root's root keys, then by a threshold of its own, then exactly one
+    version up. Keys the new root leaves out stop counting as soon as it is returned."""
+    if trusted.legacy:
+        raise TrustError("a legacy trust directory (only *.pub files) cannot accept a new root; "
+                         "run `gapship trust init` to make it a root", subject=where)
+    envelope = Envelope.from_bytes(data, where=where)
+    items = envelope_items(envelope, where=where)
+    old = check_role_signatures(trusted, ROLE_ROOT, envelope.signed_bytes, items)
+    require_threshold(trusted, ROLE_ROOT, old, what=f"{where} (by the root keys of trusted v{trusted.version})")
+    new = Root.from_dict(envelope.signed, where=where)
+    own = check_role_signatures(new, ROLE_ROOT, envelope.signed_bytes, items)
+    require_threshold(new, ROLE_ROOT, own, what=f"{where} (by its own root keys)")
+    if new.version != trusted.version + 1:
+        raise TrustError(f"{where} is root version {new.version}, but the next after v{trusted.version} must be "
+                         f"v{trusted.version + 1} (root versions go up by exactly one)", subject=where)
+    return SignedRoot(new, envelope)
+
+
+def apply_root_chain(trust: TrustStore, files: Mapping[str, bytes], *, persist: PersistRoot | None = None,
+                     where: str = "roots") -> tuple[TrustStore, tuple[int, ...]]:
+    """Walk ``<N>.root.json`` files from the trusted version up. Versions at or below it are skipped
+    (the site has them); a gap is a version skip and is refused. A legacy store ignores the chain: it
+    has no root keys to check it with (docs/trust.md, "Legacy mode")."""
+    if not files or trust.legacy:
+        return trust, ()
+    by_version: dict[int, tuple[str, bytes]] = {}
+    for name, data in files.items():
+        version = parse_root_file_name(name)
+        if version is None:
+            raise TrustError(f"{where}/{name} is not a <version>.root.json file", subject=f"{where}/{name}")
+        by_version[version] = (name, data)
+    accepted: list[int] = []
+    for version in sorted(by_version):
+        if version <= trust.root.version:
+            continue
+        name, data = by_version[version]
+        if version != trust.root.version + 1:
+            raise TrustError(f"root version skip: {where}/{name} follows trusted v{trust.root.version} but "
+                             f"{where}/{root_file_name(trust.root.version + 1)} is missing", subject=f"{where}/{name}")
+        signed = update_root(trust.root, data, where=f"{where}/{name}")
+        if persist is not None:
+            persist(signed)
+        trust = trust.with_root(signed)
+        accepted.append(signed.version)
+    return trust, tuple(accepted)
+
+
+def check_root_expiry(root: Root, *, now: datetime) -> None:
+    if root.expires is not None and now >= parse_time(root.expires, what="root expires"):
+        raise PolicyError(f"trust root v{root.version} expired at {root.expires} (host clock {format_time(now)}); "
+                          f"bring a newer root (`gapship trust update`, or a bundle carrying roots/)",
+                          subject=ROOT_FILE)
+
+
+# -- version: anti-rollback and its one reset ------------------------------------------------------
+
+
+def effective_floor(name: str, recorded: str | None, root: Root | None) -> tuple[str | None, str | None]:
+    """``(floor, replaced)``: the floor to enforce, after a root-signed reset whose ``from`` is exactly
+    the recorded floor (docs/trust.md, "Fast-forward recovery"); ``replaced`` is the floor it lowered."""
+    if recorded is None or root is None:
+        return recorded, None
+    for reset in root.floor_resets:
+        if reset.bundle == name and Version(reset.from_version) == Version(recorded):
+            return reset.to_version, recorded
+    return recorded, None
+
+
+def check_floor(manifest: Manifest, *, floor: str | None, allow: Allowances) -> tuple[str, ...]:
+    """Refuse a version at or below the floor unless allowed; return the overrides that were needed."""
+    if floor is None or Version(manifest.version) > Version(floor):
+        return ()
+    what = f"{manifest.name} {manifest.version}"
+    if Version(manifest.version) == Version(floor):
+        if allow.reinstall:
+            return ("reinstall",)
+        raise PolicyError(f"{what} is already the highest version installed here; refusing to install it again "
+                          f"(anti-rollback); pass --allow-reinstall to do it anyway", subject=what)
+    if allow.downgrade:
+        return ("downgrade",)
+    raise PolicyError(f"rollback refused: {what} is older than {floor}, the highest version installed here; "
+                      f"pass --allow-downgrade to do it anyway", subject=what)
+
+
+def recheck_floor(verified: VerifiedManifest, state: StateSnapshot) -> tuple[str, ...]:
+    """The same floor rule, again under the install lock with a fresh state (closes the window between
+    :func:`verify_manifest` and the install)."""
+    m = verified.manifest
+    floor, _ = effective_floor(m.name, state.floor(m.name), verified.root)
+    return check_floor(m, floor=floor, allow=verified.allow)
+
+
+def installed_record(verified: VerifiedManifest, state: StateSnapshot, *, overrides: tuple[str, ...], at: datetime,
+                     by: str) -> Installed:
+    """What to record after an install: the floor only ever goes up (a downgrade keeps it), except
+    through a root-signed reset."""
+    m = verified.manifest
+    floor, replaced = effective_floor(m.name, state.floor(m.name), verified.root)
+    new_floor = m.version if floor is None or Version(m.version) > Version(floor) else floor
+    return Installed(name=m.name, version=m.version, floor=new_floor, manifest_digest=verified.digest,
+                     created=m.created, at=format_time(at), by=by, overrides=overrides, floor_reset=replaced)
+
+
+# -- time: a clock set back, then expiry -----------------------------------------------------------
+
+
+def check_clock(manifest: Manifest, *, newest: str | None, now: datetime) -> None:
+    """Refuse when the host clock is earlier than a signing time it has accepted, or than this bundle's:
+    an expiry check is only as good as the clock it reads (TUF spec, "freeze attack")."""
+    if newest is not None and now + CLOCK_SKEW < parse_time(newest, what="newest accepted time"):
+        raise PolicyError(f"host clock {format_time(now)} is earlier than {newest}, the newest signing time this "
+                          f"host has accepted: the clock was set back; correct it first", subject="clock")
+    if now + CLOCK_SKEW < parse_time(manifest.created, what="created"):
+        raise PolicyError(f"{manifest.name} {manifest.version} was signed at {manifest.created}, later than the host "
+                          f"clock {format_time(now)}: the clock is behind or was set back; correct it first",
+                          subject="clock")
+
+
+def check_expiry(manifest: Manifest, *, now: datetime) -> None:
+    if manifest.expires is not None and now >= parse_time(manifest.expires, what="expires"):
+        raise PolicyError(f"{manifest.name} {manifest.version} expired at {manifest.expires} (host clock "
+                          f"{format_time(now)}); ask for a fresh bundle", subject="expires")
+
+
+# -- helpers -------------------------------------------------------------------------------------
 
 
 def manifest_digest(data: bytes, algorithm: str) -> str:
@@ -133,10 +415,39 @@ def parse_unverified(raw: RawBundle) -> Manifest:
     return Manifest.from_bytes(raw.manifest_bytes)
 
 
-def _no_signature_message(checks: tuple[SignatureCheck, ...], trust: TrustStore) -> str:
-    if not checks:
-        return "bundle carries no signature"
-    found = "; ".join(f"{c.file}: {c.status}" + (f" ({c.detail})" if c.status == "unchecked" else "") for c in checks)
-    return f"no valid signature from a key in {trust.source} (found {found})"
+def load_root_file(data: bytes, *, where: str) -> SignedRoot:
+    """A root document checked against its own root keys only: how a site's anchor is loaded, and
+    how ``gapship trust`` checks what it is about to write. It proves consistency, not trust."""
+    envelope = Envelope.from_bytes(data, where=where)
+    root = Root.from_dict(envelope.signed, where=where)
+    checks = check_role_signatures(root, ROLE_ROOT, envelope.signed_bytes, envelope_items(envelope, where=where))
+    require_threshold(root, ROLE_ROOT, checks, what=f"{where} (by its own root keys)")
+    return SignedRoot(root, envelope)
 
 
+def _anchored_store(path: Path, data: bytes) -> TrustStore:
+    signed = load_root_file(data, where=f"{path / ROOT_FILE}")
+    return TrustStore(root=signed.root, source=str(path), names=_root_names(signed.root), path=path, anchor=signed)
+
+
+def _with_sigstore(store: TrustStore, sigstore: tuple[SigstoreSigner, ...]) -> TrustStore:
+    if not sigstore:
+        return store
+    names = {**store.names, **{s.signer_id: s.description for s in sigstore}}
+    return replace(store, sigstore=sigstore, names=names)
+
+
+def _legacy_store(path: Path, *, keys_required: bool = True) -> TrustStore:
+    keys: dict[str, TrustedKey] = {}
+    names: dict[str, str] = {}
+    for name, data in read_legacy_keys(path, required=keys_required):
+        key = PublicKey.from_pem(data, source=str(path / name))
+        keys[key.keyid] = key
+        names[key.keyid] = name
+    role = Role(keyids=tuple(keys), threshold=1)
+    root = Root(version=LEGACY_VERSION, expires=None, keys=keys, roles={ROLE_RELEASE: role})
+    return TrustStore(root=root, source=str(path), names=names, path=path)
+
+
+def _root_names(root: Root) -> dict[str, str]:
+    return {keyid: root.names.get(keyid, "/".join(root.roles_of(keyid)) or "key") for keyid in root.keys}

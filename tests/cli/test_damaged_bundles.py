@@ -220,4 +220,4 @@ def test_rejects_bundle_with_empty_signatures(case: Case) -> None:
     code, out, line = _attempt(case)
     assert code == 4
     message = assert_error(out, code=4, kind="trust", subject="signatures")
-    assert message == "bundle carries no signature"
+    assert message.endswith("carries no signature")

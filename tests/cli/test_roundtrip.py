@@ -54,7 +54,8 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     chunk_count = len(list((bundle / "chunks").iterdir()))
     assert out["scope"] == "bundle" and out["chunks_checked"] == out["chunks_total"] == chunk_count
     assert out["bytes_checked"] == json.loads(manifest_bytes)["payload_size"]
-    assert out["signatures"] == [{"file": f"{keyid}.ed25519.sig", "keyid": keyid, "status": "valid", "detail": ""}]
+    assert out["signatures"] == [{"file": f"{keyid}.ed25519.sig", "keyid": keyid, "status": "valid", "detail": "",
+                                  "algorithm": "ed25519"}]
 
     prefix = tmp_path / "prefix"
     code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix)
@@ -135,20 +136,25 @@ def test_second_version_switches_current_and_keeps_the_first(
     assert tree(prefix / "demo" / "1.0.0") == first
 
 
-def test_reinstall_of_the_same_bundle_is_already_installed(
+def test_reinstall_of_the_same_bundle_needs_allow_reinstall(
         tmp_path: Path, make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
         make_bundle: Callable[..., Path]) -> None:
+    """Anti-rollback (issue 4) refuses an equal version; with --allow-reinstall the same manifest is
+    "already installed" and nothing under the version changes (the state file logs the override)."""
     key = make_key("release")
     bundle, trust = make_bundle(key), make_trust(key)
     prefix = tmp_path / "prefix"
     assert run_json("install", bundle, "--trust", trust, "--prefix", prefix)[0] == 0
-    before = tree(prefix)
+    before = tree(prefix / "demo")
 
     code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix)
+    assert code == 5, out
+    assert "already the highest version installed" in assert_error(out, code=5, kind="policy", subject="demo 1.0.0")
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
     assert code == 0, out
     assert (out["status"], out["previous"]) == ("already-installed", "1.0.0")
-    assert tree(prefix) == before
-    result = run("install", bundle, "--trust", trust, "--prefix", prefix)
+    assert tree(prefix / "demo") == before
+    result = run("install", bundle, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
     assert result.exit_code == 0 and result.stdout.startswith("already installed demo 1.0.0")
 
 
@@ -161,12 +167,15 @@ def test_rejects_a_different_manifest_for_an_installed_version(
     original = make_bundle(key, files={"w.bin": noise(5000, seed=1)})
     impostor = make_bundle(key, files={"w.bin": noise(5000, seed=2)})  # same name and version
     assert run_json("install", original, "--trust", trust, "--prefix", prefix)[0] == 0
-    before = tree(prefix)
+    before = tree(prefix / "demo")
 
     code, out = run_json("install", impostor, "--trust", trust, "--prefix", prefix)
+    assert code == 5  # anti-rollback first
+    # Even when the admin allows a reinstall, a different manifest never replaces an installed version.
+    code, out = run_json("install", impostor, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
     assert code == 5
     message = assert_error(out, code=5, kind="policy", subject=str(prefix / "demo" / "1.0.0"))
     assert "demo 1.0.0 is already installed" in message and "different manifest" in message
-    assert tree(prefix) == before
-    result = run("install", impostor, "--trust", trust, "--prefix", prefix)
+    assert tree(prefix / "demo") == before
+    result = run("install", impostor, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
     assert result.exit_code == 5 and "different manifest" in result.stderr

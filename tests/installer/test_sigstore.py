@@ -368,12 +368,18 @@ def test_file_name_does_not_choose_the_signer(tmp_path: Path) -> None:
 def test_counts_duplicate_sigstore_signature_once(tmp_path: Path) -> None:
     trust = tmp_path / "trust"
     pin(trust, PRODUCTION, name="release-ci")
-    store = dataclasses.replace(TrustStore.from_dir(trust), threshold=2)
+    store = with_release_threshold(TrustStore.from_dir(trust), 2)
     raw = raw_bundle(tmp_path, PRODUCTION, {"a.sigstore.json": PRODUCTION.bundle_bytes,
                                             "b.sigstore.json": PRODUCTION.bundle_bytes})
     assert [c.status for c in check_signatures(raw.manifest_bytes, raw.signatures, store)] == ["valid", "valid"]
-    with pytest.raises(TrustError, match="no valid signature"):
+    with pytest.raises(TrustError, match="needs 2 valid signatures from distinct release keys, found 1"):
         verify_manifest(raw, trust=store)
+
+
+def with_release_threshold(store: TrustStore, threshold: int) -> TrustStore:
+    """The same store, its release role needing ``threshold`` distinct signers."""
+    role = dataclasses.replace(store.root.roles["release"], threshold=threshold)
+    return dataclasses.replace(store, root=dataclasses.replace(store.root, roles={**store.root.roles, "release": role}))
 
 
 def test_sigstore_and_ed25519_together_meet_threshold_of_two(tmp_path: Path, make_key) -> None:
@@ -381,7 +387,7 @@ def test_sigstore_and_ed25519_together_meet_threshold_of_two(tmp_path: Path, mak
     trust = tmp_path / "trust"
     pin(trust, PRODUCTION, name="release-ci")
     (trust / key.public.name).write_bytes(key.public.read_bytes())
-    store = dataclasses.replace(TrustStore.from_dir(trust), threshold=2)
+    store = with_release_threshold(TrustStore.from_dir(trust), 2)
     raw = raw_bundle(tmp_path, PRODUCTION, {"ci.sigstore.json": PRODUCTION.bundle_bytes,
                                             signature_file_name(key.keyid): key.key.sign(PRODUCTION.artifact_bytes)})
     checks = check_signatures(raw.manifest_bytes, raw.signatures, store)
