@@ -178,17 +178,23 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
 @bundle_argument
 @trust_option
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
+@click.option("--python", "python", metavar="PYTHON", default=None,
+              help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
 @output_options
-def install(bundle: Path, trust_dir: Path, prefix: Path, as_json: bool, progress: bool | None) -> None:
-    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current."""
+def install(bundle: Path, trust_dir: Path, prefix: Path, python: str | None, as_json: bool,
+            progress: bool | None) -> None:
+    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
+    Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline."""
     trust = TrustStore.from_dir(trust_dir)
     verified = verify_manifest(read_raw_bundle(bundle), trust=trust)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
-        result = install_bundle(bundle, verified, prefix=prefix, progress=bar)
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, python=python)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
+    venv = [f"dependencies in {result.venv}"] if result.venv is not None else []
     emit(as_json, result.to_dict(), [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
+        *venv,
         f"current -> {result.version}{was}; signed by {signer_names(trust, result.signers)}",
     ])
 

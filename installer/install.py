@@ -6,6 +6,21 @@ private ``.staging-*`` directory that becomes the version directory by one renam
 and file hash matched and the data reached the disk; ``current`` is then switched by another rename.
 A lock (``PREFIX/<name>/.lock``) keeps a second install of the same bundle name out, and the next
 install removes whatever staging litter an interrupted one left behind.
+
+A bundle with Python dependencies also gets ``PREFIX/<name>/<version>/venv`` (docs/dependencies.md).
+Venvs are not relocatable (``pyvenv.cfg`` and every script hold absolute paths), so the venv cannot
+be built in the staging directory and renamed. Instead:
+
+1. before anything is written, :func:`~.deps.plan_dependencies` checks that the host fits;
+2. the staging directory gets the verified files, the manifest copies and an ``.incomplete`` marker,
+   but no receipt, and is renamed to the version directory (``current`` still points elsewhere);
+3. the venv is created at its final path inside the version directory;
+4. ``receipt.json`` is written last (atomically), then the marker removed, then ``current`` switched.
+
+A version directory is complete exactly when it holds ``receipt.json``. One that holds the marker
+and no receipt is an interrupted install: the next run removes it under the lock (it can never be the
+target of ``current``, which is switched only after the receipt exists). If the venv cannot be made,
+the version directory is removed at once and the previous ``current`` stays.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from pathlib import Path
 from . import __version__
 from ._extract import extract_payload
 from .bundle import SIGNATURES
+from .deps import DependencyPlan, create_venv, plan_dependencies
 from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
 from .manifest import canonical_json
@@ -38,6 +54,7 @@ CURRENT = "current"
 RECEIPT = "receipt.json"
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
+INCOMPLETE = ".incomplete"
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class InstallResult:
     bytes: int
     status: str  # "installed" | "already-installed"
     previous: str | None
+    venv: Path | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,27 +80,32 @@ class InstallResult:
             "files": self.files,
             "bytes": self.bytes,
             "previous": self.previous,
+            "venv": str(self.venv) if self.venv is not None else None,
         }
 
 
-def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress) -> InstallResult:
+def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
+            python: str | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
-    On any failure the previous ``current`` and every installed version are left as they were."""
+    On any failure the previous ``current`` and every installed version are left as they were.
+    ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
+    deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
     _make_dirs(home)
     with _locked(home):
         _remove_staging_litter(home)
         previous = _active_version(home)
+        _remove_incomplete_versions(home, previous)
         target = home / m.version
         if target.exists() or target.is_symlink():
             _check_same_bundle(target, verified)
             _switch_current(home, m.version)
-            return _result(verified, target, "already-installed", previous)
+            return _result(verified, target, "already-installed", previous, deps)
         staging = Path(_mkdtemp(home))
         try:
             extract_payload(bundle, m, staging, progress=progress)
-            _write_records(staging, verified)
+            _write_records(staging, verified, receipt=deps is None)
             _sync(staging)
             os.chmod(staging, 0o755)
             os.rename(staging, target)
@@ -90,15 +113,32 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        if deps is not None:
+            _finish_dependencies(target, verified, deps)
         _switch_current(home, m.version)
-    return _result(verified, target, "installed", previous)
+    return _result(verified, target, "installed", previous, deps)
 
 
-def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None) -> InstallResult:
+def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan) -> None:
+    """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
+    try:
+        create_venv(target, deps)
+        _sync(target)
+        _write_receipt(target, verified, deps)
+        (target / INCOMPLETE).unlink()
+        _fsync_dir(target)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
+            deps: DependencyPlan | None) -> InstallResult:
     m = verified.manifest
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
         files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
+        venv=target / "venv" if deps is not None else None,
     )
 
 
@@ -137,6 +177,17 @@ def _remove_staging_litter(home: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _remove_incomplete_versions(home: Path, active: str | None) -> None:
+    """Called under the lock: a version directory with the ``.incomplete`` marker and no receipt is an
+    install that died while its venv was being made (see the module docstring). Anything else that lacks
+    a receipt is not gapship's to delete; :func:`_check_same_bundle` refuses to touch it."""
+    for entry in home.iterdir():
+        if entry.name.startswith(".") or entry.name in (CURRENT, active) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if (entry / INCOMPLETE).is_file() and not (entry / RECEIPT).exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _mkdtemp(home: Path) -> str:
     try:
         return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=home)
@@ -154,6 +205,8 @@ def _active_version(home: Path) -> str | None:
 
 
 def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
+    """The receipt is written last, so a version directory without one (and not removed as incomplete
+    litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it."""
     m = verified.manifest
     try:
         receipt = json.loads((target / RECEIPT).read_text())
@@ -167,15 +220,35 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
         )
 
 
-def _write_records(staging: Path, verified: VerifiedManifest) -> None:
-    """The receipt and the exact manifest and signatures, so the install can be re-verified later."""
-    m = verified.manifest
+def _write_records(staging: Path, verified: VerifiedManifest, *, receipt: bool) -> None:
+    """The exact manifest and signatures, so the install can be re-verified later, and the receipt;
+    or, when a venv must still be made, the ``.incomplete`` marker in its place."""
     (staging / "manifest.json").write_bytes(verified.manifest_bytes)
     sigdir = staging / SIGNATURES
     sigdir.mkdir()
     for name, data in verified.signature_files.items():
         (sigdir / name).write_bytes(data)
-    receipt = {
+    if receipt:
+        (staging / RECEIPT).write_bytes(_receipt(verified, None))
+    else:
+        (staging / INCOMPLETE).write_bytes(b"")
+
+
+def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan) -> None:
+    """Atomically, and flushed: its presence is what marks the version directory complete."""
+    tmp = target / f".{RECEIPT}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, _receipt(verified, deps))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target / RECEIPT)
+
+
+def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None) -> bytes:
+    m = verified.manifest
+    receipt: dict[str, object] = {
         "receipt_version": 1,
         "bundle": {"name": m.name, "version": m.version},
         "manifest_digest": verified.digest,
@@ -187,7 +260,9 @@ def _write_records(staging: Path, verified: VerifiedManifest) -> None:
         "bytes": sum(f.size for f in m.files()),
         "gapship_version": __version__,
     }
-    (staging / RECEIPT).write_bytes(canonical_json(receipt) + b"\n")
+    if deps is not None:
+        receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}
+    return canonical_json(receipt) + b"\n"
 
 
 def _who() -> str:
