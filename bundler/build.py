@@ -7,6 +7,8 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +22,13 @@ from ..installer.manifest import (
 from ..installer.paths import check_no_collisions, check_relative_path
 from ..installer.policy import parse_policy
 from ._payload import ChunkWriter, end_archive, member_header, pad_to_block
+from .deps import FrozenDependencies, frozen_dependencies
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
+DEPENDENCIES_COMPONENT = "python"  # the one dependencies component's name; it lands at dependencies/
 POLICY_PATH = "safeguards/policy.toml"
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
@@ -69,12 +73,39 @@ class BuildResult:
 
 
 def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
-          algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None) -> BuildResult:
-    """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all."""
+          algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None,
+          dependencies: FrozenDependencies | None = None, offline: bool = False,
+          include_gapship: bool = False) -> BuildResult:
+    """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
+
+    ``dependencies`` are frozen ones (see :func:`~.deps.frozen_dependencies`); when not given and the
+    spec has ``[dependencies]``, they are frozen here, with ``offline`` and ``include_gapship``."""
+    check_output_free(out)
+    policy_bytes = _read_policy(spec)
+    with _dependencies(spec, dependencies, out, offline=offline, include_gapship=include_gapship) as deps:
+        return _build(spec, out=out, key=key, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
+                      now=now, policy_bytes=policy_bytes, deps=deps)
+
+
+def check_output_free(out: Path) -> None:
     if out.exists() or out.is_symlink():
         raise UsageError(f"output {out} already exists; refusing to overwrite it", subject=str(out))
-    policy_bytes = _read_policy(spec)
-    groups = collect_sources(spec)
+
+
+@contextmanager
+def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path, *, offline: bool,
+                  include_gapship: bool) -> Iterator[FrozenDependencies | None]:
+    if given is not None:
+        yield given
+        return
+    with frozen_dependencies(spec.dependencies, offline=offline, include_gapship=include_gapship,
+                             work_dir=out.parent) as frozen:
+        yield frozen
+
+
+def _build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int, algorithm: str, progress: Progress,
+           now: datetime | None, policy_bytes: bytes, deps: FrozenDependencies | None) -> BuildResult:
+    groups = collect_sources(spec, deps)
     created = _created(now)
     staging = _staging_dir(out)
     try:
@@ -112,13 +143,18 @@ def _check_policy_unchanged(manifest: Manifest, policy: bytes, spec: BundleSpec)
         raise UsageError(f"{spec.safeguards} changed while the bundle was being built", subject=str(spec.safeguards))
 
 
-def collect_sources(spec: BundleSpec) -> list[tuple[str, str, list[SourceFile]]]:
-    """(kind, name, files) per component, each file list sorted by path; refuse unsafe sources."""
+def collect_sources(spec: BundleSpec, dependencies: FrozenDependencies | None = None
+                    ) -> list[tuple[str, str, list[SourceFile]]]:
+    """(kind, name, files) per component, each model's file list sorted by path; refuse unsafe sources.
+    The dependencies component keeps its own order (small files first, see :mod:`.deps`)."""
     groups: list[tuple[str, str, list[SourceFile]]] = []
     for model in spec.models:
         groups.append(("model", model.name, _walk(model.source, f"models/{model.name}")))
     policy = _source_file(spec.safeguards, POLICY_PATH)
     groups.append(("safeguards", "safeguards", [policy]))
+    if dependencies is not None:
+        groups.append(("dependencies", DEPENDENCIES_COMPONENT,
+                       [_source_file(path, target) for path, target in dependencies.files]))
     check_no_collisions(f.path for _, _, files in groups for f in files)
     return groups
 
