@@ -49,6 +49,7 @@ MAX_SDIST_BUILDS = 32  # each build is one more resolution round; a real set nee
 _UNSATISFIED_RE = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
 _SKIPPED_SDIST_RE = re.compile(r"Skipping link: No sources permitted for [^:]+: (\S+)")
 _FIRST_WORD_RE = re.compile(r"[^\s;]+")
+_HASH_OPTIONS_RE = re.compile(r"--hash[=\s]+\S+(\s+--hash[=\s]+\S+)*\s*")
 _HASH_MISMATCH_RE = re.compile(r"DO NOT MATCH THE HASHES[^\n]*\n\s+(\S+) from (\S+?):?(?=\s)")
 
 
@@ -177,13 +178,14 @@ def _requirements_input(spec: DependencySpec, root: Path, pip: _Pip) -> tuple[Pa
         text, folders = pylock_requirements(spec.requirements, spec)
         pip.find_links.extend(folders)
         return _write(root / "pylock-requirements.txt", text.encode("utf-8")), True
-    check_requirements_file(spec.requirements)
+    check_requirements_file(spec.requirements, offline=pip.offline)
     return spec.requirements, False
 
 
-def check_requirements_file(path: Path) -> None:
-    """Accept requirement lines only: sources come from the spec, and pip must never be handed a
-    source tree, an sdist or a VCS URL directly (it would run their build code to read metadata)."""
+def check_requirements_file(path: Path, *, offline: bool) -> None:
+    """Accept requirement lines only, each optionally with ``--hash``: sources come from the spec, and
+    pip must never be handed a source tree, an sdist or a VCS URL directly (it would run their build
+    code to read metadata), nor, with ``--offline``, a URL (``--no-index`` does not stop those)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -197,7 +199,10 @@ def check_requirements_file(path: Path) -> None:
                 f"{where}: option {option[0] if option else line!r} is not allowed; sources come from the spec's "
                 f"[dependencies] (find_links, index_url) and nested files are not read", subject=str(path),
             )
-        requirement = line.split(" --", 1)[0].strip()
+        requirement, _, options = line.partition(" --")
+        requirement = requirement.strip()
+        if options and not _HASH_OPTIONS_RE.fullmatch(f"--{options}"):
+            raise UsageError(f"{where}: only --hash may follow a requirement", subject=str(path))
         try:
             req = Requirement(requirement)
         except InvalidRequirement:
@@ -208,6 +213,9 @@ def check_requirements_file(path: Path) -> None:
                 f"{where}: {req.name} points at a source tree, sdist or VCS URL ({req.url}); the site cannot "
                 f"compile it: point at a wheel built for the target instead", subject=req.name,
             )
+        if offline and req.url is not None and not req.url.startswith("file:"):
+            raise UsageError(f"{where}: {req.name} @ {req.url} would be downloaded, but the build is --offline",
+                             subject=req.name)
         count += 1
     if count == 0:
         raise UsageError(f"{path} names no requirement", subject=str(path))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from .bundle import chunk_path, open_nofollow
 from .errors import HostError, IntegrityError, PolicyError, UnsafeContentError, UsageError
@@ -141,6 +142,11 @@ def parse_lock(data: bytes, *, source: str) -> tuple[Pin, ...]:
                 f"{source} line {number} is not a hash-pinned requirement (name==version --hash=sha256:...)",
                 subject=source,
             )
+        try:
+            Version(pin[2])
+        except InvalidVersion:
+            raise UnsafeContentError(f"{source} line {number}: {pin[2]!r} is not a PEP 440 version",
+                                     subject=source) from None
         pins.append(Pin(str(canonicalize_name(pin[1])), pin[2], tuple(h[1] for h in hashes if h)))
     if len({p.name for p in pins}) != len(pins):
         raise UnsafeContentError(f"{source} pins a package twice", subject=source)
@@ -199,7 +205,11 @@ class DependencyPlan:
 
 
 def dependency_component(manifest: Manifest) -> Component | None:
-    return next((c for c in manifest.components if c.kind == "dependencies"), None)
+    """The one dependencies component; a second would carry files past :func:`_check_layout`."""
+    found = [c for c in manifest.components if c.kind == "dependencies"]
+    if len(found) > 1:
+        raise UnsafeContentError("the manifest has more than one dependencies component", subject="components")
+    return found[0] if found else None
 
 
 def plan_dependencies(bundle: Path, verified: VerifiedManifest, *, python: str | None) -> DependencyPlan | None:
@@ -244,9 +254,9 @@ def _check_pins_have_wheels(pins: tuple[Pin, ...], wheels: tuple[str, ...]) -> N
     present = set()
     for name in wheels:
         dist, version, _, _ = parse_wheel_filename(name)
-        present.add((str(dist), str(version)))
+        present.add((str(dist), version))
     for pin in pins:
-        if (pin.name, pin.version) not in present:
+        if (pin.name, Version(pin.version)) not in present:
             raise UnsafeContentError(f"{LOCK} pins {pin.name}=={pin.version}, but the bundle has no wheel for it",
                                      subject=LOCK)
 
@@ -418,9 +428,9 @@ def _run(argv: list[str], *, what: str, error: type[HostError] | type[PolicyErro
         raise HostError(f"cannot {what}: {e.strerror}", subject=argv[0]) from None
     if done.returncode == 0:
         return
-    if "No module named pip" in done.stdout:
-        raise HostError(f"cannot {what}: pip is not installed for {argv[0]}", subject=argv[0],
-                        hint="gapship installs wheels with the pip of its own environment")
+    if "No module named pip" in done.stdout or "no such option: --python" in done.stdout:
+        raise HostError(f"cannot {what}: gapship's environment ({argv[0]}) needs pip 22.3 or later",
+                        subject=argv[0], hint="gapship installs wheels with the pip of its own environment")
     detail = _last_line(done.stdout)
     if any(s in done.stdout for s in ("No space left on device", "Permission denied", "Read-only file system")):
         error = HostError

@@ -106,8 +106,10 @@ def test_rejects_sdist_only_package_naming_it(tmp_path: Path, house: Wheelhouse,
 
 
 @pytest.mark.parametrize("line", ["gsdemo-src @ file:///nowhere/gsdemo_src-1.0.tar.gz", "./gsdemo_src-1.0.tar.gz",
-                                  "gsdemo-src @ git+https://example.invalid/gsdemo-src"])
-def test_rejects_direct_source_reference_before_running_pip(tmp_path: Path, make_key, make_spec, line: str) -> None:
+                                  "gsdemo-src @ git+https://example.invalid/gsdemo-src",
+                                  "gsdemo-pure @ https://example.invalid/gsdemo_pure-1.0-py3-none-any.whl",
+                                  "gsdemo-pure --config-settings=editable_mode=compat"])
+def test_rejects_direct_source_or_url_reference_before_running_pip(tmp_path: Path, make_key, make_spec, line: str) -> None:
     key = make_key("release")
     spec = add_dependencies(make_spec(), requirements=f"{line}\n", find_links=(tmp_path,))
     result = _build(spec, key, tmp_path / "b", "--offline")
