@@ -124,19 +124,23 @@ def _dependencies(raw: object, base: Path) -> DependencySpec:
     platforms = _strings(raw, "platforms", required=True)
     for tag in platforms:
         if not _PLATFORM_RE.fullmatch(tag) or tag == "any":
-            raise UsageError(f"dependencies.platforms entry {tag!r} is not a platform tag such as manylinux_2_28_x86_64")
+            raise UsageError(f"dependencies.platforms entry {tag!r} is not a platform tag "
+                             f"such as manylinux_2_28_x86_64")
     implementation = raw.get("implementation", "cp")
     if implementation not in IMPLEMENTATIONS:
-        raise UsageError(f"dependencies.implementation {implementation!r} must be one of {', '.join(IMPLEMENTATIONS)}")
+        raise UsageError(f"dependencies.implementation {implementation!r} must be one of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
     index_url = raw.get("index_url")
-    if index_url is not None and (not isinstance(index_url, str) or not index_url.startswith(("https://", "http://", "file://"))):
+    schemes = ("https://", "http://", "file://")
+    if index_url is not None and (not isinstance(index_url, str) or not index_url.startswith(schemes)):
         raise UsageError("dependencies.index_url must be an http(s):// or file:// URL")
     opt_in = raw.get("build_sdists_on_build_host", False)
     if not isinstance(opt_in, bool):
         raise UsageError("dependencies.build_sdists_on_build_host must be true or false")
     return DependencySpec(
         requirements=base / _text(raw, "requirements", "dependencies"), python=python, platforms=platforms,
-        implementation=implementation, find_links=tuple(base / p for p in _strings(raw, "find_links", required=False)),
+        implementation=implementation,
+        find_links=tuple(base / p for p in _strings(raw, "find_links", required=False)),
         index_url=index_url, build_sdists_on_build_host=opt_in,
     )
 

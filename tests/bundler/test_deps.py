@@ -109,7 +109,8 @@ def test_rejects_sdist_only_package_naming_it(tmp_path: Path, house: Wheelhouse,
                                   "gsdemo-src @ git+https://example.invalid/gsdemo-src",
                                   "gsdemo-pure @ https://example.invalid/gsdemo_pure-1.0-py3-none-any.whl",
                                   "gsdemo-pure --config-settings=editable_mode=compat"])
-def test_rejects_direct_source_or_url_reference_before_running_pip(tmp_path: Path, make_key, make_spec, line: str) -> None:
+def test_rejects_direct_source_or_url_reference_before_running_pip(tmp_path: Path, make_key, make_spec,
+                                                                   line: str) -> None:
     key = make_key("release")
     spec = add_dependencies(make_spec(), requirements=f"{line}\n", find_links=(tmp_path,))
     result = _build(spec, key, tmp_path / "b", "--offline")
@@ -190,7 +191,9 @@ wheels = [{{ name = "{plat.name}", path = "{plat}", hashes = {{ sha256 = "{diges
 name = "only-on-windows"
 version = "1.0"
 marker = "sys_platform == 'win32'"
-wheels = [{{ name = "only_on_windows-1.0-py3-none-any.whl", url = "https://example.invalid/x.whl", hashes = {{ sha256 = "{'0' * 64}" }} }}]
+wheels = [
+  {{ name = "only_on_windows-1.0-py3-none-any.whl", url = "https://x.invalid/y.whl", hashes = {{ sha256 = "{'0' * 64}" }} }},
+]
 """
     key = make_key("release")
     spec = add_dependencies(make_spec(), requirements=lock, requirements_name="pylock.toml",

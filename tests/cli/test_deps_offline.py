@@ -97,7 +97,8 @@ def test_bootstrap_gapship_from_the_bundle_on_a_bare_python(tmp_path: Path, hous
 
 @pytest.mark.network
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("GAPSHIP_NETWORK_TESTS") != "1", reason="set GAPSHIP_NETWORK_TESTS=1 to reach the index")
+@pytest.mark.skipif(os.environ.get("GAPSHIP_NETWORK_TESTS") != "1",
+                    reason="set GAPSHIP_NETWORK_TESTS=1 to reach the index")
 def test_downloads_a_real_package_set_for_another_architecture(tmp_path: Path, make_key, make_spec) -> None:
     """Cross-platform resolution against the real index: aarch64 wheels on an x86_64 build host (or the
     other way round), with a compiled package among them."""
