@@ -6,7 +6,8 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +23,13 @@ from ..installer.paths import check_no_collisions, check_relative_path
 from ..installer.policy import parse_policy
 from ._expiry import parse_expires
 from ._payload import ChunkWriter, end_archive, member_header, pad_to_block
+from .deps import FrozenDependencies, frozen_dependencies
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
+DEPENDENCIES_COMPONENT = "python"  # the one dependencies component's name; it lands at dependencies/
 POLICY_PATH = "safeguards/policy.toml"
 # The unit group matches exactly the keys of _UNITS ("Mi" without "B" is not one of them).
 _SIZE_RE = re.compile(r"\s*(\d+)\s*(b|[kmgt](?:i?b)?)?\s*", re.IGNORECASE)
@@ -77,15 +80,43 @@ class BuildResult:
 
 def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
           algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None,
-          expires: str | None = None, also_sign: Sequence[SigningKey] = ()) -> BuildResult:
+          expires: str | None = None, also_sign: Sequence[SigningKey] = (),
+          dependencies: FrozenDependencies | None = None, offline: bool = False,
+          include_gapship: bool = False) -> BuildResult:
     """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
+
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
-    ``also_sign`` adds more signers, e.g. the ML-DSA-87 half of a hybrid pair."""
-    if out.exists() or out.is_symlink():
-        raise UsageError(f"output {out} already exists; refusing to overwrite it", subject=str(out))
+    ``also_sign`` adds more signers, e.g. the ML-DSA-87 half of a hybrid pair. ``dependencies`` are
+    frozen ones (see :func:`~.deps.frozen_dependencies`); when not given and the spec has
+    ``[dependencies]``, they are frozen here, with ``offline`` and ``include_gapship``."""
+    check_output_free(out)
     keys = _distinct_keys([key, *also_sign])
     policy_bytes = _read_policy(spec)
-    groups = collect_sources(spec)
+    with _dependencies(spec, dependencies, out, offline=offline, include_gapship=include_gapship) as deps:
+        return _build(spec, out=out, keys=keys, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
+                      now=now, expires=expires, policy_bytes=policy_bytes, deps=deps)
+
+
+def check_output_free(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"output {out} already exists; refusing to overwrite it", subject=str(out))
+
+
+@contextmanager
+def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path, *, offline: bool,
+                  include_gapship: bool) -> Iterator[FrozenDependencies | None]:
+    if given is not None:
+        yield given
+        return
+    with frozen_dependencies(spec.dependencies, offline=offline, include_gapship=include_gapship,
+                             work_dir=out.parent) as frozen:
+        yield frozen
+
+
+def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: int, algorithm: str,
+           progress: Progress, now: datetime | None, expires: str | None, policy_bytes: bytes,
+           deps: FrozenDependencies | None) -> BuildResult:
+    groups = collect_sources(spec, deps)
     created = _created(now).replace(microsecond=0)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
@@ -136,13 +167,18 @@ def _check_policy_unchanged(manifest: Manifest, policy: bytes, spec: BundleSpec)
         raise UsageError(f"{spec.safeguards} changed while the bundle was being built", subject=str(spec.safeguards))
 
 
-def collect_sources(spec: BundleSpec) -> list[tuple[str, str, list[SourceFile]]]:
-    """(kind, name, files) per component, each file list sorted by path; refuse unsafe sources."""
+def collect_sources(spec: BundleSpec, dependencies: FrozenDependencies | None = None
+                    ) -> list[tuple[str, str, list[SourceFile]]]:
+    """(kind, name, files) per component, each model's file list sorted by path; refuse unsafe sources.
+    The dependencies component keeps its own order (small files first, see :mod:`.deps`)."""
     groups: list[tuple[str, str, list[SourceFile]]] = []
     for model in spec.models:
         groups.append(("model", model.name, _walk(model.source, f"models/{model.name}")))
     policy = _source_file(spec.safeguards, POLICY_PATH)
     groups.append(("safeguards", "safeguards", [policy]))
+    if dependencies is not None:
+        groups.append(("dependencies", DEPENDENCIES_COMPONENT,
+                       [_source_file(path, target) for path, target in dependencies.files]))
     try:
         check_no_collisions(f.path for _, _, files in groups for f in files)
     except GapshipError as e:  # the user's source tree, not a hostile bundle: exit 2 like other bad paths

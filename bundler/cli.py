@@ -13,7 +13,8 @@ from ..installer.errors import UsageError
 from ..installer.hashing import HASH_ALGORITHMS
 from ..installer.keys import ALGORITHMS, ED25519
 from . import trust_cli as _trust_cli  # noqa: F401  (adds init, add-key, ... to `gapship trust`)
-from .build import build as build_bundle, collect_sources, parse_size
+from .build import build as build_bundle, check_output_free, collect_sources, parse_size
+from .deps import frozen_dependencies
 from .keys import SigningKey, keygen as write_keys
 from .sign import sign_bundle, sign_bundle_sigstore
 from .spec import load_spec
@@ -46,17 +47,25 @@ def keygen(name: str, out_dir: Path, algorithm: str, as_json: bool) -> None:
               help="Hash for chunks and files (sha384 for CNSA 2.0 sites).")
 @click.option("--expires", help="Refuse the bundle after this: a duration after creation (90d, 12h, 2w) or "
                                 "YYYY-MM-DDTHH:MM:SSZ.")
+@click.option("--offline", is_flag=True,
+              help="Take dependency wheels only from the spec's find_links folders (pip --no-index).")
+@click.option("--include-gapship", is_flag=True,
+              help="Also bundle gapship's own wheel and its dependencies for the target (bootstrap).")
 @output_options
 def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
-          expires: str | None, as_json: bool, progress: bool | None) -> None:
-    """Freeze the models and safeguards of SPEC into a signed, chunked bundle at OUT."""
+          expires: str | None, offline: bool, include_gapship: bool, as_json: bool, progress: bool | None) -> None:
+    """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
     key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
-    total = sum(f.size for _, _, files in collect_sources(bundle_spec) for f in files)
-    with progress_bar(total, "build", progress) as bar:
-        result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar, algorithm=hash_algorithm,
-                              expires=expires, also_sign=others)
+    check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
+    collect_sources(bundle_spec)
+    with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
+                             work_dir=out.parent) as deps:
+        total = sum(f.size for _, _, files in collect_sources(bundle_spec, deps) for f in files)
+        with progress_bar(total, "build", progress) as bar:
+            result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
+                                  algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "

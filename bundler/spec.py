@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,12 +20,29 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class DependencySpec:
+    """The ``[dependencies]`` table (docs/dependencies.md): the Python packages the site's venv needs,
+    frozen as wheels for the *target* interpreter and platform, not the build host's."""
+
+    requirements: Path  # a requirements.txt or a PEP 751 pylock.toml
+    python: str  # target "X.Y"
+    platforms: tuple[str, ...]  # target platform tags, most preferred first
+    implementation: str = "cp"
+    find_links: tuple[Path, ...] = ()
+    index_url: str | None = None  # None: pip's default index (never the build host's pip config)
+    # Building an sdist runs its code on the build host, and the wheel it makes fits the build host's
+    # platform, which is why this is an explicit, loudly named opt-in.
+    build_sdists_on_build_host: bool = False
+
+
+@dataclass(frozen=True)
 class BundleSpec:
     path: Path
     name: str
     version: str
     models: tuple[ModelSource, ...]
     safeguards: Path
+    dependencies: DependencySpec | None = None
 
 
 def load_spec(path: Path) -> BundleSpec:
@@ -62,7 +80,7 @@ def _only(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
     base = path.parent
-    _only(raw, {"bundle", "model", "safeguards"}, "the spec")
+    _only(raw, {"bundle", "model", "safeguards", "dependencies"}, "the spec")
     bundle = _table(raw, "bundle", "bundle")
     _only(bundle, {"name", "version"}, "[bundle]")
     name, version = _text(bundle, "name", "bundle"), _text(bundle, "version", "bundle")
@@ -84,5 +102,53 @@ def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
         raise UsageError("two [[model]] entries share a name")
     safeguards = _table(raw, "safeguards", "safeguards")
     _only(safeguards, {"source"}, "[safeguards]")
+    dependencies = _dependencies(raw["dependencies"], base) if "dependencies" in raw else None
     return BundleSpec(path=path, name=name, version=version, models=tuple(models),
-                      safeguards=base / _text(safeguards, "source", "safeguards"))
+                      safeguards=base / _text(safeguards, "source", "safeguards"), dependencies=dependencies)
+
+
+_PYTHON_RE = re.compile(r"3\.[0-9]{1,2}")
+_PLATFORM_RE = re.compile(r"[a-z0-9_]{1,64}")
+IMPLEMENTATIONS = ("cp", "pp")
+_DEPENDENCY_KEYS = {"requirements", "python", "platforms", "implementation", "find_links", "index_url",
+                    "build_sdists_on_build_host"}
+
+
+def _dependencies(raw: object, base: Path) -> DependencySpec:
+    if not isinstance(raw, dict):
+        raise UsageError("[dependencies] must be a table")
+    _only(raw, _DEPENDENCY_KEYS, "[dependencies]")
+    python = _text(raw, "python", "dependencies")
+    if not _PYTHON_RE.fullmatch(python):
+        raise UsageError(f"dependencies.python {python!r} must be a Python version like \"3.11\"")
+    platforms = _strings(raw, "platforms", required=True)
+    for tag in platforms:
+        if not _PLATFORM_RE.fullmatch(tag) or tag == "any":
+            raise UsageError(f"dependencies.platforms entry {tag!r} is not a platform tag "
+                             f"such as manylinux_2_28_x86_64")
+    implementation = raw.get("implementation", "cp")
+    if implementation not in IMPLEMENTATIONS:
+        raise UsageError(f"dependencies.implementation {implementation!r} must be one of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    index_url = raw.get("index_url")
+    schemes = ("https://", "http://", "file://")
+    if index_url is not None and (not isinstance(index_url, str) or not index_url.startswith(schemes)):
+        raise UsageError("dependencies.index_url must be an http(s):// or file:// URL")
+    opt_in = raw.get("build_sdists_on_build_host", False)
+    if not isinstance(opt_in, bool):
+        raise UsageError("dependencies.build_sdists_on_build_host must be true or false")
+    return DependencySpec(
+        requirements=base / _text(raw, "requirements", "dependencies"), python=python, platforms=platforms,
+        implementation=implementation,
+        find_links=tuple(base / p for p in _strings(raw, "find_links", required=False)),
+        index_url=index_url, build_sdists_on_build_host=opt_in,
+    )
+
+
+def _strings(raw: Mapping[str, Any], key: str, *, required: bool) -> tuple[str, ...]:
+    value = raw.get(key, None if required else [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (required and not value):
+        raise UsageError(f"dependencies.{key} must be a {'non-empty ' if required else ''}list of strings")
+    if len(set(value)) != len(value):
+        raise UsageError(f"dependencies.{key} lists an entry twice")
+    return tuple(value)

@@ -203,14 +203,17 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
               help="Install a version equal to the highest installed one (logged).")
 @click.option("--allow-downgrade", is_flag=True,
               help="Install a version older than the highest installed one (logged; the floor stays).")
+@click.option("--python", "python", metavar="PYTHON", default=None,
+              help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
 @output_options
 @host_options
 def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
-            as_json: bool, progress: bool | None, host: HostContext) -> None:
+            python: str | None, as_json: bool, progress: bool | None, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
-    Refuses (exit 5) a version at or below the highest one installed, an expired bundle, or a host
-    clock earlier than a signing time already accepted. On a site host, the bundle's site policy is
+    Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
+    (exit 5) a version at or below the highest one installed, an expired bundle, or a host clock
+    earlier than a signing time already accepted. On a site host, the bundle's site policy is
     enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
     directory as soon as they verify."""
     trust = TrustStore.from_dir(trust_dir)
@@ -220,14 +223,17 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
                                          persist_root=trust.persist))
     decision = host.decide(bundle, verified, trust_dir=trust_dir)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
-        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision)
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
+                                python=python)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:
         for override in result.overrides:
             click.echo(f"gapship: warning: --allow-{override} was needed; logged in {state.path}", err=True)
+    venv = [f"dependencies in {result.venv}"] if result.venv is not None else []
     emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
+        *venv,
         f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
         *trust_lines(verified, persisted=True),
         *host.lines(),

@@ -6,6 +6,21 @@ private ``.staging-*`` directory that becomes the version directory by one renam
 and file hash matched and the data reached the disk; ``current`` is then switched by another rename.
 A lock (``PREFIX/<name>/.lock``) keeps a second install of the same bundle name out, and the next
 install removes whatever staging litter an interrupted one left behind.
+
+A bundle with Python dependencies also gets ``PREFIX/<name>/<version>/venv`` (docs/dependencies.md).
+Venvs are not relocatable (``pyvenv.cfg`` and every script hold absolute paths), so the venv cannot
+be built in the staging directory and renamed. Instead:
+
+1. before anything is written, :func:`~.deps.plan_dependencies` checks that the host fits;
+2. the staging directory gets the verified files, the manifest copies and an ``.incomplete`` marker,
+   but no receipt, and is renamed to the version directory (``current`` still points elsewhere);
+3. the venv is created at its final path inside the version directory;
+4. ``receipt.json`` is written last (atomically), then the marker removed, then ``current`` switched.
+
+A version directory is complete exactly when it holds ``receipt.json``. One that holds the marker
+and no receipt is an interrupted install: the next run removes it under the lock (it can never be the
+target of ``current``, which is switched only after the receipt exists). If the venv cannot be made,
+the version directory is removed at once and the previous ``current`` stays.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from ._extract import extract_payload
 from ._fs import remove_tree
 from .audit import who as audit_who
 from .bundle import SIGNATURES
+from .deps import DependencyPlan, create_venv, plan_dependencies
 from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
 from .manifest import canonical_json
@@ -40,6 +56,7 @@ CURRENT = "current"
 RECEIPT = "receipt.json"
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
+INCOMPLETE = ".incomplete"
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class InstallResult:
     status: str  # "installed" | "already-installed"
     previous: str | None
     overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade": an --allow-* flag was needed (docs/trust.md)
+    venv: Path | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -66,19 +84,23 @@ class InstallResult:
             "bytes": self.bytes,
             "previous": self.previous,
             "overrides": list(self.overrides),
+            "venv": str(self.venv) if self.venv is not None else None,
         }
 
 
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
-            state: HostState | None = None, site: SiteDecision | None = None) -> InstallResult:
+            state: HostState | None = None, site: SiteDecision | None = None,
+            python: str | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
 
     With ``state``, the anti-rollback floor is checked again under the lock and raised only after
     ``current`` was switched: an install interrupted before that is finished by a plain rerun, while a
     completed one makes the same version "already installed" (docs/trust.md, "Anti-rollback").
-    With a ``site`` decision (docs/safeguards.md), models not enabled there are not written."""
+    With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
+    ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
+    deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
     _make_dirs(home)
     with _locked(home):
@@ -86,16 +108,18 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         snapshot = state.load() if state else None
         overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
         previous = _active_version(home)
+        _remove_incomplete_versions(home, previous)
         target = home / m.version
         if target.exists() or target.is_symlink():
             _check_same_bundle(target, verified)
             _switch_current(home, m.version)
             _record(state, snapshot, verified, overrides)
-            return _result(verified, target, "already-installed", previous, overrides)
+            return _result(verified, target, "already-installed", previous, overrides, deps)
         staging = Path(_mkdtemp(home))
+        record = _ReceiptFacts(overrides=overrides, site=site)
         try:
             extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
-            _write_records(staging, verified, overrides, site)
+            _write_records(staging, verified, record, receipt=deps is None)
             _sync(staging)
             os.chmod(staging, 0o755)
             os.rename(staging, target)
@@ -103,18 +127,35 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         except BaseException:
             remove_tree(staging)
             raise
+        if deps is not None:
+            _finish_dependencies(target, verified, deps, record)
         _switch_current(home, m.version)
         _record(state, snapshot, verified, overrides)
-    return _result(verified, target, "installed", previous, overrides)
+    return _result(verified, target, "installed", previous, overrides, deps)
+
+
+def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan,
+                         record: _ReceiptFacts) -> None:
+    """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
+    try:
+        create_venv(target, deps)
+        _sync(target)
+        _write_receipt(target, verified, deps, record)
+        (target / INCOMPLETE).unlink()
+        _fsync_dir(target)
+    except BaseException:
+        remove_tree(target)
+        raise
 
 
 def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
-            overrides: tuple[str, ...]) -> InstallResult:
+            overrides: tuple[str, ...], deps: DependencyPlan | None) -> InstallResult:
     m = verified.manifest
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
         files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
         overrides=overrides,
+        venv=target / "venv" if deps is not None else None,
     )
 
 
@@ -157,6 +198,17 @@ def _remove_staging_litter(home: Path) -> None:
             remove_tree(entry)
 
 
+def _remove_incomplete_versions(home: Path, active: str | None) -> None:
+    """Called under the lock: a version directory with the ``.incomplete`` marker and no receipt is an
+    install that died while its venv was being made (see the module docstring). Anything else that lacks
+    a receipt is not gapship's to delete; :func:`_check_same_bundle` refuses to touch it."""
+    for entry in home.iterdir():
+        if entry.name.startswith(".") or entry.name in (CURRENT, active) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if (entry / INCOMPLETE).is_file() and not (entry / RECEIPT).exists():
+            remove_tree(entry)
+
+
 def _mkdtemp(home: Path) -> str:
     try:
         return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=home)
@@ -174,6 +226,8 @@ def _active_version(home: Path) -> str | None:
 
 
 def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
+    """The receipt is written last, so a version directory without one (and not removed as incomplete
+    litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it."""
     m = verified.manifest
     try:
         receipt = json.loads((target / RECEIPT).read_text())
@@ -187,16 +241,45 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
         )
 
 
-def _write_records(staging: Path, verified: VerifiedManifest, overrides: tuple[str, ...],
-                   site: SiteDecision | None) -> None:
-    """The receipt and the exact manifest and signatures, so the install can be re-verified later."""
-    m = verified.manifest
+@dataclass(frozen=True)
+class _ReceiptFacts:
+    """What the receipt records beyond the manifest: the --allow-* overrides used and the site decision."""
+
+    overrides: tuple[str, ...]
+    site: SiteDecision | None
+
+
+def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, receipt: bool) -> None:
+    """The exact manifest and signatures, so the install can be re-verified later, the site records
+    (read-only), and the receipt; or, when a venv must still be made, the ``.incomplete`` marker in
+    its place."""
     (staging / "manifest.json").write_bytes(verified.manifest_bytes)
     sigdir = staging / SIGNATURES
     sigdir.mkdir()
     for name, data in verified.signature_files.items():
         (sigdir / name).write_bytes(data)
-    receipt = {
+    write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))
+    if receipt:
+        (staging / RECEIPT).write_bytes(_receipt(verified, None, record))
+    else:
+        (staging / INCOMPLETE).write_bytes(b"")
+
+
+def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan, record: _ReceiptFacts) -> None:
+    """Atomically, and flushed: its presence is what marks the version directory complete."""
+    tmp = target / f".{RECEIPT}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, _receipt(verified, deps, record))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target / RECEIPT)
+
+
+def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts) -> bytes:
+    m = verified.manifest
+    receipt: dict[str, object] = {
         "receipt_version": 1,
         "bundle": {"name": m.name, "version": m.version},
         "manifest_digest": verified.digest,
@@ -207,11 +290,12 @@ def _write_records(staging: Path, verified: VerifiedManifest, overrides: tuple[s
         "files": m.file_count,
         "bytes": sum(f.size for f in m.files()),
         "gapship_version": __version__,
-        "overrides": list(overrides),
-        "site": site.summary() if site else None,
+        "overrides": list(record.overrides),
+        "site": record.site.summary() if record.site else None,
     }
-    (staging / RECEIPT).write_bytes(canonical_json(receipt) + b"\n")
-    write_site_records(staging, verified, site, now=datetime.now(timezone.utc))
+    if deps is not None:
+        receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}
+    return canonical_json(receipt) + b"\n"
 
 
 def _who() -> str:
