@@ -260,6 +260,9 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     _inbox_from(bundle, inbox)
     _tamper_chunk(inbox)
+    carried = inbox / "authorizations" / "test-site-0123" / "authorization.json"  # forwarded as it is
+    carried.parent.mkdir(parents=True)
+    carried.write_bytes(b"{}")
 
     result = _run_pipeline(pipeline_script, inbox, make_trust(key), outbox)
 
@@ -268,6 +271,8 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     assert sorted(p.name for p in (inbox / "rejected").iterdir()) == ["00001.bin"]
     assert sorted(p.name for p in (outbox / "chunks").iterdir()) == [n for n in names if n != "00001.bin"]
     assert (outbox / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+    assert (outbox / carried.relative_to(inbox)).read_bytes() == b"{}"
+    assert not (outbox / "roots").exists()  # the bundle carries none
 
 
 def test_pipeline_script_stops_on_an_untrusted_manifest(tmp_path: Path, pipeline_script: Path, make_key,
