@@ -671,6 +671,18 @@ def test_format_doc_has_every_section_the_code_cites() -> None:
     assert cited <= headings, cited - headings
 
 
+def test_feature_docs_have_every_section_the_code_cites() -> None:
+    """Every ``docs/<page>.md, "Section"`` citation in the code names a heading of that page, or the
+    start of one (``"Time"`` for "Time: expiry and a clock set back"); format.md's are exact, above."""
+    missing = []
+    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+        for page, cited in re.findall(r'(docs/[a-z-]+\.md),?\s+"([^"]+)"', source.read_text()):
+            headings = [re.sub(r"^[\d.]+ ", "", h) for h in re.findall(r"^#{2,3} (.+)$", (ROOT / page).read_text(), re.M)]
+            if not any(h == cited or h.startswith((f"{cited}:", f"{cited} ", f"{cited},")) for h in headings):
+                missing.append(f"{source.name} cites {page}, {cited!r}")
+    assert not missing, missing
+
+
 def test_docs_the_code_cites_exist() -> None:
     for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
         for page in re.findall(r"docs/[a-z-]+\.md", source.read_text()):
