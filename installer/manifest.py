@@ -186,6 +186,9 @@ class Manifest:
             raw = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise UnsafeContentError(f"manifest is not valid JSON: {e}", subject="manifest.json") from None
+        except RecursionError:
+            # json's decoder recurses per nesting level; a canonical manifest nests 6 deep.
+            raise UnsafeContentError("manifest JSON is nested too deeply", subject="manifest.json") from None
         manifest = cls.from_dict(raw)
         if manifest.to_bytes() != data:
             raise UnsafeContentError(

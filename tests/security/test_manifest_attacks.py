@@ -56,6 +56,8 @@ MALFORMED = [
     ("float", b'{"chunk_size":1024.0}'),
     ("exponent", b'{"chunk_size":1E3}'),
     ("huge_integer", b'{"chunk_size":' + b"9" * 5000 + b"}"),
+    ("deep_nesting", b"[" * 100_000 + b"]" * 100_000),
+    ("deep_objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
 ]
 
 
