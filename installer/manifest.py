@@ -241,7 +241,9 @@ def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = fr
         raise UnsafeContentError(f"manifest field {where} lacks {', '.join(sorted(missing))}", subject=where)
     unknown = raw.keys() - required - optional
     if unknown:
-        raise UnsafeContentError(f"manifest field {where} has unknown {', '.join(sorted(unknown))}", subject=where)
+        # repr: a key is untrusted text, and a newline in it must not split the one-line message
+        names = ", ".join(repr(k) for k in sorted(unknown))
+        raise UnsafeContentError(f"manifest field {where} has unknown {names}", subject=where)
     return raw
 
 
@@ -351,7 +353,9 @@ def _validate_files(m: Manifest) -> None:
     for comp in m.components:
         where = f"component {comp.kind}/{comp.name}"
         if comp.kind not in COMPONENT_KINDS:
-            raise UnsafeContentError(f"{where}: kind must be one of {', '.join(COMPONENT_KINDS)}", subject=where)
+            raise UnsafeContentError(
+                f"component kind {comp.kind!r} must be one of {', '.join(COMPONENT_KINDS)}", subject=where
+            )
         check_name(comp.name, f"{comp.kind} name")
         if (comp.kind, comp.name) in kinds_seen:
             raise UnsafeContentError(f"{where} is listed twice", subject=where)

@@ -137,6 +137,7 @@ UNKNOWN: list[tuple[str, Edit, str, str]] = [
     ("file_owner", lambda m: _file(m).update(owner="root"), "components[0].files[0]", "owner"),
     ("file_type_symlink", lambda m: _file(m).update(type="symlink"), "components[0].files[0]", "type"),
     ("chunk_url", lambda m: m["chunks"][0].update(url="http://example.invalid/x"), "chunks[0]", "url"),
+    ("newline_key", lambda m: m.update({"x\ny": 1}), "manifest", "'x\\ny'"),
 ]
 
 
@@ -288,8 +289,10 @@ FIELDS: list[tuple[str, Edit, tuple[str, ...], str | None]] = [
     ("file_hash_sha512_length", lambda m: _file(m).update(hash="a" * 128), ("hex",), "file 'models/tiny/config.json'"),
     ("created_not_utc", lambda m: m.update(created="2026-01-01T00:00:00+01:00"), ("created",), "created"),
     ("expires_garbage", lambda m: m.update(expires="never"), ("expires",), "expires"),
-    ("component_kind_scripts", lambda m: m["components"][0].update(kind="scripts"), ("kind must be",),
+    ("component_kind_scripts", lambda m: m["components"][0].update(kind="scripts"), ("kind 'scripts' must be one of",),
      "component scripts/tiny"),
+    ("component_kind_newline", lambda m: m["components"][0].update(kind="model\nrm -rf /"), ("must be one of",),
+     None),
     ("component_listed_twice", lambda m: m["components"].append(copy.deepcopy(m["components"][0])),
      ("listed twice",), "component model/tiny"),
     ("model_name_traversal", lambda m: m["components"][0].update(name=".."), ("'..'",), "model name"),
