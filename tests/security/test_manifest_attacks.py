@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.manifest import MAX_FILES, MAX_MANIFEST_BYTES, Manifest, canonical_json
-from hostile import Crafted, craft, sha256, standard_payload
+from gapship.installer.manifest import MAX_FILES, MAX_MANIFEST_BYTES, MAX_OBJECTS, Manifest, canonical_json
+from hostile import Crafted, Payload, craft, sha256, standard_payload
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -206,6 +207,38 @@ def _millions_of_files(count: int) -> bytes:
     """A manifest declaring ``count`` files, each the smallest JSON object, within the byte cap."""
     skeleton = canonical_json({**_base().manifest, "components": [{"files": ["@"], "kind": "model", "name": "tiny"}]})
     return skeleton.replace(b'"@"', b",".join([b"{}"] * count))
+
+
+def test_rejects_millions_of_files_on_the_cap_without_allocating_them() -> None:
+    """Three million file objects fit in the byte cap; the parser must refuse them on the count cap
+    before building them (peak Python allocation far below what three million dicts take)."""
+    data = _millions_of_files(3_000_000)
+    assert len(data) < MAX_MANIFEST_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeContentError, match="cap") as info:
+            Manifest.from_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2, f"peak allocation {peak / 1024**2:.0f} MiB while refusing"
+    assert "\n" not in info.value.message
+
+
+def test_rejects_millions_of_files_declared(site) -> None:
+    data = _millions_of_files(2_000_000)
+    site.assert_refused(site.write(_base(), manifest_bytes=data), code=6, needles=("cap",))
+
+
+def test_braces_inside_strings_do_not_count_against_the_cap() -> None:
+    """The count cap looks at JSON structure only: 1.5 million '{' inside paths are not objects."""
+    payload = Payload()
+    for i in range(1500):
+        payload.add(f"models/tiny/{i:04d}/" + "/".join(["{" * 250] * 4), b"")
+    payload.policy()
+    data = canonical_json(craft(payload, chunk_size=1 << 20).manifest)
+    assert data.count(b"{") > MAX_OBJECTS
+    assert Manifest.from_bytes(data).file_count == 1501
 
 
 def test_rejects_files_over_cap_in_legit_shape() -> None:
