@@ -71,7 +71,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     m = verified.manifest
     home = prefix / m.name
     _make_dirs(home)
-    with _locked(home):
+    with _locked(home), _as_host_error(home):
         _remove_staging_litter(home)
         previous = _active_version(home)
         target = home / m.version
@@ -125,6 +125,16 @@ def _locked(home: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _as_host_error(home: Path) -> Iterator[None]:
+    """An OSError while staging, writing the records or switching ``current`` is the host's doing
+    (disk full, quota, read-only, permissions): exit 7 naming the directory, not an internal error."""
+    try:
+        yield
+    except OSError as e:
+        raise HostError(f"cannot install into {home}: {e.strerror or e}", subject=str(home)) from None
 
 
 def _remove_staging_litter(home: Path) -> None:

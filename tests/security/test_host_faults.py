@@ -143,6 +143,31 @@ def test_survives_file_size_limit_while_writing_data(site: Site, victim: Path) -
     _assert_victim_active(site)
 
 
+@pytest.fixture(scope="session")
+def many_small_files(tmp_path_factory: pytest.TempPathFactory, template) -> Path:
+    """demo 2.0.0 with 40 tiny files: every data file is far smaller than its manifest."""
+    base = tmp_path_factory.mktemp("small-files")
+    files = {f"part-{i:02d}.txt": b"x" * 40 for i in range(40)}
+    return build_real_bundle(base, template.key, version="2.0.0", files=files)
+
+
+def test_survives_file_size_limit_while_writing_records(site: Site, many_small_files: Path) -> None:
+    """RLIMIT_FSIZE above every data file but below the manifest copy written beside them: the fault
+    hits after the payload, while the receipt and records are written."""
+    manifest_size = (many_small_files / "manifest.json").stat().st_size
+    assert manifest_size > 2048
+    before = snapshot(site.prefix)
+    result = _finished(run_harness("rlimit-fsize", "1024", site, many_small_files))
+    assert result.returncode == 7, result
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "environment" and str(site.home) in error["message"], error
+    assert "\n" not in error["message"]
+    assert snapshot(site.prefix) == before
+    site.assert_previous_intact()
+    code, out = site.install(many_small_files)
+    assert code == 0, out
+
+
 def _unshare(scenario: str, site: Site, previous: Path, bundle: Path) -> dict[str, Any]:
     if shutil.which("unshare") is None:
         pytest.skip("unshare(1) is not installed")
@@ -176,6 +201,21 @@ def test_survives_disk_full_on_tmpfs(site: Site, big_bundle: Path, tmp_path: Pat
     assert report["next"][0] == 0, report
     assert report["next_litter"] == [] and report["next_current"] == "2.0.0", report
     assert report["previous_files"] == ["config.json", "weights.bin"]
+
+
+def test_survives_out_of_inodes_while_writing_records(site: Site, victim: Path, tmp_path: Path) -> None:
+    """A tmpfs with inodes for the payload's files but not for the receipt and manifest copy."""
+    prefix = tmp_path / "few-inodes"
+    prefix.mkdir()
+    site.prefix = prefix
+    report = _unshare("tmpfs-inodes", site, site.previous_bundle, victim)
+    assert report["previous"][0] == 0, report
+    code, out = report["faulty"]
+    assert code == 7, report
+    assert out["error"]["kind"] == "environment", report
+    assert report["unchanged"] and report["litter"] == [] and report["current"] == "1.0.0", report
+    assert report["next"][0] == 0, report
+    assert report["next_litter"] == [] and report["next_current"] == "2.0.0", report
 
 
 # -- a prefix that cannot be written -------------------------------------------------------------------
