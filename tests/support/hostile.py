@@ -191,18 +191,25 @@ def craft(payload: Payload | bytes, components: list[dict[str, Any]] | None = No
     else:
         stream = payload
     chunks = cut(stream, chunk_size)
-    manifest = {
+    manifest = manifest_dict(chunk_entries(chunks), components or [], chunk_size=chunk_size, name=name,
+                             version=version)
+    return Crafted(manifest, chunks)
+
+
+def manifest_dict(chunks: list[dict[str, Any]], components: list[dict[str, Any]], *, chunk_size: int,
+                  name: str = "demo", version: str = "2.0.0") -> dict[str, Any]:
+    """A manifest (docs/format.md, "manifest.json") for the given chunk entries and components."""
+    return {
         "format": FORMAT_NAME,
         "format_version": 1,
         "bundle": {"name": name, "version": version},
         "created": CREATED,
         "hash_algorithm": "sha256",
         "chunk_size": chunk_size,
-        "payload_size": len(stream),
-        "chunks": chunk_entries(chunks),
-        "components": copy.deepcopy(components or []),
+        "payload_size": sum(c["size"] for c in chunks),
+        "chunks": chunks,
+        "components": copy.deepcopy(components),
     }
-    return Crafted(manifest, chunks)
 
 
 def write_bundle(out: Path, manifest_bytes: bytes, chunks: Sequence[bytes], *, signers: Iterable[KeyPair] = ()) -> Path:
