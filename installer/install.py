@@ -70,8 +70,9 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     On any failure the previous ``current`` and every installed version are left as they were."""
     m = verified.manifest
     home = prefix / m.name
+    fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)
-    with _locked(home), _as_host_error(home):
+    with _locked(home, forget_on_error=fresh), _as_host_error(home):
         _remove_staging_litter(home)
         previous = _active_version(home)
         target = home / m.version
@@ -112,7 +113,9 @@ def _make_dirs(home: Path) -> None:
 
 
 @contextmanager
-def _locked(home: Path) -> Iterator[None]:
+def _locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
+    """Hold ``home/.lock``. ``forget_on_error``: this run created ``home``, so a failure removes the
+    lock and the then-empty ``home`` again (a refused first install leaves no trace)."""
     try:
         fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
@@ -122,9 +125,37 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HostError(f"target busy: another gapship process holds {home / LOCK}", subject=str(home / LOCK)) from None
-        yield
+        _check_lock_in_place(fd, home)
+        try:
+            yield
+        except BaseException:
+            if forget_on_error:
+                _forget_home(home)
+            raise
     finally:
         os.close(fd)
+
+
+def _check_lock_in_place(fd: int, home: Path) -> None:
+    """The lock we hold must still be the file at ``home/.lock``: a process that opened it just before
+    a failed first install removed it (_forget_home) would otherwise hold a lock nobody else sees."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(home / LOCK, follow_symlinks=False)
+    except OSError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        raise HostError(f"target busy: {home / LOCK} was replaced by another gapship process", subject=str(home / LOCK))
+
+
+def _forget_home(home: Path) -> None:
+    """Remove ``home`` if it holds nothing but our lock; called while the lock is still held."""
+    try:
+        if [p.name for p in home.iterdir()] == [LOCK]:
+            (home / LOCK).unlink()
+            home.rmdir()
+    except OSError:
+        pass  # best effort: an empty home with a lock is harmless
 
 
 @contextmanager

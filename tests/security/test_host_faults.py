@@ -24,7 +24,7 @@ import pytest
 
 from attack_site import PREVIOUS_FILES, Site, build_real_bundle, run_harness, victim_files
 from gapship_testing import run_json
-from hostile import litter, snapshot
+from hostile import Payload, craft, litter, pax_header, snapshot
 
 NS_SCENARIO = Path(__file__).with_name("ns_scenario.py")
 
@@ -292,3 +292,14 @@ def test_rejects_current_that_is_not_a_symlink(site: Site, victim: Path) -> None
     assert code == 7, out
     assert "current" in out["error"]["message"] and "not a symlink" in out["error"]["message"]
     assert snapshot(site.prefix) == before
+
+
+def test_refused_first_install_of_a_new_name_leaves_no_trace(site: Site) -> None:
+    """The first bundle ever installed under a name is refused mid-stream: the prefix must look as if
+    it never ran (no empty PREFIX/<name>/ with a lock file left behind)."""
+    payload = Payload()
+    payload.add("models/tiny/w.bin", b"weights", header=pax_header("models/tiny/other.bin", 7))
+    payload.policy()
+    bundle = site.write(craft(payload, name="newcomer"))
+    site.assert_refused(bundle, code=6, needles=("differs from the manifest",), subject="models/tiny/w.bin")
+    assert not (site.prefix / "newcomer").exists()
