@@ -17,7 +17,7 @@ import pytest
 
 from attack_site import VICTIM_CHUNKS as CHUNKS, Site, build_real_bundle, chunk_file, run_harness
 from gapship_testing import run_json
-from hostile import snapshot
+from hostile import craft, snapshot, standard_payload
 
 def _chunk(bundle: Path, index: int) -> Path:
     return chunk_file(bundle, index)
@@ -59,6 +59,10 @@ def _reordered(b: Path, i: int, other: Path) -> None:
     tmp.rename(_chunk(b, j))
 
 
+def _duplicated(b: Path, i: int, other: Path) -> None:
+    shutil.copyfile(_chunk(b, (i + 1) % CHUNKS), _chunk(b, i))
+
+
 DAMAGE: list[tuple[Callable[[Path, int, Path], None], str]] = [
     (_missing, "is missing"),
     (_truncated, "is truncated"),
@@ -67,6 +71,7 @@ DAMAGE: list[tuple[Callable[[Path, int, Path], None], str]] = [
     (_swapped_with_other_bundle, "does not match its sha256 hash"),
     (_renamed_away, "is missing"),
     (_reordered, "does not match its sha256 hash"),
+    (_duplicated, "does not match its sha256 hash"),
 ]
 
 
@@ -105,11 +110,13 @@ def test_rejects_single_chunk_check_of_renamed_chunk(site: Site, victim: Path, t
     assert out["error"]["subject"] == "chunks/00002.bin"
 
 
-def test_rejects_extra_chunk_on_verify(site: Site, victim: Path) -> None:
+@pytest.mark.parametrize("command", ["verify"])
+def test_rejects_extra_chunk(site: Site, victim: Path, command: str) -> None:
+    """A chunk file the manifest does not list (mixed in from another bundle, or left over)."""
     shutil.copyfile(_chunk(victim, 0), _chunk(victim, CHUNKS))
     subject = f"chunks/{CHUNKS:05d}.bin"
-    site.assert_refused(victim, code=3, needles=(subject, "extra chunk"), subject=subject, command="verify",
-                        next_run=False)
+    site.assert_refused(victim, code=3, needles=(subject, "extra chunk"), subject=subject, command=command,
+                        next_run=command == "install")
 
 
 def test_rejects_chunk_replaced_by_symlink(site: Site, victim: Path, victims: tuple[Path, Path]) -> None:
@@ -117,6 +124,18 @@ def test_rejects_chunk_replaced_by_symlink(site: Site, victim: Path, victims: tu
     _chunk(victim, 2).unlink()
     _chunk(victim, 2).symlink_to(_chunk(victims[0], 2))
     site.assert_refused(victim, code=3, needles=("chunks/00002.bin", "symlink"), subject="chunks/00002.bin")
+
+
+def test_rejects_file_changed_with_chunk_hashes_recomputed(site: Site) -> None:
+    """A compromised build changes a file's bytes and re-signs matching chunk hashes, but the file's own
+    hash in the manifest still says what was approved: the file is refused before it becomes visible."""
+    payload = standard_payload({"config.json": b"{}\n", "weights.bin": b"approved weights " * 100})
+    stream = bytearray(payload.end())
+    entry = payload.components[0]["files"][1]
+    stream[entry["offset"] + 5] ^= 0x20
+    crafted = craft(bytes(stream), payload.components)
+    site.assert_refused(site.write(crafted), code=3, needles=("'models/tiny/weights.bin'", "does not match"),
+                        subject="models/tiny/weights.bin")
 
 
 def test_rejects_chunk_changed_between_verify_and_install(site: Site, victim: Path) -> None:
