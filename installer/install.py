@@ -33,6 +33,7 @@ from .errors import HostError, PolicyError
 from .hashing import Progress, no_progress
 from .manifest import canonical_json
 from .trust import VerifiedManifest
+from .verify import check_chunk_names
 
 CURRENT = "current"
 RECEIPT = "receipt.json"
@@ -69,6 +70,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were."""
     m = verified.manifest
+    check_chunk_names(bundle, verified)  # the signed chunk list, nothing missing and nothing extra
     home = prefix / m.name
     fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)

@@ -56,7 +56,7 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
                   workers: int | None = None) -> ChunkReport:
     """Check that ``chunks/`` holds exactly the manifest's chunks, each with its size and hash."""
     m = verified.manifest
-    _check_chunk_names(root, verified)
+    check_chunk_names(root, verified)
     local = threading.local()
     lock = threading.Lock()
 
@@ -84,8 +84,8 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
     return ChunkReport(chunks=len(m.chunks), bytes=m.payload_size)
 
 
-def _check_chunk_names(root: Path, verified: VerifiedManifest) -> None:
-    """Refuse missing and extra chunk files before hashing anything."""
+def check_chunk_names(root: Path, verified: VerifiedManifest) -> None:
+    """Refuse missing and extra chunk files before hashing anything (``verify`` and ``install``)."""
     present = set(list_chunk_files(root))
     expected = [c.name for c in verified.manifest.chunks]
     for name in expected:

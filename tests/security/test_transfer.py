@@ -110,7 +110,7 @@ def test_rejects_single_chunk_check_of_renamed_chunk(site: Site, victim: Path, t
     assert out["error"]["subject"] == "chunks/00002.bin"
 
 
-@pytest.mark.parametrize("command", ["verify"])
+@pytest.mark.parametrize("command", ["install", "verify"])
 def test_rejects_extra_chunk(site: Site, victim: Path, command: str) -> None:
     """A chunk file the manifest does not list (mixed in from another bundle, or left over)."""
     shutil.copyfile(_chunk(victim, 0), _chunk(victim, CHUNKS))
