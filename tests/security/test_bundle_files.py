@@ -1,15 +1,18 @@
 """The bundle directory itself (docs/format.md, "Layout"): manifest and signature files that are links,
-FIFOs or endless, too many signatures, and a signed bundle that tries to replace an installed version.
-Each is refused before the payload is read, with nothing changed under the prefix."""
+FIFOs or endless, too many signatures, a signed bundle that tries to replace an installed version;
+named algorithms; and a prefix holding things the installer did not put there. Refusals happen before
+the payload is read, with nothing changed under the prefix."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
 from attack_site import Site
 from gapship.installer.keys import signature_file_name
-from hostile import craft, standard_payload
+from hostile import Payload, craft, standard_payload
 
 
 def _bundle(site: Site, **kwargs: str) -> Path:
@@ -87,3 +90,74 @@ def test_rejects_same_version_with_other_content(site: Site) -> None:
     bundle = _bundle(site, version=site.previous)
     site.assert_refused(bundle, code=5, needles=("already installed", "different manifest"),
                         subject=str(site.home / site.previous))
+
+
+# -- named algorithms (security.md, "Algorithms") -------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["sha384", "sha512"])
+def test_installs_bundle_hashed_with_another_named_algorithm(site: Site, algorithm: str) -> None:
+    """The hash algorithm is a named manifest field: a SHA-384 (CNSA 2.0) or SHA-512 bundle installs."""
+    files = {"config.json": b"{}\n", "weights.bin": b"w" * 3000}
+    crafted = craft(standard_payload(files, algorithm=algorithm))
+    code, out = site.install(site.write(crafted))
+    assert code == 0, out
+    assert out["manifest_digest"].startswith(f"{algorithm}:")
+    assert (site.home / "current" / "models/tiny/weights.bin").read_bytes() == files["weights.bin"]
+
+
+def test_rejects_bundle_claiming_a_stronger_algorithm_than_its_digests(site: Site) -> None:
+    """hash_algorithm says sha384, the digests are sha256 (a downgrade dressed up): refused on length."""
+    crafted = craft(standard_payload())
+    crafted.manifest["hash_algorithm"] = "sha384"
+    site.assert_refused(site.write(crafted), code=6, needles=("not a lower-case hex sha384 digest",))
+
+
+def test_rejects_bundle_whose_only_signature_uses_an_unknown_scheme(site: Site) -> None:
+    """A signature file for a scheme this installer does not implement never counts as valid."""
+    bundle = _bundle(site)
+    sig = bundle / "signatures" / signature_file_name(site.key.keyid)
+    sig.rename(sig.with_name(f"{site.key.keyid}.mldsa87.sig"))
+    site.assert_refused(bundle, code=4, needles=("no valid signature", "unsupported"), subject="signatures")
+
+
+# -- the prefix holds things the installer did not put there ---------------------------------------------
+
+
+def test_ignores_planted_staging_directory(site: Site, tmp_path: Path) -> None:
+    """A directory named like staging, planted with a symlink out of the prefix: the installer stages
+    into a fresh directory of its own, removes the planted one, and never writes through the link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = site.home / ".staging-planted"
+    (planted / "models").mkdir(parents=True)
+    (planted / "models" / "tiny").symlink_to(outside)
+    files = {"config.json": b"{}\n"}
+    code, out = site.install(site.write(craft(standard_payload(files))))
+    assert code == 0, out
+    assert list(outside.iterdir()) == []
+    assert not planted.exists()
+    assert (site.home / "current" / "models/tiny/config.json").read_bytes() == b"{}\n"
+
+
+def test_rejects_planted_version_directory(site: Site) -> None:
+    """PREFIX/demo/2.0.0 exists but was not installed by this manifest: never adopted as installed."""
+    planted = site.home / "2.0.0"
+    (planted / "models" / "tiny").mkdir(parents=True)
+    (planted / "models" / "tiny" / "config.json").write_bytes(b"planted\n")
+    site.assert_refused(_bundle(site), code=5, needles=("different manifest",), subject=str(planted))
+
+
+def test_never_executes_bundle_content(site: Site, tmp_path: Path) -> None:
+    """Executable files, Python path hooks and install-script look-alikes are only ever written."""
+    marker = tmp_path / "executed"
+    script = f"#!/bin/sh\ntouch {marker}\n".encode()
+    payload = Payload()
+    payload.add("models/tiny/install.sh", script, mode=0o755)
+    payload.add("models/tiny/setup.py", f"open({str(marker)!r}, 'w')\n".encode())
+    payload.add("models/tiny/sitecustomize.pth", f"import os; open({str(marker)!r}, 'w')\n".encode())
+    payload.policy()
+    code, out = site.install(site.write(payload))
+    assert code == 0, out
+    assert not marker.exists()
+    assert (site.home / "current" / "models/tiny/install.sh").stat().st_mode & 0o777 == 0o755

@@ -35,6 +35,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def digest(data: bytes, algorithm: str = "sha256") -> str:
+    return hashlib.new(algorithm, data).hexdigest()
+
+
 def pad(n: int, unit: int = BLOCK) -> int:
     return (n + unit - 1) // unit * unit
 
@@ -101,13 +105,15 @@ class Payload:
 
     stream: bytearray = field(default_factory=bytearray)
     components: list[dict[str, Any]] = field(default_factory=list)
+    algorithm: str = "sha256"
 
     def add(self, path: str, data: bytes = b"", *, mode: int = 0o644, header: bytes | None = None,
             component: tuple[str, str] | None = None, declare: bool = True) -> dict[str, Any]:
         """Append header, data and padding for one member; return its (mutable) manifest entry.
         ``header`` replaces the correct pax header; ``declare=False`` leaves it out of the manifest."""
         self.stream += pax_header(path, len(data), mode=mode) if header is None else header
-        entry = {"path": path, "size": len(data), "mode": mode, "hash": sha256(data), "offset": len(self.stream)}
+        entry = {"path": path, "size": len(data), "mode": mode, "hash": digest(data, self.algorithm),
+                 "offset": len(self.stream)}
         self.stream += data + bytes(pad(len(data)) - len(data))
         if declare:
             self._component(component or component_of(path))["files"].append(entry)
@@ -136,9 +142,10 @@ class Payload:
         return comp
 
 
-def standard_payload(files: dict[str, bytes] | None = None, *, model: str = "tiny") -> Payload:
+def standard_payload(files: dict[str, bytes] | None = None, *, model: str = "tiny",
+                     algorithm: str = "sha256") -> Payload:
     """A well-formed payload: the model's files (sorted), then the safeguards policy."""
-    payload = Payload()
+    payload = Payload(algorithm=algorithm)
     for rel, data in sorted((files or {"config.json": b'{"hidden": 4}\n', "weights.bin": bytes(range(256)) * 9}).items()):
         payload.add(f"models/{model}/{rel}", data)
     payload.policy()
@@ -152,8 +159,8 @@ def cut(stream: bytes, chunk_size: int) -> list[bytes]:
     return [stream[i:i + chunk_size] for i in range(0, len(stream), chunk_size)]
 
 
-def chunk_entries(chunks: Sequence[bytes]) -> list[dict[str, Any]]:
-    return [{"name": chunk_name(i), "size": len(c), "hash": sha256(c)} for i, c in enumerate(chunks)]
+def chunk_entries(chunks: Sequence[bytes], algorithm: str = "sha256") -> list[dict[str, Any]]:
+    return [{"name": chunk_name(i), "size": len(c), "hash": digest(c, algorithm)} for i, c in enumerate(chunks)]
 
 
 @dataclass
@@ -169,7 +176,7 @@ class Crafted:
 
     def rechunk(self) -> None:
         """Recompute the chunk list and payload_size after editing ``chunks`` (a compromised build)."""
-        self.manifest["chunks"] = chunk_entries(self.chunks)
+        self.manifest["chunks"] = chunk_entries(self.chunks, self.manifest["hash_algorithm"])
         self.manifest["payload_size"] = sum(len(c) for c in self.chunks)
 
 
@@ -184,15 +191,19 @@ def manifest_json(value: object) -> bytes:
 
 def craft(payload: Payload | bytes, components: list[dict[str, Any]] | None = None, *, chunk_size: int = 4096,
           name: str = "demo", version: str = "2.0.0") -> Crafted:
-    """Cut ``payload`` (ended if it is a :class:`Payload`) into chunks and describe it in a manifest."""
+    """Cut ``payload`` (ended if it is a :class:`Payload`) into chunks and describe it in a manifest
+    (with the payload's hash algorithm)."""
+    algorithm = "sha256"
     if isinstance(payload, Payload):
         components = payload.components if components is None else components
+        algorithm = payload.algorithm
         stream = payload.end()
     else:
         stream = payload
     chunks = cut(stream, chunk_size)
-    manifest = manifest_dict(chunk_entries(chunks), components or [], chunk_size=chunk_size, name=name,
+    manifest = manifest_dict(chunk_entries(chunks, algorithm), components or [], chunk_size=chunk_size, name=name,
                              version=version)
+    manifest["hash_algorithm"] = algorithm
     return Crafted(manifest, chunks)
 
 
