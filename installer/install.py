@@ -86,8 +86,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         try:
             extract_payload(bundle, m, staging, progress=progress)
             _write_records(staging, verified)
+            _settle_modes(staging)
             _sync(staging)
-            os.chmod(staging, 0o755)
             os.rename(staging, target)
             _fsync_dir(home)
         except BaseException:
@@ -231,6 +231,16 @@ def _write_records(staging: Path, verified: VerifiedManifest) -> None:
         "gapship_version": __version__,
     }
     (staging / RECEIPT).write_bytes(canonical_json(receipt) + b"\n")
+
+
+def _settle_modes(staging: Path) -> None:
+    """Directories 755 and the records 644, whatever the caller's umask (each payload file already has
+    its manifest mode): under umask 000 the verified tree would otherwise be world-writable, under 077
+    unreadable by the service that loads the model."""
+    for dirpath, _dirnames, _filenames in os.walk(staging):
+        os.chmod(dirpath, 0o755)
+    for record in (staging / RECEIPT, staging / "manifest.json", *(staging / SIGNATURES).iterdir()):
+        os.chmod(record, 0o644)
 
 
 def _who() -> str:

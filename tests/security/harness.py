@@ -14,6 +14,7 @@ working when the installer's internals are reorganised; no environment variable 
   in place (same inode: the media changes under the reader)
 - ``replace-after-first-read CHUNK:SOURCE``  after the first read from CHUNK, rename SOURCE over it
 - ``rlimit-fsize BYTES``     RLIMIT_FSIZE: writes past BYTES fail with EFBIG (a full quota)
+- ``umask OCTAL``            run with this umask (the installed tree must not depend on it)
 - ``none``                   no fault
 """
 
@@ -107,6 +108,9 @@ def install_fault(fault: str, arg: str | None) -> None:
     elif fault == "rlimit-fsize":
         assert arg is not None
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), int(arg)))
+    elif fault == "umask":
+        assert arg is not None
+        os.umask(int(arg, 8))
     elif fault != "none":
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -303,3 +303,24 @@ def test_refused_first_install_of_a_new_name_leaves_no_trace(site: Site) -> None
     bundle = site.write(craft(payload, name="newcomer"))
     site.assert_refused(bundle, code=6, needles=("differs from the manifest",), subject="models/tiny/w.bin")
     assert not (site.prefix / "newcomer").exists()
+
+
+@pytest.mark.parametrize("umask", ["000", "077"])
+def test_installed_tree_modes_do_not_depend_on_umask(site: Site, victim: Path, umask: str) -> None:
+    """Run by an admin with umask 000, directories must not become world-writable (anyone could then
+    add or swap model files after verification); with 077 the serving user must still read them.
+    Directories are 755, records 644, files exactly their manifest mode."""
+    result = _finished(run_harness("umask", umask, site, victim))
+    assert result.returncode == 0, result
+    version = site.home / "2.0.0"
+    modes = {p.relative_to(version).as_posix(): p.lstat().st_mode & 0o7777 for p in [version, *version.rglob("*")]}
+    manifest = json.loads((victim / "manifest.json").read_bytes())
+    declared = {f["path"]: f["mode"] for c in manifest["components"] for f in c["files"]}
+    for rel, mode in modes.items():
+        path = version / rel
+        if path.is_dir():
+            assert mode == 0o755, (rel, oct(mode))
+        elif rel in declared:
+            assert mode == declared[rel], (rel, oct(mode))
+        else:
+            assert mode == 0o644, (rel, oct(mode))
