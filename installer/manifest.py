@@ -32,6 +32,11 @@ MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * 1024**3
 MAX_HEADER_REGION = 8 * 1024  # bytes of tar headers (pax + ustar) allowed before one file's data
 MAX_SAFE_INTEGER = 2**53 - 1  # RFC 8785 / I-JSON: larger integers are not portable
+# JSON containers a manifest within the caps can hold: the top object and "bundle", one object per
+# chunk, per component and per file; the "chunks" and "components" lists and one "files" list per
+# component. Counted before json.loads builds anything (see _check_container_counts).
+MAX_OBJECTS = 2 + MAX_CHUNKS + 2 * MAX_FILES
+MAX_LISTS = 2 + MAX_FILES
 
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
@@ -182,10 +187,14 @@ class Manifest:
             raise UnsafeContentError(
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap", subject="manifest.json"
             )
+        _check_container_counts(data)
         try:
             raw = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise UnsafeContentError(f"manifest is not valid JSON: {e}", subject="manifest.json") from None
+        except RecursionError:
+            # json's decoder recurses per nesting level; a canonical manifest nests 6 deep.
+            raise UnsafeContentError("manifest JSON is nested too deeply", subject="manifest.json") from None
         manifest = cls.from_dict(raw)
         if manifest.to_bytes() != data:
             raise UnsafeContentError(
@@ -225,6 +234,29 @@ class Manifest:
 
 # -- parsing helpers (raise UnsafeContentError naming the field) -----------------------------------
 
+# A JSON string (quotes, escapes); DOTALL so an escaped control byte cannot end the match early.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _check_container_counts(data: bytes) -> None:
+    """Refuse, before parsing, bytes that hold more objects or lists than the caps allow.
+
+    The count caps are otherwise checked on parsed lists, after json.loads has built every element:
+    ``[{},{},...]`` declares 11 million files in 32 MiB and would cost gigabytes first. Braces inside
+    strings are not structure, so strings are removed before counting; this is an upper bound for
+    everything json.loads would build before it stops at an error (docs/format.md, "Limits").
+    """
+    if data.count(b"{") <= MAX_OBJECTS and data.count(b"[") <= MAX_LISTS:
+        return  # raw counts bound the structural ones: the usual case costs two fast scans
+    bare = _JSON_STRING.sub(b"", data)
+    objects, lists = bare.count(b"{"), bare.count(b"[")
+    if objects > MAX_OBJECTS or lists > MAX_LISTS:
+        raise UnsafeContentError(
+            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files and "
+            f"{MAX_CHUNKS} chunks", subject="manifest.json",
+        )
+
+
 
 def _refuse_float(text: str) -> object:
     raise UnsafeContentError(f"manifest holds a non-integer number {text!r}", subject="manifest.json")
@@ -238,7 +270,9 @@ def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = fr
         raise UnsafeContentError(f"manifest field {where} lacks {', '.join(sorted(missing))}", subject=where)
     unknown = raw.keys() - required - optional
     if unknown:
-        raise UnsafeContentError(f"manifest field {where} has unknown {', '.join(sorted(unknown))}", subject=where)
+        # repr: a key is untrusted text, and a newline in it must not split the one-line message
+        names = ", ".join(repr(k) for k in sorted(unknown))
+        raise UnsafeContentError(f"manifest field {where} has unknown {names}", subject=where)
     return raw
 
 
@@ -348,7 +382,9 @@ def _validate_files(m: Manifest) -> None:
     for comp in m.components:
         where = f"component {comp.kind}/{comp.name}"
         if comp.kind not in COMPONENT_KINDS:
-            raise UnsafeContentError(f"{where}: kind must be one of {', '.join(COMPONENT_KINDS)}", subject=where)
+            raise UnsafeContentError(
+                f"component kind {comp.kind!r} must be one of {', '.join(COMPONENT_KINDS)}", subject=where
+            )
         check_name(comp.name, f"{comp.kind} name")
         if (comp.kind, comp.name) in kinds_seen:
             raise UnsafeContentError(f"{where} is listed twice", subject=where)
