@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..installer.hashing import new_hasher
-from ..installer.manifest import BLOCK, END_OF_ARCHIVE, RECORD, Chunk, chunk_name, padded
+from ..installer.errors import UsageError
+from ..installer.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
 
 
 @dataclass
@@ -48,6 +49,9 @@ class ChunkWriter:
         return self.chunks
 
     def _open(self) -> None:
+        if len(self.chunks) >= MAX_CHUNKS:
+            raise UsageError(f"the bundle needs more than {MAX_CHUNKS} chunks of {self.chunk_size} bytes; "
+                             "give a larger --chunk-size", subject="--chunk-size")
         name = chunk_name(len(self.chunks))
         self._fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._hasher = new_hasher(self.algorithm)

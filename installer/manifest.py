@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 # Hard caps, checked before (size) or while (counts) parsing; docs/format.md "Limits".
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_FILES = 200_000
-MAX_CHUNKS = 1_000_000
+MAX_CHUNKS = 100_000  # names stay five digits (00000..99999), so `cat chunks/*` is in order
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * 1024**3
 MAX_HEADER_REGION = 8 * 1024  # bytes of tar headers (pax + ustar) allowed before one file's data
@@ -43,6 +43,7 @@ END_OF_ARCHIVE = 2 * BLOCK
 RECORD = 20 * BLOCK  # tar writers pad the archive to a whole record of this size
 
 COMPONENT_KINDS = ("model", "safeguards", "dependencies")
+POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 ALLOWED_MODES = (0o644, 0o755)
@@ -416,6 +417,18 @@ def _validate_files(m: Manifest) -> None:
             subject="payload_size",
         )
     check_no_collisions(f.path for f in m.files())
+    _check_safeguards(m)
+
+
+def _check_safeguards(m: Manifest) -> None:
+    """Every bundle carries its vendor's safeguards policy, and only that, in one component: the
+    policy is how the vendor's control travels (docs/policy.md), so a bundle without one is refused."""
+    policies = [f.path for c in m.components if c.kind == "safeguards" for f in c.files]
+    if policies != [POLICY_PATH]:
+        raise UnsafeContentError(
+            f"manifest must carry exactly one safeguards component holding only {POLICY_PATH} (found {policies})",
+            subject="components",
+        )
 
 
 def _component_root(comp: Component) -> str:

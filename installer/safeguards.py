@@ -22,12 +22,11 @@ from .authorization import (
 from .bundle import SIGNATURES, chunk_path, open_nofollow
 from .errors import GapshipError, IntegrityError, PolicyError
 from .hashing import new_hasher
-from .manifest import FileEntry, canonical_json
+from .manifest import POLICY_PATH, FileEntry, canonical_json
 from .policy import Policy, parse_policy
 from .site import Site
 from .trust import VerifiedManifest
 
-POLICY_PATH = "safeguards/policy.toml"
 MAX_POLICY_BYTES = 1024 * 1024
 EFFECTIVE_POLICY = "effective-policy.json"
 INSTALLED_AUTHORIZATIONS = "authorizations"

@@ -153,3 +153,26 @@ def test_rejects_paths_that_collide_after_case_folding(data: bytes) -> None:
         files = raw["components"][0]["files"]
         files[1]["path"] = files[0]["path"].upper().replace("MODELS/TINY/", "models/tiny/")
     _refused(_edit(data, change), subject="models/tiny/W.BIN", words="collides with 'models/tiny/w.bin'")
+
+
+def test_rejects_manifest_without_the_safeguards_policy(data: bytes) -> None:
+    """The vendor's policy travels with every bundle: a manifest whose safeguards component holds
+    another file instead of safeguards/policy.toml is refused (docs/format.md, "Components")."""
+    def change(raw: dict[str, Any]) -> None:
+        [safeguards] = [c for c in raw["components"] if c["kind"] == "safeguards"]
+        safeguards["files"][0]["path"] = "safeguards/other.toml"
+    _refused(_edit(data, change), subject="components", words="exactly one safeguards component")
+
+
+def test_build_refuses_more_chunks_than_a_bundle_may_hold(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Chunk names are five digits (00000..99999): past MAX_CHUNKS the build asks for larger chunks
+    rather than writing names a shell glob would sort out of order."""
+    from gapship.bundler import _payload
+    from gapship.installer.errors import UsageError
+
+    monkeypatch.setattr(_payload, "MAX_CHUNKS", 3)
+    spec = write_spec(tmp_path / "src", {"w.bin": noise(8000, seed=3)})
+    key = SigningKey.load(keygen("release", tmp_path / "keys")[0])
+    with pytest.raises(UsageError, match="more than 3 chunks of 1024 bytes; give a larger --chunk-size"):
+        build(load_spec(spec), out=tmp_path / "bundle", key=key, chunk_size=1024)
+    assert not (tmp_path / "bundle").exists()
