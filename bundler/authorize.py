@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..installer.authorization import (
-    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions, parse_time,
+    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions,
 )
 from ..installer.bundle import MANIFEST, SIGNATURES
 from ..installer._fs import remove_tree

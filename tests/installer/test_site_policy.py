@@ -205,7 +205,7 @@ def test_rejects_tampered_policy_before_writing_anything(setup, tmp_path: Path) 
     chunk.write_bytes(bytes(data))
     code, out = install(bundle, trust, prefix, log, "--site-config", site_file(tmp_path, "demo-site", "inference-audit-log"))
     assert code == 3
-    assert "safeguards/policy.toml does not match its sha256 hash" in out["error"]["message"]
+    assert "file 'safeguards/policy.toml' does not match its sha256 hash" in out["error"]["message"]
     assert not (prefix / "demo").exists()
 
 
