@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
+rm -rf build  # setuptools reuses build/lib, which can still hold modules deleted from the tree
 .venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
 .venv/bin/python -m mypy -p gapship.installer -p gapship.bundler
 # Not `python -m pytest`: that puts the checkout on sys.path, where installer/ would shadow pypa's installer.

@@ -20,7 +20,7 @@ from typing import Any
 from ..installer._pipeline import Block, Flusher, Pipeline
 from ..installer.errors import UsageError
 from ..installer.hashing import Progress, new_hasher, no_progress
-from ..installer.manifest import BLOCK, END_OF_ARCHIVE, RECORD, Chunk, chunk_name, padded
+from ..installer.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
 
 
 def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
@@ -155,6 +155,9 @@ class _ChunkFiles:
             self.fd = -1
 
     def _open(self) -> None:
+        if len(self.names) >= MAX_CHUNKS:
+            raise UsageError(f"the bundle needs more than {MAX_CHUNKS} chunks of {self.chunk_size} bytes; "
+                             "give a larger --chunk-size", subject="--chunk-size")
         name = chunk_name(len(self.names))
         self.fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.names.append(name)

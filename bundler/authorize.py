@@ -8,36 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..installer.authorization import (
-    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions, parse_time,
+    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions,
 )
 from ..installer.bundle import MANIFEST, SIGNATURES
 from ..installer._fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.keys import signature_file_name
+from ._expiry import parse_expires
 from .keys import SigningKey
 
-_DURATION_RE = re.compile(r"(\d+)([dhm])")
-_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-
-
-def parse_expiry(text: str, *, now: datetime) -> datetime:
-    """``30d``, ``12h``, ``90m`` from ``now``, or an absolute ``YYYY-MM-DDTHH:MM:SSZ``."""
-    match = _DURATION_RE.fullmatch(text.strip())
-    if match:
-        return now + int(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return parse_time(text)
-    except ValueError:
-        raise UsageError(f"expiry {text!r} is neither a duration such as 30d or 12h nor YYYY-MM-DDTHH:MM:SSZ",
-                         subject=text) from None
 
 
 def selector(*, manifest_digest: str | None, name: str | None, versions: str | None) -> BundleSelector:
@@ -52,12 +38,10 @@ def selector(*, manifest_digest: str | None, name: str | None, versions: str | N
 
 def create(*, site: str, bundle: BundleSelector, expires: str, require: Sequence[str],
            now: datetime | None = None) -> Authorization:
-    """A validated authorization; ``expires`` as for :func:`parse_expiry`. Refuse one that is
-    already expired when it is made."""
+    """A validated authorization; ``expires`` is a duration from now (``30d``, ``12h``, ``2w``) or an
+    absolute time, as for ``build --expires``; one already expired when it is made is refused."""
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    until = parse_expiry(expires, now=issued)
-    if until <= issued:
-        raise UsageError(f"expiry {expires} is not in the future", subject=expires)
+    until = parse_expires(expires, start=issued)
     try:
         return Authorization(site=site, bundle=bundle, issued=format_time(issued), expires=format_time(until),
                              require_safeguards=tuple(sorted(set(require))))
@@ -91,7 +75,8 @@ def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path) -> Writ
         (staging / DOCUMENT).write_bytes(document)
         (staging / SIGNATURES).mkdir()
         for key in keys:
-            (staging / SIGNATURES / signature_file_name(key.public.keyid)).write_bytes(key.sign(document))
+            name = signature_file_name(key.public.keyid, key.algorithm)  # ed25519 or ml-dsa-87
+            (staging / SIGNATURES / name).write_bytes(key.sign(document))
         os.chmod(staging, 0o755)
         os.rename(staging, target)
     except BaseException as e:

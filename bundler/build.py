@@ -17,7 +17,7 @@ from ..installer._fs import remove_tree
 from ..installer.errors import GapshipError, HostError, UsageError
 from ..installer.hashing import Progress, new_hasher, no_progress
 from ..installer.manifest import (
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Component, FileEntry, Manifest,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
 )
 from ..installer.paths import check_no_collisions, check_relative_path
 from ..installer.policy import parse_policy
@@ -30,7 +30,6 @@ from .spec import BundleSpec
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
 DEPENDENCIES_COMPONENT = "python"  # the one dependencies component's name; it lands at dependencies/
-POLICY_PATH = "safeguards/policy.toml"
 # The unit group matches exactly the keys of _UNITS ("Mi" without "B" is not one of them).
 _SIZE_RE = re.compile(r"\s*(\d+)\s*(b|[kmgt](?:i?b)?)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,

@@ -77,7 +77,7 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private Ed25519 signing key.")
+@click.option("--key", "key_file", type=click.Path(path_type=Path), help="Private signing key (Ed25519 or ML-DSA-87).")
 @click.option("--sigstore", "use_sigstore", is_flag=True,
               help="Sign keylessly with sigstore (needs the network and gapship[sigstore]; docs/sigstore.md).")
 @click.option("--identity-token", envvar="GAPSHIP_IDENTITY_TOKEN", show_envvar=True, default=None,

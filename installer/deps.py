@@ -12,8 +12,8 @@ Order of work, so that nothing is written before the host is known to fit and no
 runs before verification has finished (../shared/guides/security.md, "Faults on the host"):
 
 1. :func:`plan_dependencies`, before anything is written: checks the component's layout, reads
-   ``target.json`` and the lock from chunks whose hashes matched (:func:`read_verified_files`), asks the
-   chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
+   ``target.json`` and the lock, checked against their signed hashes (:func:`~.verify.read_small_files`),
+   asks the chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
    differ from the interpreter running gapship), and refuses a mismatch with :class:`PolicyError`.
 2. The payload is extracted and every file hash-checked as usual (``_extract.py``).
 3. :func:`create_venv`: ``python -m venv`` at its final path, then ``pip install --no-index
@@ -36,11 +36,10 @@ from pathlib import Path
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .bundle import chunk_path, open_nofollow
-from .errors import HostError, IntegrityError, PolicyError, UnsafeContentError, UsageError
-from .hashing import READ_SIZE, new_hasher
+from .errors import HostError, PolicyError, UnsafeContentError, UsageError
 from .manifest import Component, FileEntry, Manifest, canonical_json
 from .trust import VerifiedManifest
+from .verify import read_small_files
 
 ROOT = "dependencies/"
 TARGET = "dependencies/target.json"
@@ -221,7 +220,7 @@ def plan_dependencies(bundle: Path, verified: VerifiedManifest, *, python: str |
         return None
     files = {f.path: f for f in comp.files}
     wheels = _check_layout(files)
-    small = read_verified_files(bundle, m, [files[TARGET], files[LOCK]], cap=MAX_SMALL_FILE)
+    small = read_small_files(bundle, m, [files[TARGET], files[LOCK]], cap=MAX_SMALL_FILE)
     target = Target.from_bytes(small[TARGET])
     pins = parse_lock(small[LOCK], source=LOCK)
     _check_pins_have_wheels(pins, wheels)
@@ -337,66 +336,6 @@ def query_interpreter(python: str) -> Interpreter:
     # The venv is made by what the user named (``executable``), not by what it calls itself.
     return Interpreter(executable=executable, version=raw["version"], full_version=raw["full_version"],
                        implementation=raw["implementation"], tags=tuple(raw["tags"]))
-
-
-# -- reading small files from verified chunks --------------------------------------------------------
-
-
-def read_verified_files(bundle: Path, m: Manifest, entries: Sequence[FileEntry], *, cap: int) -> dict[str, bytes]:
-    """Return the bytes of a few small files straight from the chunks, before anything is extracted.
-
-    A chunk is read whole and its bytes are used only after its hash matched; then each file's own hash
-    is checked. The bytes come from the same read that was hashed (RAUC CVE-2020-25860)."""
-    for e in entries:
-        if e.size > cap:
-            raise UnsafeContentError(f"{e.path} is {e.size} bytes, over the {cap}-byte cap", subject=e.path)
-    parts: dict[str, bytearray] = {e.path: bytearray() for e in entries}
-    for index in sorted({i for e in entries for i in _chunks_of(e, m.chunk_size)}):
-        for path, piece in _read_chunk_slices(bundle, m, index, entries).items():
-            parts[path] += piece
-    for e in entries:
-        hasher = new_hasher(m.hash_algorithm)
-        hasher.update(parts[e.path])
-        if len(parts[e.path]) != e.size or hasher.hexdigest() != e.hash:
-            raise IntegrityError(f"file {e.path!r} does not match its {m.hash_algorithm} hash", subject=e.path)
-    return {path: bytes(data) for path, data in parts.items()}
-
-
-def _chunks_of(e: FileEntry, chunk_size: int) -> range:
-    if e.size == 0:
-        return range(0)
-    return range(e.offset // chunk_size, (e.end - 1) // chunk_size + 1)
-
-
-def _read_chunk_slices(bundle: Path, m: Manifest, index: int, entries: Sequence[FileEntry]) -> dict[str, bytes]:
-    chunk, start = m.chunks[index], m.chunk_offset(index)
-    subject = f"chunks/{chunk.name}"
-    wanted = [(e, max(e.offset, start) - start, min(e.end, start + chunk.size) - start) for e in entries]
-    wanted = [(e, lo, hi) for e, lo, hi in wanted if lo < hi]
-    slices = {e.path: bytearray() for e, _, _ in wanted}
-    hasher = new_hasher(m.hash_algorithm)
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    seen = 0
-    fd = open_nofollow(chunk_path(bundle, chunk.name))
-    try:
-        while seen <= chunk.size:
-            n = os.readv(fd, [view[: min(len(buf), chunk.size + 1 - seen)]])
-            if n == 0:
-                break
-            take = min(n, chunk.size - seen)
-            hasher.update(view[:take])
-            for e, lo, hi in wanted:
-                a, b = max(lo, seen), min(hi, seen + take)
-                if a < b:
-                    slices[e.path] += view[a - seen: b - seen]
-            seen += n
-    finally:
-        os.close(fd)
-    if seen != chunk.size or hasher.hexdigest() != chunk.hash:
-        raise IntegrityError(f"{subject} does not match its size and {m.hash_algorithm} hash in the manifest",
-                             subject=subject)
-    return {path: bytes(data) for path, data in slices.items()}
 
 
 # -- creating the venv ----------------------------------------------------------------------------

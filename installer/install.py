@@ -51,6 +51,7 @@ from .manifest import canonical_json
 from .safeguards import SiteDecision, write_site_records
 from .state import HostState, StateSnapshot
 from .trust import VerifiedManifest, installed_record, recheck_floor
+from .verify import check_chunk_names
 
 CURRENT = "current"
 RECEIPT = "receipt.json"
@@ -100,10 +101,12 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
+    check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
+    fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)
-    with _locked(home):
+    with _locked(home, forget_on_error=fresh), _as_host_error(home):
         _remove_staging_litter(home)
         snapshot = state.load() if state else None
         overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
@@ -121,7 +124,6 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
             _write_records(staging, verified, record, receipt=deps is None)
             _sync(staging)
-            os.chmod(staging, 0o755)
             os.rename(staging, target)
             _fsync_dir(home)
         except BaseException:
@@ -176,7 +178,9 @@ def _make_dirs(home: Path) -> None:
 
 
 @contextmanager
-def _locked(home: Path) -> Iterator[None]:
+def _locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
+    """Hold ``home/.lock``. ``forget_on_error``: this run created ``home``, so a failure removes the
+    lock and the then-empty ``home`` again (a refused first install leaves no trace)."""
     try:
         fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
@@ -186,9 +190,47 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HostError(f"target busy: another gapship process holds {home / LOCK}", subject=str(home / LOCK)) from None
-        yield
+        _check_lock_in_place(fd, home)
+        try:
+            yield
+        except BaseException:
+            if forget_on_error:
+                _forget_home(home)
+            raise
     finally:
         os.close(fd)
+
+
+def _check_lock_in_place(fd: int, home: Path) -> None:
+    """The lock we hold must still be the file at ``home/.lock``: a process that opened it just before
+    a failed first install removed it (_forget_home) would otherwise hold a lock nobody else sees."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(home / LOCK, follow_symlinks=False)
+    except OSError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        raise HostError(f"target busy: {home / LOCK} was replaced by another gapship process", subject=str(home / LOCK))
+
+
+def _forget_home(home: Path) -> None:
+    """Remove ``home`` if it holds nothing but our lock; called while the lock is still held."""
+    try:
+        if [p.name for p in home.iterdir()] == [LOCK]:
+            (home / LOCK).unlink()
+            home.rmdir()
+    except OSError:
+        pass  # best effort: an empty home with a lock is harmless
+
+
+@contextmanager
+def _as_host_error(home: Path) -> Iterator[None]:
+    """An OSError while staging, writing the records or switching ``current`` is the host's doing
+    (disk full, quota, read-only, permissions): exit 7 naming the directory, not an internal error."""
+    try:
+        yield
+    except OSError as e:
+        raise HostError(f"cannot install into {home}: {e.strerror or e}", subject=str(home)) from None
 
 
 def _remove_staging_litter(home: Path) -> None:
@@ -258,11 +300,12 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
     sigdir.mkdir()
     for name, data in verified.signature_files.items():
         (sigdir / name).write_bytes(data)
-    write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))
     if receipt:
         (staging / RECEIPT).write_bytes(_receipt(verified, None, record))
     else:
         (staging / INCOMPLETE).write_bytes(b"")
+    _settle_modes(staging)
+    write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))  # read-only, so last
 
 
 def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan, record: _ReceiptFacts) -> None:
@@ -271,6 +314,7 @@ def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPla
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, _receipt(verified, deps, record))
+        os.fchmod(fd, 0o644)  # not left to the umask (see _settle_modes)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -296,6 +340,18 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
     if deps is not None:
         receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}
     return canonical_json(receipt) + b"\n"
+
+
+def _settle_modes(staging: Path) -> None:
+    """Directories 755 and the records 644, whatever the caller's umask (each payload file already has
+    its manifest mode): under umask 000 the verified tree would otherwise be world-writable, under 077
+    unreadable by the service that loads the model."""
+    for dirpath, _dirnames, _filenames in os.walk(staging):
+        os.chmod(dirpath, 0o755)
+    for record in (staging / RECEIPT, staging / INCOMPLETE, staging / "manifest.json",
+                   *(staging / SIGNATURES).iterdir()):
+        if record.exists():
+            os.chmod(record, 0o644)
 
 
 def _who() -> str:

@@ -27,17 +27,23 @@ FORMAT_VERSION = 1
 # Hard caps, checked before (size) or while (counts) parsing; docs/format.md "Limits".
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_FILES = 200_000
-MAX_CHUNKS = 1_000_000
+MAX_CHUNKS = 100_000  # names stay five digits (00000..99999), so `cat chunks/*` is in order
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * 1024**3
 MAX_HEADER_REGION = 8 * 1024  # bytes of tar headers (pax + ustar) allowed before one file's data
 MAX_SAFE_INTEGER = 2**53 - 1  # RFC 8785 / I-JSON: larger integers are not portable
+# JSON containers a manifest within the caps can hold: the top object and "bundle", one object per
+# chunk, per component and per file; the "chunks" and "components" lists and one "files" list per
+# component. Counted before json.loads builds anything (see _check_container_counts).
+MAX_OBJECTS = 2 + MAX_CHUNKS + 2 * MAX_FILES
+MAX_LISTS = 2 + MAX_FILES
 
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
 RECORD = 20 * BLOCK  # tar writers pad the archive to a whole record of this size
 
 COMPONENT_KINDS = ("model", "safeguards", "dependencies")
+POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 ALLOWED_MODES = (0o644, 0o755)
@@ -182,10 +188,14 @@ class Manifest:
             raise UnsafeContentError(
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap", subject="manifest.json"
             )
+        _check_container_counts(data)
         try:
             raw = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
             raise UnsafeContentError(f"manifest is not valid JSON: {e}", subject="manifest.json") from None
+        except RecursionError:
+            # json's decoder recurses per nesting level; a canonical manifest nests 6 deep.
+            raise UnsafeContentError("manifest JSON is nested too deeply", subject="manifest.json") from None
         manifest = cls.from_dict(raw)
         if manifest.to_bytes() != data:
             raise UnsafeContentError(
@@ -225,6 +235,29 @@ class Manifest:
 
 # -- parsing helpers (raise UnsafeContentError naming the field) -----------------------------------
 
+# A JSON string (quotes, escapes); DOTALL so an escaped control byte cannot end the match early.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _check_container_counts(data: bytes) -> None:
+    """Refuse, before parsing, bytes that hold more objects or lists than the caps allow.
+
+    The count caps are otherwise checked on parsed lists, after json.loads has built every element:
+    ``[{},{},...]`` declares 11 million files in 32 MiB and would cost gigabytes first. Braces inside
+    strings are not structure, so strings are removed before counting; this is an upper bound for
+    everything json.loads would build before it stops at an error (docs/format.md, "Limits").
+    """
+    if data.count(b"{") <= MAX_OBJECTS and data.count(b"[") <= MAX_LISTS:
+        return  # raw counts bound the structural ones: the usual case costs two fast scans
+    bare = _JSON_STRING.sub(b"", data)
+    objects, lists = bare.count(b"{"), bare.count(b"[")
+    if objects > MAX_OBJECTS or lists > MAX_LISTS:
+        raise UnsafeContentError(
+            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files and "
+            f"{MAX_CHUNKS} chunks", subject="manifest.json",
+        )
+
+
 
 def _refuse_float(text: str) -> object:
     raise UnsafeContentError(f"manifest holds a non-integer number {text!r}", subject="manifest.json")
@@ -238,7 +271,9 @@ def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = fr
         raise UnsafeContentError(f"manifest field {where} lacks {', '.join(sorted(missing))}", subject=where)
     unknown = raw.keys() - required - optional
     if unknown:
-        raise UnsafeContentError(f"manifest field {where} has unknown {', '.join(sorted(unknown))}", subject=where)
+        # repr: a key is untrusted text, and a newline in it must not split the one-line message
+        names = ", ".join(repr(k) for k in sorted(unknown))
+        raise UnsafeContentError(f"manifest field {where} has unknown {names}", subject=where)
     return raw
 
 
@@ -348,7 +383,9 @@ def _validate_files(m: Manifest) -> None:
     for comp in m.components:
         where = f"component {comp.kind}/{comp.name}"
         if comp.kind not in COMPONENT_KINDS:
-            raise UnsafeContentError(f"{where}: kind must be one of {', '.join(COMPONENT_KINDS)}", subject=where)
+            raise UnsafeContentError(
+                f"component kind {comp.kind!r} must be one of {', '.join(COMPONENT_KINDS)}", subject=where
+            )
         check_name(comp.name, f"{comp.kind} name")
         if (comp.kind, comp.name) in kinds_seen:
             raise UnsafeContentError(f"{where} is listed twice", subject=where)
@@ -380,6 +417,18 @@ def _validate_files(m: Manifest) -> None:
             subject="payload_size",
         )
     check_no_collisions(f.path for f in m.files())
+    _check_safeguards(m)
+
+
+def _check_safeguards(m: Manifest) -> None:
+    """Every bundle carries its vendor's safeguards policy, and only that, in one component: the
+    policy is how the vendor's control travels (docs/policy.md), so a bundle without one is refused."""
+    policies = [f.path for c in m.components if c.kind == "safeguards" for f in c.files]
+    if policies != [POLICY_PATH]:
+        raise UnsafeContentError(
+            f"manifest must carry exactly one safeguards component holding only {POLICY_PATH} (found {policies})",
+            subject="components",
+        )
 
 
 def _component_root(comp: Component) -> str:

@@ -19,15 +19,14 @@ from pathlib import Path
 from .authorization import (
     DOCUMENT, AuthorizeKeys, RawAuthorization, VerifiedAuthorization, format_time, verify_authorization,
 )
-from .bundle import SIGNATURES, chunk_path, open_nofollow
-from .errors import GapshipError, IntegrityError, PolicyError
-from .hashing import new_hasher
-from .manifest import FileEntry, canonical_json
+from .bundle import SIGNATURES
+from .errors import GapshipError, PolicyError
+from .manifest import POLICY_PATH, FileEntry, canonical_json
 from .policy import Policy, parse_policy
 from .site import Site
 from .trust import VerifiedManifest
+from .verify import read_small_files
 
-POLICY_PATH = "safeguards/policy.toml"
 MAX_POLICY_BYTES = 1024 * 1024
 EFFECTIVE_POLICY = "effective-policy.json"
 INSTALLED_AUTHORIZATIONS = "authorizations"
@@ -36,15 +35,7 @@ SAFEGUARDS_DIR = "safeguards"
 
 def read_bundled_policy(bundle: Path, verified: VerifiedManifest) -> Policy:
     """Read ``safeguards/policy.toml`` straight out of the chunk(s) that hold it, check it against its
-    hash in the signed manifest, and parse it.
-
-    Only the file's own byte range is read (at most :data:`MAX_POLICY_BYTES`, found by its signed
-    offset), then hashed: the signed file hash is what makes these bytes trustworthy, so hashing the
-    rest of the covering chunk would add nothing. This is not a check-then-use race: the decision is
-    made on bytes equal to the signed ones, and the copy that gets installed is not these bytes but
-    the streamed payload, which the extractor hashes again, chunk and file, as it writes it (exit 3 if
-    the media changed in between).
-    """
+    hash in the signed manifest (:func:`~.verify.read_small_files` says why that is enough), and parse it."""
     m = verified.manifest
     entry = next((f for f in m.files() if f.path == POLICY_PATH), None)
     if entry is None:
@@ -53,37 +44,8 @@ def read_bundled_policy(bundle: Path, verified: VerifiedManifest) -> Policy:
     if entry.size > MAX_POLICY_BYTES:
         raise PolicyError(f"{POLICY_PATH} is {entry.size} bytes, over the {MAX_POLICY_BYTES}-byte cap",
                           subject=POLICY_PATH)
-    data = _read_range(bundle, verified, entry)
-    hasher = new_hasher(m.hash_algorithm)
-    hasher.update(data)
-    if hasher.hexdigest() != entry.hash:
-        raise IntegrityError(f"{POLICY_PATH} does not match its {m.hash_algorithm} hash in the manifest",
-                             subject=POLICY_PATH)
+    data = read_small_files(bundle, m, [entry], cap=MAX_POLICY_BYTES)[POLICY_PATH]
     return parse_policy(data, source=f"{m.name} {m.version} {POLICY_PATH}", error=PolicyError)
-
-
-def _read_range(bundle: Path, verified: VerifiedManifest, entry: FileEntry) -> bytes:
-    """The payload bytes [entry.offset, entry.end), read from the chunk files that hold them."""
-    m = verified.manifest
-    out = bytearray()
-    pos = entry.offset
-    while pos < entry.end:
-        index = pos // m.chunk_size
-        if index >= len(m.chunks):
-            break
-        chunk = m.chunks[index]
-        start = m.chunk_offset(index)
-        want = min(entry.end, start + chunk.size) - pos
-        fd = open_nofollow(chunk_path(bundle, chunk.name))
-        try:
-            piece = os.pread(fd, want, pos - start)
-        finally:
-            os.close(fd)
-        if len(piece) != want:
-            raise IntegrityError(f"chunks/{chunk.name} is truncated", subject=f"chunks/{chunk.name}")
-        out += piece
-        pos += want
-    return bytes(out)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import chunk_path, list_chunk_files, open_nofollow
-from .errors import IntegrityError
-from .hashing import READ_SIZE, Progress, hash_fd, no_progress
-from .manifest import Chunk, Manifest
+from .errors import IntegrityError, UnsafeContentError
+from .hashing import READ_SIZE, Progress, hash_fd, new_hasher, no_progress
+from .manifest import Chunk, FileEntry, Manifest
 from .trust import VerifiedManifest
 
 
@@ -95,3 +96,45 @@ def check_chunk_names(root: Path, manifest: Manifest) -> None:
     extra = sorted(present - set(expected))
     if extra:
         raise IntegrityError(f"chunks/{extra[0]} is not part of this bundle (extra chunk)", subject=f"chunks/{extra[0]}")
+
+
+def read_small_files(bundle: Path, m: Manifest, entries: Sequence[FileEntry], *, cap: int) -> dict[str, bytes]:
+    """The bytes of a few small files (the site policy, the dependency lock) straight from the chunks,
+    before anything is extracted, each checked against its hash in the signed manifest.
+
+    Only each file's own byte range is read, at its signed offset: the signed file hash is what makes
+    those bytes trustworthy, so hashing the rest of the covering chunks would add nothing. This is not a
+    check-then-use race (RAUC CVE-2020-25860): decisions are made on bytes equal to the signed ones,
+    and what gets installed is not these bytes but the streamed payload, hashed again, chunk and file,
+    as it is written (exit 3 if the media changed in between)."""
+    out = {}
+    for e in entries:
+        if e.size > cap:
+            raise UnsafeContentError(f"{e.path} is {e.size} bytes, over the {cap}-byte cap", subject=e.path)
+        data = _read_range(bundle, m, e)
+        hasher = new_hasher(m.hash_algorithm)
+        hasher.update(data)
+        if hasher.hexdigest() != e.hash:
+            raise IntegrityError(f"file {e.path!r} does not match its {m.hash_algorithm} hash", subject=e.path)
+        out[e.path] = data
+    return out
+
+
+def _read_range(bundle: Path, m: Manifest, entry: FileEntry) -> bytes:
+    """The payload bytes [entry.offset, entry.end), read from the chunk files that hold them."""
+    out = bytearray()
+    pos = entry.offset
+    while pos < entry.end:
+        index = pos // m.chunk_size
+        chunk, start = m.chunks[index], m.chunk_offset(index)
+        want = min(entry.end, start + chunk.size) - pos
+        fd = open_nofollow(chunk_path(bundle, chunk.name))
+        try:
+            piece = os.pread(fd, want, pos - start)
+        finally:
+            os.close(fd)
+        if len(piece) != want:
+            raise IntegrityError(f"chunks/{chunk.name} is truncated", subject=f"chunks/{chunk.name}")
+        out += piece
+        pos += want
+    return bytes(out)

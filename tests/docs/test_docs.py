@@ -7,6 +7,7 @@ commands, options, --json fields and limits with the code they describe.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -259,6 +260,9 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     _inbox_from(bundle, inbox)
     _tamper_chunk(inbox)
+    carried = inbox / "authorizations" / "test-site-0123" / "authorization.json"  # forwarded as it is
+    carried.parent.mkdir(parents=True)
+    carried.write_bytes(b"{}")
 
     result = _run_pipeline(pipeline_script, inbox, make_trust(key), outbox)
 
@@ -267,6 +271,8 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     assert sorted(p.name for p in (inbox / "rejected").iterdir()) == ["00001.bin"]
     assert sorted(p.name for p in (outbox / "chunks").iterdir()) == [n for n in names if n != "00001.bin"]
     assert (outbox / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+    assert (outbox / carried.relative_to(inbox)).read_bytes() == b"{}"
+    assert not (outbox / "roots").exists()  # the bundle carries none
 
 
 def test_pipeline_script_stops_on_an_untrusted_manifest(tmp_path: Path, pipeline_script: Path, make_key,
@@ -400,6 +406,48 @@ def test_cli_doc_lists_exactly_the_arguments_and_options_of(name: str) -> None:
     assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == {n for n in real if n.startswith("--")}
 
 
+def _leaf_commands() -> dict[str, click.Command]:
+    """Every command a user runs: ``keygen``, ..., and each sub-command of a group (``trust show``)."""
+    out: dict[str, click.Command] = {}
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            out.update({f"{name} {sub}": c for sub, c in command.commands.items()})
+        else:
+            out[name] = command
+    return out
+
+
+SUBCOMMANDS = sorted(path for path in _leaf_commands() if " " in path)
+
+
+def _subcommand_sections() -> dict[str, str]:
+    """``### N.M `gapship GROUP SUB``` sections, each cut at the next heading of either level."""
+    out = {}
+    for title, body in sections(CLI_DOC.read_text(), "### ").items():
+        match = re.fullmatch(r"\d+\.\d+ `gapship (\w+) ([\w-]+)`", title)
+        if match:
+            out[f"{match.group(1)} {match.group(2)}"] = re.split(r"^## ", body, maxsplit=1, flags=re.M)[0]
+    return out
+
+
+def _leaf_sections() -> dict[str, str]:
+    return {**{n: b for n, b in _command_sections().items() if n in _leaf_commands()}, **_subcommand_sections()}
+
+
+def test_cli_doc_lists_exactly_the_subcommands() -> None:
+    assert set(_subcommand_sections()) == set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("path", SUBCOMMANDS)
+def test_cli_doc_lists_exactly_the_arguments_and_options_of_subcommand(path: str) -> None:
+    body = _subcommand_sections()[path]
+    real = _real_parameters(_leaf_commands()[path])
+    assert _documented_parameters(body) == real
+    synopsis = fenced_block_after(body, "")
+    assert synopsis.startswith(f"gapship {path} ")
+    assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == {n for n in real if n.startswith("--")}
+
+
 def test_cli_doc_global_options_exist() -> None:
     body = sections(CLI_DOC.read_text())["1. Global options"]
     documented = set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", fenced_block_after(body, "")))
@@ -435,7 +483,8 @@ def _json(*args: str | Path) -> dict[str, object]:
     return out
 
 
-def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_trust, make_spec) -> None:
+def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_trust, make_spec,
+                                               offline_sigstore_signing: None) -> None:
     key, second = make_key("release"), make_key("second")
     trust = make_trust(key)
     bundle = tmp_path / "bundle"
@@ -449,11 +498,110 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
                       _json("verify", bundle, "--trust", trust, "--chunk", bundle / "chunks" / "00000.bin")]
     runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix")]
     runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust)]
-    commands = _command_sections()
+    runs["sign"].append(_json("sign", bundle, "--sigstore", "--identity-token", "not-a-real-token"))
+    _trust_root_runs(runs, tmp_path, key, second, make_key, bundle)
+    _site_runs(runs, tmp_path, key, make_key, bundle, trust)
+    sections_of = _leaf_sections()
     for name, outputs in runs.items():
-        seen = {field for out in outputs for field in flatten(out)}
-        assert seen == _documented_fields(commands[name]), name
-    assert set(runs) == set(cli.commands)
+        seen = {_generic(field) for out in outputs for field in flatten(out)}
+        assert seen == _documented_fields(sections_of[name]), name
+    # every command a user runs is covered here, except `trust add-sigstore` (needs a sigstore trusted
+    # root: test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore)
+    assert set(runs) | {"trust add-sigstore"} == set(_leaf_commands())
+
+
+# Objects keyed by a name (a role, a bundle): the doc names such a key with a placeholder.
+_MAP_KEYS = ((re.compile(r"^roles\.[a-z]+\."), "roles.<role>."), (re.compile(r"^state\.bundles\.[^.]+\."), "state.bundles.<name>."))
+
+
+def _generic(field: str) -> str:
+    for pattern, placeholder in _MAP_KEYS:
+        field = pattern.sub(placeholder, field)
+    return field
+
+
+@pytest.fixture
+def offline_sigstore_signing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sign --sigstore`` needs Fulcio, Rekor and an OIDC identity; what the doc describes is the
+    command's output, so the network step is replaced by one that returns what it would."""
+    from gapship.bundler import cli as bundler_cli
+    from gapship.bundler.sign import SigstoreSignature
+    from gapship.installer.manifest import Manifest
+
+    def fake(bundle: Path, *, identity_token: str | None = None,
+             interactive: bool = False) -> tuple[SigstoreSignature, Manifest]:
+        assert identity_token
+        manifest = Manifest.from_bytes((bundle / "manifest.json").read_bytes())
+        return SigstoreSignature(file="signatures/0123456789abcdef.sigstore.json",
+                                 identity="https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main",
+                                 issuer="https://token.actions.githubusercontent.com"), manifest
+
+    monkeypatch.setattr(bundler_cli, "sign_bundle_sigstore", fake)
+
+
+def _trust_root_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: KeyPair, second: KeyPair,
+                     make_key: Callable[[str], KeyPair], bundle: Path) -> None:
+    """Every connected-side ``trust`` command on one authority directory, then a site catching up."""
+    root, auth = make_key("root"), make_key("auth")
+    authority, site = tmp_path / "authority", tmp_path / "site-trust"
+    sign_with = ("--sign-with", root.private)
+    runs["trust init"] = [_json("trust", "init", "--dir", authority, "--root-key", root.public, "--release-key",
+                                key.public, "--authorize-key", auth.public, *sign_with)]
+    shutil.copytree(authority, site)  # the site's copy, at root v1
+    runs["trust add-key"] = [_json("trust", "add-key", "--dir", authority, second.public, *sign_with)]
+    runs["trust set-role"] = [_json("trust", "set-role", "--dir", authority, "--role", "release",
+                                    "--require-algorithms", "ed25519", *sign_with)]
+    runs["trust remove-key"] = [_json("trust", "remove-key", "--dir", authority, "second", *sign_with)]
+    runs["trust reset-floor"] = [_json("trust", "reset-floor", "--dir", authority, "--bundle", "demo",
+                                       "--from", "1.0.0", "--to", "0.5.0", *sign_with)]
+    runs["trust renew"] = [_json("trust", "renew", "--dir", authority, "--expires", "30d", *sign_with)]
+    runs["trust attach"] = [_json("trust", "attach", bundle, "--dir", authority)]
+    runs["trust update"] = [_json("trust", "update", "--dir", site, authority)]
+
+
+def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: KeyPair,
+               make_key: Callable[[str], KeyPair], bundle: Path, legacy_trust: Path) -> None:
+    """A site host: authorizations, verify and install under a site file, status, trust show, audit."""
+    authority, prefix, log = tmp_path / "authority", tmp_path / "site-prefix", tmp_path / "audit.jsonl"
+    auth = tmp_path / "keys" / "auth.key"
+    site = tmp_path / "site.toml"
+    site.write_text('site_id = "test-site"\nsafeguards = ["inference-audit-log"]\n')
+    digest = _json("verify", bundle, "--trust", authority)["manifest_digest"]
+    runs["authorize"] = [
+        _json("authorize", "--site", "test-site", "--bundle-name", "demo", "--versions", ">=1,<2", "--expires",
+              "30d", "--require", "inference-audit-log", "--key", auth, "--out", tmp_path / "auth-1"),
+        _json("authorize", "--site", "test-site", "--manifest-digest", str(digest), "--expires", "30d",
+              "--key", auth, "--out", bundle),  # carried by the bundle, under authorizations/
+    ]
+    host = ("--trust", authority, "--site-config", site, "--audit-log", log, "--authorization", tmp_path / "auth-1")
+    runs["verify"].append(_json("verify", bundle, *host))
+    # The second install is let in by the root's floor reset (1.0.0 -> 0.5.0), which the state logs.
+    runs["install"] += [_json("install", bundle, "--prefix", prefix, *host),
+                        _json("install", bundle, "--prefix", prefix, *host)]
+    broken = prefix / "demo" / "0.9.0"
+    broken.mkdir()
+    (broken / "receipt.json").write_text("{")  # listed with a problem
+    runs["status"] = [_json("status", "--prefix", prefix, "--site-config", site)]
+    runs["trust show"] = [_json("trust", "show", "--dir", authority, "--prefix", prefix),
+                          _json("trust", "show", "--dir", legacy_trust)]
+    host_key = tmp_path / "host" / "host.key"
+    runs["audit export"] = [_json("audit", "export", "--out", tmp_path / "export-1", "--log", log,
+                                  "--host-key", host_key)]
+    runs["audit verify"] = [_json("audit", "verify", "--log", log)]
+    runs["audit export"].append(_json("audit", "export", "--out", tmp_path / "export-2", "--log", log,
+                                      "--host-key", host_key))
+    runs["audit verify"].append(_json("audit", "verify", "--export", tmp_path / "export-2", "--pubkey",
+                                      host_key.with_suffix(".pub"), "--previous", tmp_path / "export-1"))
+
+
+def test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore(tmp_path: Path) -> None:
+    pytest.importorskip("sigstore", reason="the gapship[sigstore] extra is not installed")
+    from sigstore_assets import PRODUCTION, require_assets
+
+    require_assets()
+    out = _json("trust", "add-sigstore", "--trust", tmp_path / "trust", "--trusted-root", PRODUCTION.trusted_root,
+                "--identity", PRODUCTION.identity, "--issuer", PRODUCTION.issuer, "--name", "release-ci")
+    assert set(flatten(out)) == _documented_fields(_subcommand_sections()["trust add-sigstore"])
 
 
 def test_cli_doc_lists_exactly_the_json_error_fields(tmp_path: Path, make_key, make_trust) -> None:
@@ -465,11 +613,23 @@ def test_cli_doc_lists_exactly_the_json_error_fields(tmp_path: Path, make_key, m
     assert set(flatten(out)) == _documented_fields(body)
 
 
-def test_cli_usage_errors_are_text_even_with_json_as_documented(tmp_path: Path) -> None:
+def test_cli_usage_errors_are_text_without_json_as_documented(tmp_path: Path) -> None:
+    result = run("verify", tmp_path)  # --trust is missing
+    assert result.exit_code == 2
+    assert "Missing option '--trust'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_usage_errors_are_a_json_error_with_json_as_documented(tmp_path: Path) -> None:
+    # Since "CLI: with --json, usage errors are a JSON error object too": a script that asked for JSON
+    # gets it, even when the parser is what refused the command line.
     result = run("verify", tmp_path, "--json")  # --trust is missing
     assert result.exit_code == 2
-    assert "Missing option '--trust'" in result.output
-    assert '"ok"' not in result.output
+    out = json.loads(result.stdout)
+    assert (out["ok"], out["error"]["code"], out["error"]["kind"]) == (False, 2, "usage")
+    assert "Missing option '--trust'" in out["error"]["message"]
+    body = sections(CLI_DOC.read_text())["2. Output, errors and progress"]
+    assert "even when the parser refused the command line" in body
 
 
 # -- (d) the two commands -----------------------------------------------------------------------------
@@ -509,6 +669,18 @@ def test_format_doc_has_every_section_the_code_cites() -> None:
         cited.update(re.findall(r'docs/format\.md,?\s+"([^"]+)"', source.read_text()))
     assert cited, "the code cites no section"
     assert cited <= headings, cited - headings
+
+
+def test_feature_docs_have_every_section_the_code_cites() -> None:
+    """Every ``docs/<page>.md, "Section"`` citation in the code names a heading of that page, or the
+    start of one (``"Time"`` for "Time: expiry and a clock set back"); format.md's are exact, above."""
+    missing = []
+    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+        for page, cited in re.findall(r'(docs/[a-z-]+\.md),?\s+"([^"]+)"', source.read_text()):
+            headings = [re.sub(r"^[\d.]+ ", "", h) for h in re.findall(r"^#{2,3} (.+)$", (ROOT / page).read_text(), re.M)]
+            if not any(h == cited or h.startswith((f"{cited}:", f"{cited} ", f"{cited},")) for h in headings):
+                missing.append(f"{source.name} cites {page}, {cited!r}")
+    assert not missing, missing
 
 
 def test_docs_the_code_cites_exist() -> None:

@@ -259,4 +259,4 @@ def test_authorize_command_rejects_past_expiry(env) -> None:  # type: ignore[no-
                          "--expires", "2001-01-01T00:00:00Z", "--key", env["authorizer"].private,
                          "--out", env["tmp"] / "x")
     assert code == 2
-    assert "is not in the future" in out["error"]["message"]
+    assert "--expires 2001-01-01T00:00:00Z is not after" in out["error"]["message"]

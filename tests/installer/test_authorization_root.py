@@ -55,3 +55,24 @@ def test_rejects_authorization_when_the_root_has_no_authorize_role(env, make_key
                          "--audit-log", env["tmp"] / "audit.jsonl", "--site-config", env["site"], "--authorization", auth)
     assert code == 4, out
     assert "no authorize role" in out["error"]["message"]
+
+
+def test_authorization_signed_with_an_ml_dsa_87_authorize_key(tmp_path: Path, make_key) -> None:  # type: ignore[no-untyped-def]
+    """`gapship authorize` names the signature file after the key's algorithm, so a post-quantum
+    authorize key works end to end (it used to write <keyid>.ed25519.sig for every key)."""
+    from gapship.bundler.keys import SigningKey, keygen
+    from gapship.installer.keys import ML_DSA_87
+    from gapship_testing import KeyPair
+
+    private, public, _ = keygen("pq-authorizer", tmp_path / "keys", ML_DSA_87)
+    authorizer = KeyPair("pq-authorizer", private, public, SigningKey.load(private))
+    root, release = make_key("root"), make_key("release")
+    trust = tmp_path / "trust"
+    init_root(trust, root=[root], release=[release], authorize=[authorizer])
+    bundle = build_bundle(tmp_path, release)
+    auth = authorization(tmp_path / "auth", authorizer, manifest_digest=digest_of(bundle))
+    assert [p.name for p in (auth / "signatures").iterdir()] == [f"{authorizer.keyid}.ml-dsa-87.sig"]
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix",
+                         "--audit-log", tmp_path / "audit.jsonl", "--site-config", site_file(tmp_path, "agency-x", *SAFEGUARDS),
+                         "--authorization", auth)
+    assert code == 0, out

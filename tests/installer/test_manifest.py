@@ -111,7 +111,7 @@ RULES = [
     ("format", "zip", "format", "is not 'gapship-bundle'"),
     ("format_version", 2, "format_version", "format_version 2 is not supported"),
     ("created", _DELETE, "manifest", "lacks created"),
-    ("surprise", 1, "manifest", "has unknown surprise"),
+    ("surprise", 1, "manifest", "has unknown 'surprise'"),
     ("bundle.name", "Demo", "bundle name", "'Demo' must match"),
     ("bundle.version", "v1.0.0", "version", "not in normalised PEP 440 form"),
     ("bundle.version", "one", "version", "not a PEP 440 version"),
@@ -127,7 +127,7 @@ RULES = [
     ("chunks.0.size", 1000, "00000.bin", "every chunk but the last must be exactly chunk_size"),
     ("chunks.0.hash", "AB" * 32, "chunk 00000.bin", "not a lower-case hex sha256 digest"),
     ("payload_size", 512, "payload_size", "not payload_size 512"),
-    ("components.0.kind", "plugin", "component plugin/tiny", "kind must be one of"),
+    ("components.0.kind", "plugin", "component plugin/tiny", "kind 'plugin' must be one of"),
     ("components.0.files.0.path", "models/tiny/../w.bin", "models/tiny/../w.bin", "'..' component"),
     ("components.0.files.0.path", "safeguards/w.bin", "safeguards/w.bin", "is not under models/tiny/"),
     ("components.0.files.0.mode", 0o4755, "models/tiny/w.bin", "only 644 and 755"),
@@ -153,3 +153,26 @@ def test_rejects_paths_that_collide_after_case_folding(data: bytes) -> None:
         files = raw["components"][0]["files"]
         files[1]["path"] = files[0]["path"].upper().replace("MODELS/TINY/", "models/tiny/")
     _refused(_edit(data, change), subject="models/tiny/W.BIN", words="collides with 'models/tiny/w.bin'")
+
+
+def test_rejects_manifest_without_the_safeguards_policy(data: bytes) -> None:
+    """The vendor's policy travels with every bundle: a manifest whose safeguards component holds
+    another file instead of safeguards/policy.toml is refused (docs/format.md, "Components")."""
+    def change(raw: dict[str, Any]) -> None:
+        [safeguards] = [c for c in raw["components"] if c["kind"] == "safeguards"]
+        safeguards["files"][0]["path"] = "safeguards/other.toml"
+    _refused(_edit(data, change), subject="components", words="exactly one safeguards component")
+
+
+def test_build_refuses_more_chunks_than_a_bundle_may_hold(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Chunk names are five digits (00000..99999): past MAX_CHUNKS the build asks for larger chunks
+    rather than writing names a shell glob would sort out of order."""
+    from gapship.bundler import _payload
+    from gapship.installer.errors import UsageError
+
+    monkeypatch.setattr(_payload, "MAX_CHUNKS", 3)
+    spec = write_spec(tmp_path / "src", {"w.bin": noise(8000, seed=3)})
+    key = SigningKey.load(keygen("release", tmp_path / "keys")[0])
+    with pytest.raises(UsageError, match="more than 3 chunks of 1024 bytes; give a larger --chunk-size"):
+        build(load_spec(spec), out=tmp_path / "bundle", key=key, chunk_size=1024)
+    assert not (tmp_path / "bundle").exists()
