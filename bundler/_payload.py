@@ -1,73 +1,26 @@
 """Writing the payload: one pax tar stream cut into fixed-size chunks as it is produced
-(docs/format.md, "Payload" and "Chunks"). Nothing here holds more than one read buffer in memory."""
+(docs/format.md, "Payload" and "Chunks").
+
+:class:`PayloadWriter` lays the stream (tar headers, each source file's bytes, padding, the end of
+the archive) into the buffers of a :class:`~..installer._pipeline.Pipeline`, reading every source
+file once, straight into a buffer. Three stages see every buffer on their own threads: the file
+hashes, the chunk hashes and the chunk files, so the two SHA-256 passes every byte needs and the
+writes run on separate cores (docs/benchmarks.md). Nothing here holds more than the pipeline's few
+buffers in memory.
+"""
 
 from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..installer.hashing import new_hasher
+from ..installer._pipeline import Block, Flusher, Pipeline
 from ..installer.errors import UsageError
+from ..installer.hashing import Progress, new_hasher, no_progress
 from ..installer.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
-
-
-@dataclass
-class ChunkWriter:
-    """A write-only stream that lands in ``folder/00000.bin``, ``00001.bin``, ... of ``chunk_size``."""
-
-    folder: Path
-    chunk_size: int
-    algorithm: str
-    position: int = 0
-    chunks: list[Chunk] = field(default_factory=list)
-    _fd: int = -1
-    _filled: int = 0
-    _hasher: object = None
-
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while len(view):
-            if self._fd < 0:
-                self._open()
-            take = min(len(view), self.chunk_size - self._filled)
-            piece = view[:take]
-            self._hasher.update(piece)  # type: ignore[attr-defined]
-            while len(piece):
-                n = os.write(self._fd, piece)
-                piece = piece[n:]
-            self._filled += take
-            self.position += take
-            view = view[take:]
-            if self._filled == self.chunk_size:
-                self._close()
-
-    def finish(self) -> list[Chunk]:
-        if self._fd >= 0:
-            self._close()
-        return self.chunks
-
-    def _open(self) -> None:
-        if len(self.chunks) >= MAX_CHUNKS:
-            raise UsageError(f"the bundle needs more than {MAX_CHUNKS} chunks of {self.chunk_size} bytes; "
-                             "give a larger --chunk-size", subject="--chunk-size")
-        name = chunk_name(len(self.chunks))
-        self._fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._hasher = new_hasher(self.algorithm)
-        self._filled = 0
-
-    def _close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        digest = self._hasher.hexdigest()  # type: ignore[attr-defined]
-        self.chunks.append(Chunk(name=chunk_name(len(self.chunks)), size=self._filled, hash=digest))
-
-    def abort(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
@@ -80,21 +33,241 @@ def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
-def pad_to_block(writer: ChunkWriter) -> None:
-    gap = padded(writer.position) - writer.position
-    if gap:
-        writer.write(bytes(gap))
-
-
-def end_archive(writer: ChunkWriter) -> None:
-    """Two zero blocks, then zeros to a whole tar record, as tar(1) writes."""
-    pad_to_block(writer)
-    end = writer.position + END_OF_ARCHIVE
-    writer.write(bytes(padded_to(end, RECORD) - writer.position))
-
-
 def padded_to(n: int, unit: int) -> int:
     return (n + unit - 1) // unit * unit
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """Where one file's data landed in the stream, and its hash."""
+
+    offset: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Payload:
+    size: int
+    chunks: tuple[Chunk, ...]
+    files: tuple[WrittenFile, ...]
+
+
+class _FileHashes:
+    """Hashes each file's data span. The producer appends a span before any of its bytes are handed
+    out, so every span a block touches is already in the list when the block arrives."""
+
+    def __init__(self, spans: list[tuple[int, int]], algorithm: str) -> None:
+        self.spans = spans
+        self.algorithm = algorithm
+        self.index = 0
+        self.hasher: Any = None
+        self.digests: list[str] = []
+
+    def feed(self, block: Block) -> None:
+        pos, end = block.position, block.position + len(block.data)
+        while self.index < len(self.spans):
+            start, stop = self.spans[self.index]
+            if start >= end:
+                return
+            if self.hasher is None:
+                self.hasher = new_hasher(self.algorithm)
+            self.hasher.update(block.data[max(start, pos) - pos:min(stop, end) - pos])
+            if stop > end:
+                return
+            self.digests.append(self.hasher.hexdigest())
+            self.hasher = None
+            self.index += 1
+
+
+class _ChunkHashes:
+    def __init__(self, chunk_size: int, algorithm: str) -> None:
+        self.chunk_size = chunk_size
+        self.algorithm = algorithm
+        self.hasher: Any = None
+        self.filled = 0
+        self.done: list[tuple[str, int]] = []
+
+    def feed(self, block: Block) -> None:
+        data = block.data
+        while len(data):
+            if self.hasher is None:
+                self.hasher, self.filled = new_hasher(self.algorithm), 0
+            take = min(len(data), self.chunk_size - self.filled)
+            self.hasher.update(data[:take])
+            self.filled += take
+            data = data[take:]
+            if self.filled == self.chunk_size:
+                self._close()
+
+    def finish(self) -> list[tuple[str, int]]:
+        if self.hasher is not None:
+            self._close()
+        return self.done
+
+    def _close(self) -> None:
+        self.done.append((self.hasher.hexdigest(), self.filled))
+        self.hasher = None
+
+
+class _ChunkFiles:
+    """Writes ``folder/00000.bin``, ``00001.bin``, ... of ``chunk_size`` bytes each. The disk starts
+    writing as data arrives (:class:`~..installer._pipeline.Flusher`); :meth:`finish` then fsyncs
+    every chunk, at the end rather than one by one, so this thread never waits on the disk while the
+    hashes are still running."""
+
+    def __init__(self, folder: Path, chunk_size: int) -> None:
+        self.folder = folder
+        self.chunk_size = chunk_size
+        self.names: list[str] = []
+        self.fd = -1
+        self.filled = 0
+        self.flusher = Flusher()
+
+    def feed(self, block: Block) -> None:
+        data = block.data
+        while len(data):
+            if self.fd < 0:
+                self._open()
+            piece = data[:self.chunk_size - self.filled]
+            data = data[len(piece):]
+            self.filled += len(piece)
+            while len(piece):
+                piece = piece[os.write(self.fd, piece):]
+            self.flusher.wrote(self.fd, self.filled)
+            if self.filled == self.chunk_size:
+                self._close()
+
+    def finish(self) -> None:
+        if self.fd >= 0:
+            self._close()
+        self.flusher.close()
+        for name in self.names:
+            fd = os.open(self.folder / name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def abort(self) -> None:
+        self.flusher.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _open(self) -> None:
+        if len(self.names) >= MAX_CHUNKS:
+            raise UsageError(f"the bundle needs more than {MAX_CHUNKS} chunks of {self.chunk_size} bytes; "
+                             "give a larger --chunk-size", subject="--chunk-size")
+        name = chunk_name(len(self.names))
+        self.fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.names.append(name)
+        self.filled = 0
+        self.flusher.new_file()
+
+    def _close(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+
+
+class PayloadWriter:
+    """Produces the stream: ``add`` each file in payload order, then ``finish``. On an error, call
+    ``abort`` and discard the folder."""
+
+    def __init__(self, folder: Path, *, chunk_size: int, algorithm: str, mtime: int,
+                 progress: Progress = no_progress) -> None:
+        self.mtime = mtime
+        self.progress = progress
+        self.position = 0  # bytes of the stream laid out so far
+        self._spans: list[tuple[int, int]] = []
+        self._files: list[tuple[int, int]] = []  # (offset, size) of every file, in order
+        self._empty = new_hasher(algorithm).hexdigest()
+        self._file_hashes = _FileHashes(self._spans, algorithm)
+        self._chunk_hashes = _ChunkHashes(chunk_size, algorithm)
+        self._chunk_files = _ChunkFiles(folder, chunk_size)
+        self._pipeline = Pipeline((self._file_hashes, self._chunk_hashes, self._chunk_files), name="gapship-build")
+        self._slot: Any = None
+        self._view = memoryview(b"")
+        self._fill = 0
+        self._block_start = 0
+
+    def add(self, source: Path, path: str, size: int, mode: int) -> None:
+        """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
+        self._put(member_header(path, size, mode, self.mtime))
+        self._files.append((self.position, size))
+        if size:
+            self._spans.append((self.position, self.position + size))
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise UsageError(f"cannot read {source}: {e.strerror}", subject=str(source)) from None
+        try:
+            seen = self._read(fd, size)
+            grew = seen == size and os.read(fd, 1)
+        finally:
+            os.close(fd)
+        if seen != size or grew:
+            raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
+        self._put(bytes(padded(self.position) - self.position))
+
+    def finish(self) -> Payload:
+        """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
+        stages, fsync the chunks, and return what was written."""
+        self._put(bytes(padded(self.position) - self.position))
+        end = self.position + END_OF_ARCHIVE
+        self._put(bytes(padded_to(end, RECORD) - self.position))
+        self._submit()
+        self._pipeline.close()
+        self._chunk_files.finish()
+        chunks = tuple(Chunk(name=name, size=size, hash=digest)
+                       for name, (digest, size) in zip(self._chunk_files.names, self._chunk_hashes.finish()))
+        digests = iter(self._file_hashes.digests)
+        files = tuple(WrittenFile(offset, next(digests) if size else self._empty) for offset, size in self._files)
+        return Payload(size=self.position, chunks=chunks, files=files)
+
+    def abort(self) -> None:
+        self._pipeline.abort()
+        self._chunk_files.abort()
+
+    # -- laying bytes into buffers ---------------------------------------------------------------
+
+    def _room(self) -> int:
+        if self._slot is None:
+            self._slot, self._view = self._pipeline.acquire()
+            self._fill, self._block_start = 0, self.position
+        return len(self._view) - self._fill
+
+    def _advance(self, n: int) -> None:
+        self._fill += n
+        self.position += n
+        if self._fill == len(self._view):
+            self._submit()
+
+    def _put(self, data: bytes) -> None:
+        view = memoryview(data)
+        while len(view):
+            n = min(len(view), self._room())
+            self._view[self._fill:self._fill + n] = view[:n]
+            view = view[n:]
+            self._advance(n)
+
+    def _read(self, fd: int, size: int) -> int:
+        seen = 0
+        while seen < size:
+            want = min(self._room(), size - seen)
+            n = os.readv(fd, [self._view[self._fill:self._fill + want]])
+            if n == 0:
+                break
+            seen += n
+            self._advance(n)
+            self.progress(n)
+        return seen
+
+    def _submit(self) -> None:
+        if self._slot is not None:
+            if self._pipeline.failed():
+                self._pipeline.close()  # raises the stage's error now rather than after the whole stream
+            self._pipeline.submit(self._slot, Block(self._view[:self._fill], self._block_start, 0, False))
+            self._slot = None
 
 
 assert RECORD % BLOCK == 0

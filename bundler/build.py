@@ -15,14 +15,14 @@ from pathlib import Path
 from ..installer.bundle import CHUNKS, MANIFEST, SIGNATURES
 from ..installer._fs import remove_tree
 from ..installer.errors import GapshipError, HostError, UsageError
-from ..installer.hashing import READ_SIZE, Progress, new_hasher, no_progress
+from ..installer.hashing import Progress, new_hasher, no_progress
 from ..installer.manifest import (
     MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
 )
 from ..installer.paths import check_no_collisions, check_relative_path
 from ..installer.policy import parse_policy
 from ._expiry import parse_expires
-from ._payload import ChunkWriter, end_archive, member_header, pad_to_block
+from ._payload import PayloadWriter
 from .deps import FrozenDependencies, frozen_dependencies
 from .keys import SigningKey
 from .sign import write_signature
@@ -253,51 +253,25 @@ def _staging_dir(out: Path) -> Path:
 def _write_payload(staging: Path, spec: BundleSpec, groups: list[tuple[str, str, list[SourceFile]]],
                    chunk_size: int, algorithm: str, created: datetime, progress: Progress) -> Manifest:
     (staging / CHUNKS).mkdir()
-    writer = ChunkWriter(staging / CHUNKS, chunk_size, algorithm)
-    mtime = int(created.timestamp())
-    components = []
-    buf = bytearray(READ_SIZE)
+    writer = PayloadWriter(staging / CHUNKS, chunk_size=chunk_size, algorithm=algorithm,
+                           mtime=int(created.timestamp()), progress=progress)
     try:
-        for kind, name, files in groups:
-            entries = tuple(_append(writer, f, mtime, algorithm, buf, progress) for f in files)
-            components.append(Component(kind=kind, name=name, files=entries))
-        end_archive(writer)
-        chunks = writer.finish()
+        for _, _, files in groups:
+            for f in files:
+                writer.add(f.source, f.path, f.size, f.mode)
+        payload = writer.finish()
     finally:
         writer.abort()
+    written = iter(payload.files)
+    components = []
+    for kind, name, files in groups:
+        entries = []
+        for f in files:
+            w = next(written)
+            entries.append(FileEntry(path=f.path, size=f.size, mode=f.mode, hash=w.hash, offset=w.offset))
+        components.append(Component(kind=kind, name=name, files=tuple(entries)))
     return Manifest(
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=writer.position,
-        chunks=tuple(chunks), components=tuple(components),
+        hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=payload.size,
+        chunks=payload.chunks, components=tuple(components),
     )
-
-
-def _append(writer: ChunkWriter, f: SourceFile, mtime: int, algorithm: str, buf: bytearray,
-            progress: Progress) -> FileEntry:
-    """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
-    writer.write(member_header(f.path, f.size, f.mode, mtime))
-    offset = writer.position
-    hasher = new_hasher(algorithm)
-    view = memoryview(buf)
-    try:
-        fd = os.open(f.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise UsageError(f"cannot read {f.source}: {e.strerror}", subject=str(f.source)) from None
-    try:
-        seen = 0
-        while True:
-            n = os.readv(fd, [view])
-            if n == 0:
-                break
-            if seen + n > f.size:
-                break
-            hasher.update(view[:n])
-            writer.write(view[:n])
-            seen += n
-            progress(n)
-    finally:
-        os.close(fd)
-    if seen != f.size:
-        raise UsageError(f"{f.source} changed size while it was being bundled", subject=str(f.source))
-    pad_to_block(writer)
-    return FileEntry(path=f.path, size=f.size, mode=f.mode, hash=hasher.hexdigest(), offset=offset)

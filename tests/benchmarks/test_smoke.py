@@ -1,0 +1,66 @@
+"""benchmarks/run.py must keep working: a seconds-long --smoke run, judged on the shape of what it
+prints, never on the timings (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+STEPS = {(d, s) for d in ("large", "small") for s in ("build", "verify", "install")}
+BASELINES = {
+    "build": {"tar -c | sha256sum", "tar -c | openssl dgst -sha256"},
+    "verify": {"sha256sum -c", "openssl dgst -sha256"},
+    "install": {"tar -x", "tar -x; sync", "three-pass (sha256sum -c; tar -x; sha256sum -c)"},
+}
+
+
+def smoke(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--workdir", str(tmp_path / "work"), *args],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    data: dict[str, object] = json.loads(smoke(tmp_path_factory.mktemp("bench"), "--json").stdout)
+    return data
+
+
+def test_json_report_has_every_step_contender_and_target(report: dict[str, object]) -> None:
+    rows: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
+    assert {(r["dataset"], r["step"]) for r in rows} == STEPS
+    for dataset, step in STEPS:
+        mine = [r for r in rows if (r["dataset"], r["step"]) == (dataset, step)]
+        assert [r["contender"] for r in mine if r["gapship"]] == [f"gapship {step}"]
+        names = {r["contender"] for r in mine if not r["gapship"]}
+        assert BASELINES[step] <= names, names
+        if step == "verify":
+            assert any(str(n).startswith("parallel SHA-256 limit") for n in names)
+    for r in rows:
+        assert isinstance(r["median_s"], float) and r["median_s"] > 0
+        assert len(r["seconds"]) == 1  # type: ignore[arg-type]
+        assert r["peak_rss_mib"] > 0  # type: ignore[operator]
+    targets = report["targets"]
+    assert [t["target"] for t in targets][-1].startswith("peak RSS")  # type: ignore[index]
+    assert len(targets) == 7  # type: ignore[arg-type]
+    machine = report["machine"]
+    assert {"nproc", "cpu", "filesystem", "python"} <= set(machine)  # type: ignore[arg-type]
+    settings: dict[str, object] = report["settings"]  # type: ignore[assignment]
+    assert settings["cache"] == "warm" and "synced after each run" in str(settings["cache_note"])
+
+
+def test_table_output_is_a_markdown_table(tmp_path: Path) -> None:
+    out = smoke(tmp_path, "--only", "small").stdout
+    lines = out.splitlines()
+    header = lines.index("| data | step | contender | median s | MB/s | CPU s | peak RSS MiB | gapship speed-up |")
+    rows = [line for line in lines[header + 2:] if line.startswith("|")]
+    assert len(rows) == 3 + 4 + 4
+    assert all(line.replace("\\|", "").count("|") == 9 for line in rows), rows
+    assert any(line.startswith("page cache:") for line in lines)
+    assert not (tmp_path / "work" / "out").exists() or not any((tmp_path / "work" / "out").iterdir())

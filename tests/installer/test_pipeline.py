@@ -1,0 +1,147 @@
+"""The fan-out pipeline under build and install: bounded memory, order, and errors that neither hang
+the producer nor get lost."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from gapship.installer._pipeline import Block, Flusher, Pipeline
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.buffers: set[int] = set()
+
+    def feed(self, block: Block) -> None:
+        self.seen.append(bytes(block.data))
+        self.buffers.add(id(block.data.obj))
+
+
+class Failing:
+    def __init__(self, at: int, error: BaseException) -> None:
+        self.at, self.error, self.calls = at, error, 0
+
+    def feed(self, block: Block) -> None:
+        self.calls += 1
+        if block.position == self.at:
+            raise self.error
+
+
+def produce(pipeline: Pipeline, count: int, size: int = 8, tag_every: int = 1) -> list[bytes]:
+    sent = []
+    for i in range(count):
+        slot, view = pipeline.acquire()
+        data = bytes([i % 251]) * size
+        view[:size] = data
+        pipeline.submit(slot, Block(view[:size], i * size, i // tag_every, True))
+        sent.append(data)
+    return sent
+
+
+def test_every_stage_sees_every_block_in_order() -> None:
+    stages = [Recorder(), Recorder(), Recorder()]
+    pipeline = Pipeline(stages, size=16, depth=3)
+    sent = produce(pipeline, 200)
+    pipeline.close()
+    assert all(s.seen == sent for s in stages)
+
+
+def test_never_holds_more_than_depth_buffers() -> None:
+    stage = Recorder()
+    pipeline = Pipeline([stage, Recorder()], size=16, depth=4)
+    produce(pipeline, 100)
+    pipeline.close()
+    assert len(stage.buffers) == 4
+
+
+def test_a_buffer_is_not_refilled_while_a_stage_still_reads_it() -> None:
+    """The bytes a slow stage sees are the bytes that were submitted, not a later refill: the
+    install's "hash what you write" rests on this."""
+    gate = threading.Event()
+
+    class Slow(Recorder):
+        def feed(self, block: Block) -> None:
+            gate.wait()
+            super().feed(block)
+
+    slow = Slow()
+    pipeline = Pipeline([slow, Recorder()], size=16, depth=2)
+    producer = threading.Thread(target=lambda: sent.extend(produce(pipeline, 50)))
+    sent: list[bytes] = []
+    producer.start()
+    producer.join(timeout=0.5)
+    assert producer.is_alive()  # blocked: both buffers are held by the slow stage
+    gate.set()
+    producer.join()
+    pipeline.close()
+    assert slow.seen == sent
+
+
+def test_failed_stage_does_not_hang_the_producer_and_its_error_is_raised() -> None:
+    failing = Failing(at=8 * 3, error=ValueError("boom"))
+    pipeline = Pipeline([failing, Recorder()], size=8, depth=2)
+    produce(pipeline, 100)  # far more blocks than buffers
+    assert pipeline.failed()
+    with pytest.raises(ValueError, match="boom"):
+        pipeline.close()
+    assert failing.calls == 4  # it stopped at its own error
+
+
+def test_lowest_tag_then_rank_then_position_wins() -> None:
+    late = Failing(at=8 * 9, error=ValueError("tag 1, rank 0"))
+    early = Failing(at=8 * 5, error=ValueError("tag 1, rank 1"))
+    first = Failing(at=8 * 4, error=ValueError("tag 0, rank 2"))
+    pipeline = Pipeline([late, early, first], size=8, depth=2, ranks=(0, 1, 2), keep_going=(True, True, True))
+    produce(pipeline, 12, tag_every=5)  # tags: blocks 0-4 -> 0, 5-9 -> 1, 10-11 -> 2
+    with pytest.raises(ValueError, match="tag 0, rank 2"):
+        pipeline.close()
+
+    late, early = Failing(at=8 * 9, error=ValueError("low rank")), Failing(at=8 * 5, error=ValueError("high rank"))
+    pipeline = Pipeline([late, early], size=8, depth=2, ranks=(0, 1), keep_going=(True, True))
+    produce(pipeline, 12, tag_every=5)
+    with pytest.raises(ValueError, match="^low rank"):
+        pipeline.close()
+
+
+def test_other_stages_stop_after_a_failure_unless_told_to_keep_going() -> None:
+    """The install's writer must not go on writing after a check failed; its chunk check must go on
+    to the end of the chunk so that the damage can be named."""
+    stopping, going = Recorder(), Recorder()
+    pipeline = Pipeline([Failing(at=0, error=ValueError("first block")), stopping, going], size=8, depth=2,
+                        keep_going=(False, False, True))
+    produce(pipeline, 50)
+    with pytest.raises(ValueError):
+        pipeline.close()
+    # Block 2 reuses block 0's buffer, released only after the failure was recorded.
+    assert len(stopping.seen) <= 2
+    assert len(going.seen) == 50
+
+
+def test_producer_error_is_ranked_with_the_stages() -> None:
+    pipeline = Pipeline([Failing(at=8 * 7, error=ValueError("stage"))], size=8, depth=2, ranks=(1,))
+    produce(pipeline, 10)
+    pipeline.record(KeyError("producer"), tag=7, rank=0, position=8 * 7)
+    with pytest.raises(KeyError, match="producer"):
+        pipeline.close()
+
+
+def test_flusher_leaves_no_descriptor_behind_and_never_blocks_the_writer(tmp_path: Path) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    flusher = Flusher(window=4096)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        flusher.new_file()
+        written = 0
+        for _ in range(100):  # far more windows than may be pending: the extra ones are skipped
+            written += os.write(fd, b"x" * 5000)
+            flusher.wrote(fd, written)
+        flusher.close()
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").stat().st_size == 500_000
+    assert set(os.listdir("/proc/self/fd")) == before
