@@ -98,9 +98,16 @@ class Pipeline:
     # -- producer side ---------------------------------------------------------------------------
 
     def acquire(self) -> tuple[_Slot, memoryview]:
-        """A free buffer to fill (blocks while every buffer is in use)."""
-        slot = self._free.get()
-        return slot, memoryview(slot.buffer)
+        """A free buffer to fill (blocks while every buffer is in use). Stage errors never stop a
+        stage thread; should one die anyway (a bug), this raises instead of waiting forever."""
+        while True:
+            try:
+                slot = self._free.get(timeout=1.0)
+            except queue.Empty:
+                if not all(t.is_alive() for t in self._threads):
+                    raise RuntimeError("a gapship pipeline stage stopped unexpectedly") from None
+                continue
+            return slot, memoryview(slot.buffer)
 
     def submit(self, slot: _Slot | None, block: Block) -> None:
         """Hand ``block`` (a view into ``slot``'s buffer, or into bytes the caller keeps alive) to

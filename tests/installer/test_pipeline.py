@@ -145,3 +145,12 @@ def test_flusher_leaves_no_descriptor_behind_and_never_blocks_the_writer(tmp_pat
         os.close(fd)
     assert (tmp_path / "f").stat().st_size == 500_000
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_producer_does_not_hang_if_a_stage_thread_dies() -> None:
+    """A bug that kills a stage thread outside its feed() must fail the run, not hang it."""
+    pipeline = Pipeline([Recorder()], size=8, depth=1)
+    pipeline._queues[0].put(object())  # type: ignore[arg-type]  # not unpackable: the thread dies
+    with pytest.raises(RuntimeError, match="stage stopped unexpectedly"):
+        produce(pipeline, 5)
