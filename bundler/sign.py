@@ -7,13 +7,12 @@ With ``--sigstore``, a keyless sigstore signature instead (docs/sigstore.md)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..installer._sigstore import SIGSTORE_SUFFIX, certificate_identity, one_line
+from ..installer._atomic import atomic_write
 from ..installer.bundle import MANIFEST, SIGNATURES, read_capped
 from ..installer.errors import HostError, IntegrityError, UsageError
 from ..installer.keys import signature_file_name
@@ -39,19 +38,7 @@ def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
 def write_signature(bundle: Path, manifest_bytes: bytes, key: SigningKey) -> str:
     """Write ``signatures/<keyid>.<algorithm>.sig`` atomically; return the key id."""
     keyid = key.public.keyid
-    folder = bundle / SIGNATURES
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sig-")
-    try:
-        view = memoryview(key.sign(manifest_bytes))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.close(fd)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / signature_file_name(keyid, key.algorithm))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(bundle / SIGNATURES / signature_file_name(keyid, key.algorithm), key.sign(manifest_bytes))
     return keyid
 
 
@@ -84,7 +71,7 @@ def sign_bundle_sigstore(bundle: Path, *, identity_token: str | None = None,
     name = hashlib.sha256(f"{identity}\n{issuer}".encode()).hexdigest()[:16] + SIGSTORE_SUFFIX
     try:
         (bundle / SIGNATURES).mkdir(exist_ok=True)
-        _write_atomic(bundle / SIGNATURES, name, signed.to_json().encode("utf-8"))
+        atomic_write(bundle / SIGNATURES / name, signed.to_json().encode("utf-8"))
     except OSError as e:
         raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None
     return SigstoreSignature(file=f"{SIGNATURES}/{name}", identity=identity, issuer=issuer), manifest
@@ -142,17 +129,4 @@ def _certificate_identity(signed: Bundle) -> tuple[str, str]:
     for GitHub Actions the SAN is the workflow URL and ref, not the token's ``sub``."""
     return certificate_identity(signed.signing_certificate)
 
-
-def _write_atomic(folder: Path, name: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sig-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
