@@ -13,7 +13,8 @@ small files), then times, on the same bytes and the same filesystem, over severa
                                              sha256sum -c files
 
 and reports medians, throughput, ratios (speed-up of gapship = baseline time / gapship time) and
-the peak RSS of every command (from wait4's rusage), as a table or, with --json, one JSON object.
+the peak RSS of every command's process tree (GNU time's %M, or wait4's rusage without it), as a
+markdown table or, with --json, one JSON object.
 
 Page cache, the same for every contender: before each timed run the script syncs, then either
 reads all of that step's inputs once (--cache warm, the default: every contender starts with its
@@ -29,7 +30,7 @@ kernel CPU than on a filesystem that is not churning (measured here: 40 us again
 file). That is an artefact of benchmarking, not of installing, and it would hit whichever contender
 ran second.
 
-Public tools only: python, tar, sha256sum, openssl, bash.
+Public tools only: python, bash, tar, sha256sum, openssl, and GNU time when it is there.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Sample:
     peak_rss_kib: int
 
 
-def run_timed(argv: Sequence[str], *, cwd: Path | None = None, log: Path) -> Sample:
+def run_timed(argv: Sequence[str], *, log: Path) -> Sample:
     """Run ``argv`` to completion; wall time, and user+sys CPU and peak RSS of its process tree.
 
     CPU and RSS come from wait4(2). A child forked from this Python process starts its peak-RSS
@@ -92,7 +93,7 @@ def run_timed(argv: Sequence[str], *, cwd: Path | None = None, log: Path) -> Sam
     wrapper = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if os.access("/usr/bin/time", os.X_OK) else []
     with open(log, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([*wrapper, *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*wrapper, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -209,7 +210,6 @@ class Contender:
     many_files: bool = False  # move outputs aside and delete them at the end of the step (module doc)
     prepare: Callable[[], None] = lambda: None
     gapship: bool = False
-    cwd: Path | None = None
     samples: list[Sample] = field(default_factory=list)
 
     def median(self) -> float:
@@ -315,7 +315,7 @@ def run_step(contenders: list[Contender], *, rounds: int, cache: str, work: Path
             c.prepare()
             sync()
             warm(c.inputs) if cache == "warm" else evict(c.inputs)
-            sample = run_timed(c.argv, cwd=c.cwd, log=work / "logs" / "last.log")
+            sample = run_timed(c.argv, log=work / "logs" / "last.log")
             c.samples.append(sample)
             say(f"  round {r + 1}/{rounds}  {c.step:<7} {c.name:<48} {sample.seconds:8.3f} s")
             for o in c.outputs:
@@ -395,8 +395,18 @@ def machine(work: Path) -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "filesystem": filesystem(work), "python": platform.python_version(),
-            "kernel": platform.release(), "tools": tool_versions()}
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_gib": memory_gib(), "filesystem": filesystem(work),
+            "python": platform.python_version(), "kernel": platform.release(), "tools": tool_versions()}
+
+
+def memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def filesystem(path: Path) -> str:
@@ -429,10 +439,9 @@ def render(report: dict[str, object]) -> str:
     m: dict[str, object] = report["machine"]  # type: ignore[assignment]
     s: dict[str, object] = report["settings"]  # type: ignore[assignment]
     lines = [
-        f"machine: {m['nproc']} cores, {m['cpu']}, {m['filesystem']}, Python {m['python']}, Linux {m['kernel']}",
-        f"payload: large = {s['large_files']} files, {s['large_bytes'] / MiB:.0f} MiB; "  # type: ignore[operator]
-        f"small = {s['small_files']} files, {s['small_bytes'] / MiB:.0f} MiB; chunk size {s['chunk_size'] // MiB} MiB; "  # type: ignore[operator]
-        f"{s['rounds']} round(s), median shown",
+        f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB RAM, {m['filesystem']}, "
+        f"Python {m['python']}, Linux {m['kernel']}",
+        f"payload: {payload_line(s)}; chunk size {s['chunk_size'] // MiB} MiB; {s['rounds']} round(s), median shown",  # type: ignore[operator]
         f"page cache: {s['cache_note']}",
         "",
         "| data | step | contender | median s | MB/s | CPU s | peak RSS MiB | gapship speed-up |",
@@ -448,6 +457,15 @@ def render(report: dict[str, object]) -> str:
     for t in report["targets"]:  # type: ignore[attr-defined]
         lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']:.2f}")
     return "\n".join(lines)
+
+
+def payload_line(s: dict[str, object]) -> str:
+    parts = []
+    if s["large_bytes"]:
+        parts.append(f"large = {s['large_files']} files, {s['large_bytes'] / MiB:.0f} MiB")  # type: ignore[operator]
+    if s["small_bytes"]:
+        parts.append(f"small = {s['small_files']} files, {s['small_bytes'] / MiB:.0f} MiB")  # type: ignore[operator]
+    return "; ".join(parts)
 
 
 # -- main ---------------------------------------------------------------------------------------
