@@ -11,7 +11,7 @@ import pytest
 from gapship.bundler.build import build
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
-from gapship_testing import POLICY, KeyPair
+from gapship_testing import POLICY, KeyPair, write_spec
 
 
 @pytest.fixture
@@ -46,20 +46,9 @@ def make_spec(tmp_path: Path) -> Callable[..., Path]:
 
     def make(files: dict[str, bytes] | None = None, *, name: str = "demo", version: str = "1.0.0",
              model: str = "tiny", policy: bytes = POLICY) -> Path:
-        base = tmp_path / f"spec{next(counter)}"
-        model_dir = base / "model"
-        for rel, data in (files or {"config.json": b'{"hidden": 4}\n', "weights.bin": bytes(range(256)) * 300}).items():
-            target = model_dir / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        (base / "policy.toml").write_bytes(policy)
-        spec = base / "spec.toml"
-        spec.write_text(
-            f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n'
-            f'[[model]]\nname = "{model}"\nsource = "model"\n\n'
-            f'[safeguards]\nsource = "policy.toml"\n'
-        )
-        return spec
+        files = files or {"config.json": b'{"hidden": 4}\n', "weights.bin": bytes(range(256)) * 300}
+        return write_spec(tmp_path / f"spec{next(counter)}", files, name=name, version=version, model=model,
+                          policy=policy)
 
     return make
 

@@ -46,18 +46,19 @@ def run_json(*args: str | Path) -> tuple[int, dict[str, object]]:
     return result.exit_code, json.loads(result.stdout)
 
 
-def write_spec(base: Path, files: dict[str, bytes], *, name: str = "demo", version: str = "1.0.0") -> Path:
-    """Write base/model/<files>, base/policy.toml and base/spec.toml (model "tiny"); return the spec.
-    For module-scoped fixtures, which cannot use the function-scoped make_spec."""
+def write_spec(base: Path, files: dict[str, bytes], *, name: str = "demo", version: str = "1.0.0",
+               model: str = "tiny", policy: bytes = POLICY) -> Path:
+    """Write base/model/<files>, base/policy.toml and base/spec.toml; return the spec. The make_spec
+    fixture calls it; module-scoped fixtures, which cannot use make_spec, call it directly."""
     for rel, data in files.items():
         target = base / "model" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    (base / "policy.toml").write_bytes(POLICY)
+    (base / "policy.toml").write_bytes(policy)
     spec = base / "spec.toml"
     spec.write_text(
         f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n'
-        f'[[model]]\nname = "tiny"\nsource = "model"\n\n'
+        f'[[model]]\nname = "{model}"\nsource = "model"\n\n'
         f'[safeguards]\nsource = "policy.toml"\n'
     )
     return spec
