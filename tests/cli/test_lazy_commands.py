@@ -1,6 +1,7 @@
 """The ``gapship`` script loads each command's module on first use (GapshipGroup.add_lazy): a site's
 ``verify``, ``install`` and ``status`` start without importing the bundler (build, dependency
-freezing, signing), and ``--help`` still lists every command.
+freezing, signing), and ``--help`` still lists every command. ``verify`` off a site host also skips
+the site-only modules.
 
 Each check runs in a fresh interpreter: in this one, other tests have imported every module already.
 """
@@ -39,6 +40,9 @@ sys.argv = ["gapship", *sys.argv[1:]]
 main()
 """
 ENTRY_SHIM = {"gapship.bundler", "gapship.bundler.cli"}
+# What only a site host (site file, authorizations) or a bundle with dependencies needs.
+SITE_ONLY = {"gapship.installer.authorization", "gapship.installer.safeguards", "packaging.specifiers",
+             "packaging.tags"}
 
 
 def run_fresh(tmp_path: Path, *args: str | Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -53,14 +57,15 @@ def bundler_modules(modules: set[str]) -> set[str]:
     return {m for m in modules if m == "gapship.bundler" or m.startswith("gapship.bundler.")}
 
 
-def test_verify_imports_no_bundler_module(make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
-                                          make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+def test_verify_imports_no_bundler_nor_site_module(make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
+                                                   make_bundle: Callable[..., Path], tmp_path: Path) -> None:
     key = make_key("release")
     done, modules = run_fresh(tmp_path, "verify", make_bundle(key), "--trust", make_trust(key))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK demo 1.0.0: signed by release")
     assert bundler_modules(modules) == ENTRY_SHIM
     assert "gapship.installer.install" not in modules  # verify writes nothing; the installer stays unloaded
+    assert not modules & SITE_ONLY
 
 
 def test_install_imports_no_bundler_module(make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
@@ -72,6 +77,7 @@ def test_install_imports_no_bundler_module(make_key: Callable[[str], KeyPair], m
     assert done.stdout.startswith(f"installed demo 1.0.0 at {prefix / 'demo' / '1.0.0'}")
     assert (prefix / "demo" / "current" / "models" / "tiny" / "config.json").read_bytes() == b'{"hidden": 4}\n'
     assert bundler_modules(modules) == ENTRY_SHIM
+    assert "packaging.tags" not in modules  # a bundle without dependencies needs no wheel tags
 
 
 def test_status_imports_no_bundler_module(tmp_path: Path) -> None:
