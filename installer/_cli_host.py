@@ -18,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import audit, site as site_module
-from .authorization import AuthorizeKeys, carried_authorizations, read_authorization
 from .errors import GapshipError, UsageError
-from .safeguards import SiteDecision, decide, read_bundled_policy
 from .site import Site
 from .trust import TrustStore, VerifiedManifest
+
+if TYPE_CHECKING:  # imported where used: only a site host needs them (and packaging.specifiers with them)
+    from .authorization import AuthorizeKeys
+    from .safeguards import SiteDecision
 
 F = TypeVar("F", bound=Callable[..., Any])
 _QUIET_PARAMS = {"as_json", "progress"}
@@ -37,6 +39,8 @@ def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
     """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
     bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
     ``TRUSTDIR/authorize/*.pub``, threshold 1."""
+    from .authorization import AuthorizeKeys
+
     if trust.legacy:
         return AuthorizeKeys.from_legacy_dir(trust_dir)
     return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
@@ -64,6 +68,9 @@ class HostContext:
             if self.authorization_paths:
                 raise UsageError("--authorization needs a site file (--site-config or /etc/gapship/site.toml)")
             return None
+        from .authorization import carried_authorizations, read_authorization
+        from .safeguards import decide, read_bundled_policy
+
         policy = read_bundled_policy(bundle, verified)
         candidates = [read_authorization(p, explicit=True) for p in self.authorization_paths]
         candidates += carried_authorizations(bundle)

@@ -24,9 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .bundle import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, read_capped
@@ -36,6 +35,11 @@ from ._root import ROLE_AUTHORIZE, Root, TrustedKey
 from .keys import MAX_KEY_FILE_BYTES, PublicKey, parse_signature_file_name
 from .manifest import _TIME_RE, canonical_json
 from .policy import _CONTROL_RE, _ID_RE
+
+if TYPE_CHECKING:
+    # Imported where used: packaging.specifiers costs ~15 ms at start (packaging.utils, packaging.tags),
+    # and only an authorization that names a version range needs it.
+    from packaging.specifiers import SpecifierSet
 
 FORMAT_NAME = "gapship-authorization"
 FORMAT_VERSION = 1
@@ -78,6 +82,8 @@ class BundleSelector:
     def matches(self, *, name: str, version: str, manifest_digest: str) -> bool:
         if self.manifest_digest is not None:
             return self.manifest_digest == manifest_digest
+        from packaging.specifiers import SpecifierSet
+
         return name == self.name and _in_range(Version(version), SpecifierSet(self.versions or ""))
 
     def describe(self) -> str:
@@ -105,6 +111,8 @@ def _in_range(version: Version, spec: SpecifierSet) -> bool:
 
 def normalise_versions(text: str) -> str:
     """``'>=1, <2'`` -> ``'<2,>=1'``; raise ValueError for anything that is not a bounded PEP 440 range."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         spec = SpecifierSet(text)
     except InvalidSpecifier:

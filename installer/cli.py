@@ -8,6 +8,7 @@ and mapped to the exit codes of :data:`~gapship.installer.errors.EXIT_CODES`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -24,7 +25,6 @@ from ._cli_host import HostContext, host_options
 from .bundle import read_raw_bundle
 from .errors import EXIT_CODES, GapshipError
 from .hashing import Progress
-from .install import install as install_bundle
 from .state import HostState
 from .trust import Allowances, SignatureCheck, TrustStore, VerifiedManifest, parse_unverified, verify_manifest
 from .verify import verify_chunk_file, verify_chunks
@@ -40,7 +40,28 @@ def _exit_code_help() -> str:
 
 class GapshipGroup(click.Group):
     """Catches every error once: a one-line message on stderr (or a JSON object on stdout with
-    ``--json``) and the error's documented exit code."""
+    ``--json``) and the error's documented exit code.
+
+    Commands can also be *lazy* (:meth:`add_lazy`): a name and the modules that register it (or, for
+    a group such as ``trust``, add sub-commands to it) when imported. They are imported only when the
+    command is looked up, so ``gapship verify`` does not pay the start-up time of ``gapship build`` and
+    its imports; ``--help`` looks every command up and so lists them all."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, list[str]] = {}
+
+    def add_lazy(self, name: str, *modules: str) -> None:
+        """Import ``modules`` (absolute names), in order, before command ``name`` is first used."""
+        self.lazy.setdefault(name, []).extend(modules)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in self.lazy.get(cmd_name, ()):
+            importlib.import_module(module)  # a no-op once imported
+        return super().get_command(ctx, cmd_name)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Seen before any sub-command parses its options, so that a usage error in them can still
@@ -216,6 +237,8 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     earlier than a signing time already accepted. On a site host, the bundle's site policy is
     enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
     directory as soon as they verify."""
+    from .install import install as install_bundle  # here, not at the top: `verify` does not need it
+
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix)
     allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
@@ -297,7 +320,8 @@ def main() -> None:
     cli(prog_name="gapship")
 
 
-from . import trust_cli as _trust_cli  # noqa: E402,F401  (registers `gapship trust`)
-from . import _cli_audit  # noqa: E402,F401  (registers `gapship audit`)
-from . import _cli_sigstore  # noqa: E402,F401  (adds `gapship trust add-sigstore`, docs/sigstore.md)
-from . import _cli_status  # noqa: E402,F401  (registers `gapship status`)
+# The other commands live in their own modules, loaded on first use (GapshipGroup.add_lazy).
+cli.add_lazy("trust", f"{__package__}.trust_cli",  # `gapship trust show`, `update`
+             f"{__package__}._cli_sigstore")  # `gapship trust add-sigstore`, docs/sigstore.md
+cli.add_lazy("audit", f"{__package__}._cli_audit")
+cli.add_lazy("status", f"{__package__}._cli_status")

@@ -33,7 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+# Not packaging.utils (wheel file names) here: the functions that use it import it, because it loads
+# packaging.tags (sysconfig, logging, ...), which an install without dependencies never needs.
 from packaging.version import InvalidVersion, Version
 
 from .errors import HostError, PolicyError, UnsafeContentError, UsageError
@@ -127,6 +128,8 @@ def render_lock(pins: Iterable[Pin], header: Sequence[str]) -> bytes:
 def parse_lock(data: bytes, *, source: str) -> tuple[Pin, ...]:
     """Accept only hash-pinned ``name==version`` lines: a lock that carried a pip option such as
     ``--index-url``, ``--find-links`` or ``-e`` could point pip at the network or at code to build."""
+    from packaging.utils import canonicalize_name
+
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -231,6 +234,8 @@ def plan_dependencies(bundle: Path, verified: VerifiedManifest, *, python: str |
 
 def _check_layout(files: dict[str, FileEntry]) -> tuple[str, ...]:
     """Only the four kinds of file above; wheel names must parse (PEP 427)."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
     for required in (TARGET, LOCK):
         if required not in files:
             raise UnsafeContentError(f"the dependencies component lacks {required}", subject=required)
@@ -250,6 +255,8 @@ def _check_layout(files: dict[str, FileEntry]) -> tuple[str, ...]:
 
 
 def _check_pins_have_wheels(pins: tuple[Pin, ...], wheels: tuple[str, ...]) -> None:
+    from packaging.utils import parse_wheel_filename
+
     present = set()
     for name in wheels:
         dist, version, _, _ = parse_wheel_filename(name)
@@ -262,6 +269,8 @@ def _check_pins_have_wheels(pins: tuple[Pin, ...], wheels: tuple[str, ...]) -> N
 
 def check_host(target: Target, wheels: Iterable[str], interpreter: Interpreter) -> None:
     """Refuse (exit 5) unless the interpreter is the target's Python and accepts every wheel's tags."""
+    from packaging.utils import parse_wheel_filename
+
     where = f"{interpreter.executable} (Python {interpreter.full_version})"
     if interpreter.version != target.python or interpreter.implementation != target.implementation:
         raise PolicyError(

@@ -7,6 +7,7 @@ which lets the verifier hash several chunks at once on separate cores.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -28,6 +29,7 @@ def new_hasher(algorithm: str) -> hashlib._Hash:
     return hashlib.new(algorithm)
 
 
+@functools.cache  # the manifest parser asks once for each file
 def digest_hex_length(algorithm: str) -> int:
     return new_hasher(algorithm).digest_size * 2
 

@@ -266,6 +266,8 @@ def _refuse_float(text: str) -> object:
 def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UnsafeContentError(f"manifest field {where} must be an object", subject=where)
+    if raw.keys() == required:  # the usual case, decided without building the sets below
+        return raw
     missing = required - raw.keys()
     if missing:
         raise UnsafeContentError(f"manifest field {where} lacks {', '.join(sorted(missing))}", subject=where)
@@ -285,15 +287,18 @@ def _list(raw: object, where: str, cap: int) -> list[Any]:
     return raw
 
 
-def _str(raw: object, where: str) -> str:
+# ``where + field`` names the field; the two are joined only for an error, since a manifest has
+# five fields for each of up to MAX_FILES files.
+def _str(raw: object, where: str, field: str = "") -> str:
     if not isinstance(raw, str):
-        raise UnsafeContentError(f"manifest field {where} must be a string", subject=where)
+        raise UnsafeContentError(f"manifest field {where}{field} must be a string", subject=where + field)
     return raw
 
 
-def _int(raw: object, where: str) -> int:
+def _int(raw: object, where: str, field: str = "") -> int:
     if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_SAFE_INTEGER:
-        raise UnsafeContentError(f"manifest field {where} must be an integer in 0..2^53-1", subject=where)
+        raise UnsafeContentError(f"manifest field {where}{field} must be an integer in 0..2^53-1",
+                                 subject=where + field)
     return raw
 
 
@@ -316,14 +321,17 @@ def _components(raw: list[Any]) -> tuple[Component, ...]:
     return tuple(out)
 
 
+_FILE_KEYS = frozenset({"path", "size", "mode", "hash", "offset"})
+
+
 def _file(raw: object, where: str) -> FileEntry:
-    obj = _obj(raw, where, required={"path", "size", "mode", "hash", "offset"})
+    obj = _obj(raw, where, required=_FILE_KEYS)
     return FileEntry(
-        path=_str(obj["path"], f"{where}.path"),
-        size=_int(obj["size"], f"{where}.size"),
-        mode=_int(obj["mode"], f"{where}.mode"),
-        hash=_str(obj["hash"], f"{where}.hash"),
-        offset=_int(obj["offset"], f"{where}.offset"),
+        path=_str(obj["path"], where, ".path"),
+        size=_int(obj["size"], where, ".size"),
+        mode=_int(obj["mode"], where, ".mode"),
+        hash=_str(obj["hash"], where, ".hash"),
+        offset=_int(obj["offset"], where, ".offset"),
     )
 
 

@@ -134,6 +134,18 @@ RULES = [
     ("components.0.files.0.hash", "0" * 63, "file 'models/tiny/w.bin'", "not a lower-case hex sha256 digest"),
     ("components.0.files.0.offset", 100, "models/tiny/w.bin", "has offset 100"),
     ("components.0.files.0.size", "3000", "components[0].files[0].size", "must be an integer"),
+    # every field of a file entry, and its keys (parsed on a fast path: a manifest lists every file)
+    ("components.0.files.0.path", 5, "components[0].files[0].path",
+     "manifest field components[0].files[0].path must be a string"),
+    ("components.0.files.0.hash", None, "components[0].files[0].hash",
+     "manifest field components[0].files[0].hash must be a string"),
+    ("components.0.files.0.mode", True, "components[0].files[0].mode",
+     "manifest field components[0].files[0].mode must be an integer in 0..2^53-1"),
+    ("components.0.files.0.offset", -1, "components[0].files[0].offset",
+     "manifest field components[0].files[0].offset must be an integer in 0..2^53-1"),
+    ("components.0.files.1.hash", _DELETE, "components[0].files[1]", "manifest field components[0].files[1] lacks hash"),
+    ("components.0.files.1.owner", "root", "components[0].files[1]",
+     "manifest field components[0].files[1] has unknown 'owner'"),
 ]
 
 
