@@ -42,6 +42,8 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
         assert BASELINES[step] <= names, names
         if step == "verify":
             assert any(str(n).startswith("parallel SHA-256 limit") for n in names)
+        if (dataset, step) == ("large", "install"):
+            assert any(str(n).startswith("durable write limit (4x dd") for n in names)
     for r in rows:
         assert isinstance(r["median_s"], float) and r["median_s"] > 0
         assert len(r["seconds"]) == 1  # type: ignore[arg-type]
@@ -49,6 +51,9 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
     targets = report["targets"]
     assert [t["target"] for t in targets][-1].startswith("peak RSS")  # type: ignore[index]
     assert len(targets) == 7  # type: ignore[arg-type]
+    bounds: list[dict[str, object]] = report["bounds"]  # type: ignore[assignment]
+    assert [b["figure"] for b in bounds] == [_load_script().LIMIT_SHARE, _load_script().LIMIT_VS_TAR]
+    assert all(isinstance(b["value"], float) and b["value"] > 0 for b in bounds)
     machine = report["machine"]
     assert {"nproc", "cpu", "filesystem", "python"} <= set(machine)  # type: ignore[arg-type]
     settings: dict[str, object] = report["settings"]  # type: ignore[assignment]
@@ -64,3 +69,27 @@ def test_table_output_is_a_markdown_table(tmp_path: Path) -> None:
     assert all(line.replace("\\|", "").count("|") == 9 for line in rows), rows
     assert any(line.startswith("page cache:") for line in lines)
     assert not (tmp_path / "work" / "out").exists() or not any((tmp_path / "work" / "out").iterdir())
+
+
+def _row(contender: str, seconds: float, *, gapship: bool = False) -> dict[str, object]:
+    return {"dataset": "large", "step": "install", "contender": contender, "median_s": seconds, "gapship": gapship}
+
+
+def test_bounds_compare_the_install_and_tar_with_the_durable_write_limit() -> None:
+    bench = _load_script()
+    rows = [_row("gapship install", 4.0, gapship=True), _row("tar -x", 2.8), _row("tar -x; sync", 5.2),
+            _row("durable write limit (4x dd oflag=direct conv=fsync)", 2.5)]
+    got = {b["figure"]: b["value"] for b in bench.bounds(rows)}
+    assert got == {bench.LIMIT_SHARE: 0.625, bench.LIMIT_VS_TAR: 1.12}
+    assert bench.bounds(rows[:3]) == []  # no limit row (small data only): nothing to say
+
+
+def _load_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gapship_bench_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
