@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from array import array
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,40 +97,41 @@ def _tarfile_header(path: str, size: int, mode: int, mtime: int) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
+_ZEROS = memoryview(bytes(RECORD + END_OF_ARCHIVE))  # padding is sliced from here, never allocated
+
+
 def padded_to(n: int, unit: int) -> int:
     return (n + unit - 1) // unit * unit
 
 
 @dataclass(frozen=True)
-class WrittenFile:
-    """Where one file's data landed in the stream, and its hash."""
-
-    offset: int
-    hash: str
-
-
-@dataclass(frozen=True)
 class Payload:
+    """What was written: ``offsets[i]`` and ``hashes[i]`` are where the i-th added file's data starts
+    in the stream and its hash. Two flat sequences rather than an object per file, since a bundle may
+    hold 200,000 files (docs/format.md, "Limits")."""
+
     size: int
     chunks: tuple[Chunk, ...]
-    files: tuple[WrittenFile, ...]
+    offsets: Sequence[int]
+    hashes: Sequence[str]
 
 
 class _FileHashes:
-    """Hashes each file's data span. The producer appends a span before any of its bytes are handed
-    out, so every span a block touches is already in the list when the block arrives."""
+    """Hashes each file's data span, empty ones included. The producer appends a span before any of
+    its bytes are handed out, so every span a block touches is already queued when the block
+    arrives; a span leaves the queue once hashed, so the queue stays as short as the pipeline (an
+    empty file's span is hashed by the first block past it: the end of the archive always follows)."""
 
-    def __init__(self, spans: list[tuple[int, int]], algorithm: str) -> None:
+    def __init__(self, spans: deque[tuple[int, int]], algorithm: str) -> None:
         self.spans = spans
         self.algorithm = algorithm
-        self.index = 0
         self.hasher: Any = None
         self.digests: list[str] = []
 
     def feed(self, block: Block) -> None:
         pos, end = block.position, block.position + len(block.data)
-        while self.index < len(self.spans):
-            start, stop = self.spans[self.index]
+        while self.spans:
+            start, stop = self.spans[0]
             if start >= end:
                 return
             if self.hasher is None:
@@ -137,7 +141,7 @@ class _FileHashes:
                 return
             self.digests.append(self.hasher.hexdigest())
             self.hasher = None
-            self.index += 1
+            self.spans.popleft()
 
 
 class _ChunkHashes:
@@ -239,9 +243,8 @@ class PayloadWriter:
         self.mtime = mtime
         self.progress = progress
         self.position = 0  # bytes of the stream laid out so far
-        self._spans: list[tuple[int, int]] = []
-        self._files: list[tuple[int, int]] = []  # (offset, size) of every file, in order
-        self._empty = new_hasher(algorithm).hexdigest()
+        self._spans: deque[tuple[int, int]] = deque()  # appended here, consumed by _FileHashes' thread
+        self._offsets = array("q")  # where every file's data starts, in order (8 bytes per file)
         self._file_hashes = _FileHashes(self._spans, algorithm)
         self._chunk_hashes = _ChunkHashes(chunk_size, algorithm)
         self._chunk_files = _ChunkFiles(folder, chunk_size)
@@ -250,40 +253,37 @@ class PayloadWriter:
         self._view = memoryview(b"")
         self._fill = 0
         self._block_start = 0
+        self._extra = bytearray(1)  # see _read
 
-    def add(self, source: Path, path: str, size: int, mode: int) -> None:
+    def add(self, source: str | Path, path: str, size: int, mode: int) -> None:
         """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
         self._put(member_header(path, size, mode, self.mtime))
-        self._files.append((self.position, size))
-        if size:
-            self._spans.append((self.position, self.position + size))
+        self._offsets.append(self.position)
+        self._spans.append((self.position, self.position + size))
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise UsageError(f"cannot read {source}: {e.strerror}", subject=str(source)) from None
         try:
-            seen = self._read(fd, size)
-            grew = seen == size and os.read(fd, 1)
+            seen, more = self._read(fd, size)
         finally:
             os.close(fd)
-        if seen != size or grew:
+        if seen != size or more:
             raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
-        self._put(bytes(padded(self.position) - self.position))
+        self._put(_ZEROS[:padded(self.position) - self.position])
 
     def finish(self) -> Payload:
         """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
         stages, fsync the chunks, and return what was written."""
-        self._put(bytes(padded(self.position) - self.position))
+        self._put(_ZEROS[:padded(self.position) - self.position])
         end = self.position + END_OF_ARCHIVE
-        self._put(bytes(padded_to(end, RECORD) - self.position))
+        self._put(_ZEROS[:padded_to(end, RECORD) - self.position])
         self._submit()
         self._pipeline.close()
         self._chunk_files.finish()
         chunks = tuple(Chunk(name=name, size=size, hash=digest)
                        for name, (digest, size) in zip(self._chunk_files.names, self._chunk_hashes.finish()))
-        digests = iter(self._file_hashes.digests)
-        files = tuple(WrittenFile(offset, next(digests) if size else self._empty) for offset, size in self._files)
-        return Payload(size=self.position, chunks=chunks, files=files)
+        return Payload(size=self.position, chunks=chunks, offsets=self._offsets, hashes=self._file_hashes.digests)
 
     def abort(self) -> None:
         self._pipeline.abort()
@@ -303,7 +303,7 @@ class PayloadWriter:
         if self._fill == len(self._view):
             self._submit()
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while len(view):
             n = min(len(view), self._room())
@@ -311,17 +311,29 @@ class PayloadWriter:
             view = view[n:]
             self._advance(n)
 
-    def _read(self, fd: int, size: int) -> int:
+    def _read(self, fd: int, size: int) -> tuple[int, bool]:
+        """Read up to ``size`` bytes of ``fd`` into the stream: how many came, and whether the file
+        held more. The read that asks for the last bytes also asks for one byte more, into a byte of
+        its own, so a file that grew is caught without a syscall more per file: a read of a regular
+        file that returns fewer bytes than asked has reached the end of the file (read(2); local
+        filesystems do not return short reads for signals). Like the separate one-byte read it
+        replaces, it is a check at one moment: the bundle holds the bytes and hash of what was read."""
         seen = 0
-        while seen < size:
+        while True:
             want = min(self._room(), size - seen)
-            n = os.readv(fd, [self._view[self._fill:self._fill + want]])
+            last = want == size - seen
+            target = self._view[self._fill:self._fill + want]
+            n = os.readv(fd, [target, self._extra] if last else [target])
             if n == 0:
-                break
-            seen += n
-            self._advance(n)
-            self.progress(n)
-        return seen
+                return seen, False
+            took = min(n, want)
+            seen += took
+            self._advance(took)
+            self.progress(took)
+            if n > want:
+                return seen, True
+            if last and n == want:
+                return seen, False
 
     def _submit(self) -> None:
         if self._slot is not None:

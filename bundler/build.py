@@ -262,14 +262,12 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: list[tuple[str, str,
         payload = writer.finish()
     finally:
         writer.abort()
-    written = iter(payload.files)
-    components = []
-    for kind, name, files in groups:
-        entries = []
-        for f in files:
-            w = next(written)
-            entries.append(FileEntry(path=f.path, size=f.size, mode=f.mode, hash=w.hash, offset=w.offset))
-        components.append(Component(kind=kind, name=name, files=tuple(entries)))
+    offsets, hashes = iter(payload.offsets), iter(payload.hashes)
+    components = [
+        Component(kind=kind, name=name, files=tuple(
+            FileEntry(path=f.path, size=f.size, mode=f.mode, hash=next(hashes), offset=next(offsets)) for f in files))
+        for kind, name, files in groups
+    ]
     return Manifest(
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=payload.size,

@@ -51,14 +51,21 @@ def test_stream_chunks_and_hashes_are_what_was_reported(tmp_path: Path, monkeypa
     with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == [f"models/m/{n}" for n in sources]
-        for (name, data), member, written in zip(sources.items(), members, payload.files):
-            assert member.offset_data == written.offset
-            assert stream[written.offset:written.offset + len(data)] == data
-            assert written.hash == hashlib.sha256(data).hexdigest()
+        assert len(payload.offsets) == len(payload.hashes) == len(sources)
+        for (name, data), member, offset, digest in zip(sources.items(), members, payload.offsets, payload.hashes):
+            assert member.offset_data == offset
+            assert stream[offset:offset + len(data)] == data
+            assert digest == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize(("actual", "declared"), [(5000, 4999), (5000, 5001), (0, 1), (1, 0)])
-def test_rejects_source_that_changed_size_while_bundled(tmp_path: Path, actual: int, declared: int) -> None:
+@pytest.mark.parametrize(("actual", "declared"), [(5000, 4999), (5000, 5001), (0, 1), (1, 0), (5000, 4096)])
+@pytest.mark.parametrize("block", [512, 0])
+def test_rejects_source_that_changed_size_while_bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        actual: int, declared: int, block: int) -> None:
+    """The growth check rides on the read of the last bytes, whether they fill a buffer (512) or not."""
+    if block:
+        monkeypatch.setattr(_pipeline, "BLOCK_SIZE", block)
+        monkeypatch.setattr(_pipeline, "DEFAULT_DEPTH", 2)
     with pytest.raises(UsageError, match="changed size while it was being bundled") as info:
         write(tmp_path, {"w.bin": noise(actual, seed=3)}, chunk_size=1024, declared={"w.bin": declared})
     assert info.value.subject == str(tmp_path / "src" / "w.bin")
@@ -141,3 +148,17 @@ def _tarinfo(path: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
+
+
+@pytest.mark.parametrize("block", [512, 1536])
+def test_empty_files_anywhere_get_the_empty_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Empty files first, in a row, after a file that ends a pipeline buffer exactly, and last."""
+    monkeypatch.setattr(_pipeline, "BLOCK_SIZE", block)
+    monkeypatch.setattr(_pipeline, "DEFAULT_DEPTH", 2)
+    sources = {"e0": b"", "e1": b"", "a": noise(512, seed=1), "e2": b"", "b": noise(1000, seed=2),
+               "e3": b"", "e4": b"", "c": noise(block - 512, seed=3), "e5": b""}
+    payload = write(tmp_path, sources, chunk_size=1024)
+    stream = b"".join((tmp_path / "chunks" / c.name).read_bytes() for c in payload.chunks)
+    assert payload.hashes == [hashlib.sha256(data).hexdigest() for data in sources.values()]
+    with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
+        assert [m.offset_data for m in tar.getmembers()] == list(payload.offsets)
