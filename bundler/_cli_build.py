@@ -12,7 +12,8 @@ from ..installer.cli import cli, emit, human_size, json_option, output_options, 
 from ..installer.errors import UsageError
 from ..installer.hashing import HASH_ALGORITHMS
 from ..installer.keys import ALGORITHMS, ED25519
-from .build import build as build_bundle, check_output_free, collect_sources, parse_size
+from ._sources import add_dependencies, collect_sources
+from .build import build as build_bundle, check_output_free, parse_size
 from .deps import frozen_dependencies
 from .keys import SigningKey, keygen as write_keys
 from .sign import sign_bundle, sign_bundle_sigstore
@@ -58,13 +59,15 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
     key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
     check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
-    collect_sources(bundle_spec)
+    sources = collect_sources(bundle_spec)  # the one walk of the model trees; reused below
     with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
                              work_dir=out.parent) as deps:
-        total = sum(f.size for _, _, files in collect_sources(bundle_spec, deps) for f in files)
+        sources = add_dependencies(bundle_spec, sources, deps)
+        total = sum(group.size for group in sources)
         with progress_bar(total, "build", progress) as bar:
             result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
-                                  algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps)
+                                  algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
+                                  sources=sources)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "

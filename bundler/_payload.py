@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from array import array
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,68 @@ from ..installer.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chun
 
 
 def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
-    """The pax/ustar header block(s) for one regular file; deterministic for the same inputs."""
+    """The pax/ustar header block(s) for one regular file; deterministic for the same inputs.
+
+    Byte for byte what ``tarfile.TarInfo.tobuf(format=PAX_FORMAT)`` writes for a regular file with
+    uid and gid 0 and empty user and group names (docs/format.md, section 5.1), without building a
+    TarInfo and its dicts per file: that was most of the per-file CPU time of a build with many small
+    files. A path that UTF-8 cannot encode (lone surrogates) takes tarfile itself, which then writes a
+    ``hdrcharset`` record; the bundler refuses such paths before it gets here anyway."""
+    try:
+        utf8 = path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _tarfile_header(path, size, mode, mtime)
+    records = []
+    if len(utf8) != len(path) or len(path) > _NAME_FIELD:  # not ASCII, or too long: a pax "path" record
+        records.append(_pax_record(b"path", utf8))
+        name = path.encode("ascii", "replace")[:_NAME_FIELD]  # what tarfile puts in the ustar field
+    else:
+        name = utf8
+    size_field, size_record = _number(size, b"size")
+    mtime_field, mtime_record = _number(mtime, b"mtime")
+    records += [r for r in (size_record, mtime_record) if r]
+    member = _ustar(name, mode & 0o7777, size_field, mtime_field, _REGULAR)
+    if not records:
+        return member
+    data = b"".join(records)
+    return _ustar(_PAX_NAME, 0, b"%011o" % len(data), _ZERO_TIME, _PAX) + data + bytes(-len(data) % BLOCK) + member
+
+
+_NAME_FIELD = 100
+_REGULAR, _PAX = tarfile.REGTYPE, tarfile.XHDTYPE
+_PAX_NAME = b"././@PaxHeader"  # the name tarfile gives every pax extended header
+_ZERO_TIME = b"%011o" % 0
+_NUMBER_LIMIT = 8**11  # 11 octal digits; tarfile moves larger (or negative) numbers to pax records
+# The fields after the type flag are the same in every header gapship writes: no link name, the POSIX
+# magic and version, no user or group names, no device numbers, no name prefix, and the block's tail.
+_TAIL = bytes(100) + tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_OWNERS = b"0000000\0" * 2  # uid and gid 0
+_TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the checksum counts its own field as eight spaces
+
+
+def _number(value: int, key: bytes) -> tuple[bytes, bytes]:
+    """The 11-digit octal field and, when the value does not fit, the pax record tarfile adds."""
+    if 0 <= value < _NUMBER_LIMIT:
+        return b"%011o" % value, b""
+    return _ZERO_TIME, _pax_record(key, b"%d" % value)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """``"<length> <key>=<value>\\n"``, where the length counts its own digits (POSIX pax)."""
+    rest = len(key) + len(value) + 3
+    length = rest + len(str(rest))
+    if len(str(length)) != len(str(rest)):  # adding the digits added a digit
+        length = rest + len(str(length))
+    return b"%d %s=%s\n" % (length, key, value)
+
+
+def _ustar(name: bytes, mode: int, size: bytes, mtime: bytes, kind: bytes) -> bytes:
+    head = b"".join((name, bytes(_NAME_FIELD - len(name)), b"%07o\0" % mode, _OWNERS, size, b"\0", mtime, b"\0"))
+    checksum = sum(head) + kind[0] + _TAIL_SUM
+    return b"".join((head, b"%06o\0 " % checksum, kind, _TAIL))
+
+
+def _tarfile_header(path: str, size: int, mode: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(path)
     info.size, info.mode, info.mtime = size, mode, mtime
     info.uid = info.gid = 0
@@ -33,40 +97,41 @@ def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
+_ZEROS = memoryview(bytes(RECORD + END_OF_ARCHIVE))  # padding is sliced from here, never allocated
+
+
 def padded_to(n: int, unit: int) -> int:
     return (n + unit - 1) // unit * unit
 
 
 @dataclass(frozen=True)
-class WrittenFile:
-    """Where one file's data landed in the stream, and its hash."""
-
-    offset: int
-    hash: str
-
-
-@dataclass(frozen=True)
 class Payload:
+    """What was written: ``offsets[i]`` and ``hashes[i]`` are where the i-th added file's data starts
+    in the stream and its hash. Two flat sequences rather than an object per file, since a bundle may
+    hold 200,000 files (docs/format.md, "Limits")."""
+
     size: int
     chunks: tuple[Chunk, ...]
-    files: tuple[WrittenFile, ...]
+    offsets: Sequence[int]
+    hashes: Sequence[str]
 
 
 class _FileHashes:
-    """Hashes each file's data span. The producer appends a span before any of its bytes are handed
-    out, so every span a block touches is already in the list when the block arrives."""
+    """Hashes each file's data span, empty ones included. The producer appends a span before any of
+    its bytes are handed out, so every span a block touches is already queued when the block
+    arrives; a span leaves the queue once hashed, so the queue stays as short as the pipeline (an
+    empty file's span is hashed by the first block past it: the end of the archive always follows)."""
 
-    def __init__(self, spans: list[tuple[int, int]], algorithm: str) -> None:
+    def __init__(self, spans: deque[tuple[int, int]], algorithm: str) -> None:
         self.spans = spans
         self.algorithm = algorithm
-        self.index = 0
         self.hasher: Any = None
         self.digests: list[str] = []
 
     def feed(self, block: Block) -> None:
         pos, end = block.position, block.position + len(block.data)
-        while self.index < len(self.spans):
-            start, stop = self.spans[self.index]
+        while self.spans:
+            start, stop = self.spans[0]
             if start >= end:
                 return
             if self.hasher is None:
@@ -76,7 +141,7 @@ class _FileHashes:
                 return
             self.digests.append(self.hasher.hexdigest())
             self.hasher = None
-            self.index += 1
+            self.spans.popleft()
 
 
 class _ChunkHashes:
@@ -178,9 +243,8 @@ class PayloadWriter:
         self.mtime = mtime
         self.progress = progress
         self.position = 0  # bytes of the stream laid out so far
-        self._spans: list[tuple[int, int]] = []
-        self._files: list[tuple[int, int]] = []  # (offset, size) of every file, in order
-        self._empty = new_hasher(algorithm).hexdigest()
+        self._spans: deque[tuple[int, int]] = deque()  # appended here, consumed by _FileHashes' thread
+        self._offsets = array("q")  # where every file's data starts, in order (8 bytes per file)
         self._file_hashes = _FileHashes(self._spans, algorithm)
         self._chunk_hashes = _ChunkHashes(chunk_size, algorithm)
         self._chunk_files = _ChunkFiles(folder, chunk_size)
@@ -189,40 +253,37 @@ class PayloadWriter:
         self._view = memoryview(b"")
         self._fill = 0
         self._block_start = 0
+        self._extra = bytearray(1)  # see _read
 
-    def add(self, source: Path, path: str, size: int, mode: int) -> None:
+    def add(self, source: str | Path, path: str, size: int, mode: int) -> None:
         """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
         self._put(member_header(path, size, mode, self.mtime))
-        self._files.append((self.position, size))
-        if size:
-            self._spans.append((self.position, self.position + size))
+        self._offsets.append(self.position)
+        self._spans.append((self.position, self.position + size))
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise UsageError(f"cannot read {source}: {e.strerror}", subject=str(source)) from None
         try:
-            seen = self._read(fd, size)
-            grew = seen == size and os.read(fd, 1)
+            seen, more = self._read(fd, size)
         finally:
             os.close(fd)
-        if seen != size or grew:
+        if seen != size or more:
             raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
-        self._put(bytes(padded(self.position) - self.position))
+        self._put(_ZEROS[:padded(self.position) - self.position])
 
     def finish(self) -> Payload:
         """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
         stages, fsync the chunks, and return what was written."""
-        self._put(bytes(padded(self.position) - self.position))
+        self._put(_ZEROS[:padded(self.position) - self.position])
         end = self.position + END_OF_ARCHIVE
-        self._put(bytes(padded_to(end, RECORD) - self.position))
+        self._put(_ZEROS[:padded_to(end, RECORD) - self.position])
         self._submit()
         self._pipeline.close()
         self._chunk_files.finish()
         chunks = tuple(Chunk(name=name, size=size, hash=digest)
                        for name, (digest, size) in zip(self._chunk_files.names, self._chunk_hashes.finish()))
-        digests = iter(self._file_hashes.digests)
-        files = tuple(WrittenFile(offset, next(digests) if size else self._empty) for offset, size in self._files)
-        return Payload(size=self.position, chunks=chunks, files=files)
+        return Payload(size=self.position, chunks=chunks, offsets=self._offsets, hashes=self._file_hashes.digests)
 
     def abort(self) -> None:
         self._pipeline.abort()
@@ -242,7 +303,7 @@ class PayloadWriter:
         if self._fill == len(self._view):
             self._submit()
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while len(view):
             n = min(len(view), self._room())
@@ -250,17 +311,29 @@ class PayloadWriter:
             view = view[n:]
             self._advance(n)
 
-    def _read(self, fd: int, size: int) -> int:
+    def _read(self, fd: int, size: int) -> tuple[int, bool]:
+        """Read up to ``size`` bytes of ``fd`` into the stream: how many came, and whether the file
+        held more. The read that asks for the last bytes also asks for one byte more, into a byte of
+        its own, so a file that grew is caught without a syscall more per file: a read of a regular
+        file that returns fewer bytes than asked has reached the end of the file (read(2); local
+        filesystems do not return short reads for signals). Like the separate one-byte read it
+        replaces, it is a check at one moment: the bundle holds the bytes and hash of what was read."""
         seen = 0
-        while seen < size:
+        while True:
             want = min(self._room(), size - seen)
-            n = os.readv(fd, [self._view[self._fill:self._fill + want]])
+            last = want == size - seen
+            target = self._view[self._fill:self._fill + want]
+            n = os.readv(fd, [target, self._extra] if last else [target])
             if n == 0:
-                break
-            seen += n
-            self._advance(n)
-            self.progress(n)
-        return seen
+                return seen, False
+            took = min(n, want)
+            seen += took
+            self._advance(took)
+            self.progress(took)
+            if n > want:
+                return seen, True
+            if last and n == want:
+                return seen, False
 
     def _submit(self) -> None:
         if self._slot is not None:

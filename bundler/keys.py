@@ -40,7 +40,7 @@ class SigningKey:
         if self.algorithm == ML_DSA_87:
             signature: bytes = _mldsa(self.seed).sign(message)  # empty context, as the verifier expects
             return signature
-        return nacl.signing.SigningKey(self.seed).sign(message).signature
+        return _ed25519_sign(self.seed, message)
 
     def to_pem(self) -> bytes:
         prefix = MLDSA87_PKCS8_PREFIX if self.algorithm == ML_DSA_87 else PKCS8_PREFIX
@@ -70,6 +70,15 @@ class SigningKey:
         if len(der) == len(MLDSA87_PKCS8_PREFIX) + SEED_BYTES and der.startswith(MLDSA87_PKCS8_PREFIX):
             return cls(seed=der[len(MLDSA87_PKCS8_PREFIX):], algorithm=ML_DSA_87)
         return cls(seed=_mldsa_seed_from_der(der, source=str(path)), algorithm=ML_DSA_87)
+
+
+def _ed25519_sign(seed: bytes, message: bytes) -> bytes:
+    """A detached Ed25519 signature. Through ``cryptography``, not PyNaCl: PyNaCl signs in combined mode
+    and copies the message three times (for a 31 MB manifest of 200,000 files, 90 MiB more at the peak
+    of a build). Ed25519 is deterministic (RFC 8032), so the bytes are the same either way."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed).sign(message)
 
 
 def _mldsa(seed: bytes) -> Any:

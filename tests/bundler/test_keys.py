@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship_testing import KeyPair, assert_error, run_json, tree
+from gapship_testing import KeyPair, assert_error, noise, run_json, tree
 
 
 def test_keygen_writes_private_key_with_mode_0600(tmp_path: Path) -> None:
@@ -81,3 +81,17 @@ def test_openssl_reads_the_key_files_and_agrees_on_the_key_id(make_key: Callable
     der = subprocess.run([openssl, "pkey", "-pubin", "-in", str(key.public), "-outform", "DER"],
                          capture_output=True, check=True)
     assert hashlib.sha256(der.stdout).hexdigest() == key.keyid
+
+
+def test_ed25519_signature_is_the_one_pynacl_makes() -> None:
+    """Signing goes through cryptography (no copies of a 30 MB manifest); Ed25519 is deterministic
+    (RFC 8032), so the signature is byte for byte what PyNaCl made, and the installer accepts it."""
+    import nacl.signing
+
+    from gapship.bundler.keys import SigningKey
+
+    key = SigningKey.generate()
+    for message in (b"", b"manifest", noise(100_000, seed=1)):
+        signature = key.sign(message)
+        assert signature == nacl.signing.SigningKey(key.seed).sign(message).signature
+        key.public.verify(message, signature, subject="test")
