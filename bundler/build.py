@@ -19,7 +19,6 @@ from ..installer.manifest import (
     MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
 )
 from ..installer.policy import parse_policy
-from ._canonical import manifest_bytes
 from ._expiry import parse_expires
 from ._payload import PayloadWriter
 from ._sources import Sources, collect_sources
@@ -118,7 +117,7 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         if until is not None:
             manifest = replace(manifest, expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _check_policy_unchanged(manifest, policy_bytes, spec)
-        data = manifest_bytes(manifest)  # once, and a piece at a time: 30 MB for 200,000 files
+        data = manifest.to_bytes()  # once, and a piece at a time: 30 MB for 200,000 files
         (staging / MANIFEST).write_bytes(data)
         (staging / SIGNATURES).mkdir()
         keyids = tuple(write_signature(staging, data, k) for k in keys)

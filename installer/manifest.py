@@ -9,10 +9,12 @@ the signatures over the exact bytes *before* calling it (see :mod:`.trust`).
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -153,6 +155,13 @@ class Manifest:
     # -- bytes -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        return self._head() | {"components": [
+            {"kind": comp.kind, "name": comp.name, "files": [_file_dict(f) for f in comp.files]}
+            for comp in self.components
+        ]}
+
+    def _head(self) -> dict[str, Any]:
+        """Every top-level member but ``components``."""
         out: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -162,24 +171,17 @@ class Manifest:
             "chunk_size": self.chunk_size,
             "payload_size": self.payload_size,
             "chunks": [{"name": c.name, "size": c.size, "hash": c.hash} for c in self.chunks],
-            "components": [
-                {
-                    "kind": comp.kind,
-                    "name": comp.name,
-                    "files": [
-                        {"path": f.path, "size": f.size, "mode": f.mode, "hash": f.hash, "offset": f.offset}
-                        for f in comp.files
-                    ],
-                }
-                for comp in self.components
-            ],
         }
         if self.expires is not None:
             out["expires"] = self.expires
         return out
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
+        """Exactly ``canonical_json(self.to_dict())``, written a piece at a time (see _write_object)."""
+        out = io.BytesIO()
+        head = self._head() | {"components": None}  # written by _write_components, below
+        _write_object(out, head, "components", partial(_write_components, out, self.components))
+        return out.getvalue()  # BytesIO hands over its buffer: no second copy of the JSON
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -234,6 +236,51 @@ class Manifest:
             components=_components(comps_raw),
             format_version=version,
         )
+
+
+# -- canonical bytes, a piece at a time (docs/format.md, section 4.1) -----------------------------------
+
+# canonical_json(to_dict()) held the manifest as a dict tree, a str and bytes at once: for 200,000
+# files ("Limits") about 30 MB of JSON three times over, at the peak of every build and of every
+# from_bytes check. Canonical JSON composes: an object is ``{``, its ``key:value`` members in key
+# order joined by ``,``, then ``}``; a list likewise. So the same bytes are written a batch of files
+# at a time into one buffer (tests/installer/test_canonical.py holds them to canonical_json(to_dict())).
+_BATCH = 1000  # files encoded per json.dumps call: small dicts in flight, few Python-level calls
+
+
+def _file_dict(f: FileEntry) -> dict[str, object]:
+    return {"path": f.path, "size": f.size, "mode": f.mode, "hash": f.hash, "offset": f.offset}
+
+
+def _write_object(out: io.BytesIO, members: dict[str, object], key: str, write_value: Callable[[], None]) -> None:
+    """``members`` as one canonical JSON object, the value of ``key`` written by ``write_value``."""
+    out.write(b"{")
+    for i, name in enumerate(sorted(members)):
+        out.write(b"," if i else b"")
+        out.write(canonical_json(name) + b":")
+        if name == key:
+            write_value()
+        else:
+            out.write(canonical_json(members[name]))
+    out.write(b"}")
+
+
+def _write_components(out: io.BytesIO, components: Sequence[Component]) -> None:
+    out.write(b"[")
+    for i, comp in enumerate(components):
+        out.write(b"," if i else b"")
+        _write_object(out, {"kind": comp.kind, "name": comp.name, "files": None}, "files",
+                      partial(_write_files, out, comp.files))
+    out.write(b"]")
+
+
+def _write_files(out: io.BytesIO, files: Sequence[FileEntry]) -> None:
+    out.write(b"[")
+    for start in range(0, len(files), _BATCH):
+        out.write(b"," if start else b"")
+        batch = [_file_dict(f) for f in files[start:start + _BATCH]]
+        out.write(canonical_json(batch)[1:-1])  # the members of the list, without its brackets
+    out.write(b"]")
 
 
 # -- parsing helpers (raise UnsafeContentError naming the field) -----------------------------------

@@ -1,5 +1,5 @@
-"""bundler/_canonical.py writes a manifest's canonical JSON a piece at a time; the bytes must be
-exactly ``Manifest.to_bytes()``, which every verifier recomputes and compares (docs/format.md, 4.1)."""
+"""Manifest.to_bytes writes the canonical JSON a piece at a time; the bytes must be exactly
+``canonical_json(to_dict())``, what every verifier recomputes and compares (docs/format.md, 4.1)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gapship.bundler import _canonical
-from gapship.bundler._canonical import manifest_bytes
 from gapship.bundler.build import build
 from gapship.bundler.deps import FrozenDependencies, Target
 from gapship.bundler.keys import SigningKey
 from gapship.bundler.spec import load_spec
-from gapship.installer.manifest import Manifest
+from gapship.installer import manifest as manifest_module
+from gapship.installer.manifest import Manifest, canonical_json
 from gapship_testing import write_spec
 
 # Names that JSON escapes or writes as multi-byte UTF-8, and (below) an empty dependencies component,
@@ -38,9 +37,9 @@ def _manifest(tmp_path: Path, files: dict[str, bytes], *, expires: str | None) -
 def test_manifest_bytes_are_to_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expires: str | None,
                                      batch: int) -> None:
     """Batches of one file, of two (the model's 7 files end in a short batch), and one batch for all."""
-    monkeypatch.setattr(_canonical, "_BATCH", batch)
+    monkeypatch.setattr(manifest_module, "_BATCH", batch)
     manifest, written = _manifest(tmp_path, FILES, expires=expires)
     assert [c.kind for c in manifest.components] == ["model", "safeguards", "dependencies"]
     assert manifest.components[-1].files == ()
     assert (manifest.expires is None) == (expires is None)
-    assert manifest_bytes(manifest) == manifest.to_bytes() == written
+    assert manifest.to_bytes() == canonical_json(manifest.to_dict()) == written
