@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..installer.authorization import (
+from ..installer.formats.authorization import (
     AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions,
 )
-from ..installer.bundle import MANIFEST, SIGNATURES
-from ..installer._fs import remove_tree
+from ..installer.bundle.files import MANIFEST, SIGNATURES
+from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
-from ..installer.keys import signature_file_name
-from ._expiry import parse_expires
+from ..installer.crypto.keys import signature_file_name
+from .expiry import parse_expires
 from .keys import SigningKey
 
 

@@ -11,18 +11,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..installer.bundle import CHUNKS, MANIFEST, SIGNATURES
-from ..installer._fs import remove_tree
+from ..installer.bundle.files import CHUNKS, MANIFEST, SIGNATURES
+from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
-from ..installer.hashing import Progress, new_hasher, no_progress
-from ..installer.manifest import (
+from ..installer.crypto.hashing import Progress, new_hasher, no_progress
+from ..installer.formats.manifest import (
     MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
 )
-from ..installer.policy import parse_policy
-from ._expiry import parse_expires
-from ._payload import PayloadWriter
-from ._sources import Sources, collect_sources
-from .deps import FrozenDependencies, frozen_dependencies
+from ..installer.formats.policy import parse_policy
+from .expiry import parse_expires
+from .payload import PayloadWriter
+from .sources import Sources, collect_sources
+from .deps.freeze import FrozenDependencies, frozen_dependencies
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec

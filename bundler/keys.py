@@ -16,7 +16,7 @@ from typing import Any
 import nacl.signing
 
 from ..installer.errors import HostError, UsageError
-from ..installer.keys import ALGORITHMS, ED25519, ML_DSA_87, MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
+from ..installer.crypto.keys import ALGORITHMS, ED25519, ML_DSA_87, MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
 
 # DER PKCS#8 PrivateKeyInfo for Ed25519 (RFC 8410) is this fixed prefix and the 32-byte seed.
 PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")

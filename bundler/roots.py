@@ -12,16 +12,16 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from ..installer._atomic import atomic_write
-from ..installer._root import (
+from ..installer.host.atomic import atomic_write
+from ..installer.formats.root import (
     ROLE_AUTHORIZE, ROLE_ROOT, ROLES, Envelope, FloorReset, Role, Root, Signature, SignedRoot,
     TrustedKey,
 )
-from ..installer._time import format_time
-from ..installer._trustdir import HISTORY_DIR, ROOT_FILE, read_history, root_file_name, write_root
-from ..installer.bundle import ROOTS
+from ..installer.formats.timestamps import format_time
+from ..installer.host.trustdir import HISTORY_DIR, ROOT_FILE, read_history, root_file_name, write_root
+from ..installer.bundle.files import ROOTS
 from ..installer.errors import GapshipError, HostError, TrustError, UsageError
-from ..installer.keys import PublicKey
+from ..installer.crypto.keys import PublicKey
 from ..installer.trust import TrustStore, load_root_file, update_root
 from .keys import SigningKey
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..installer._sigstore import SIGSTORE_SUFFIX, certificate_identity, one_line
-from ..installer._atomic import atomic_write
-from ..installer.bundle import MANIFEST, SIGNATURES, read_capped
+from ..installer.crypto.sigstore import SIGSTORE_SUFFIX, certificate_identity, one_line
+from ..installer.host.atomic import atomic_write
+from ..installer.bundle.files import MANIFEST, SIGNATURES, read_capped
 from ..installer.errors import HostError, IntegrityError, UsageError
-from ..installer.keys import signature_file_name
-from ..installer.manifest import MAX_MANIFEST_BYTES, Manifest
+from ..installer.crypto.keys import signature_file_name
+from ..installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest
 from .keys import SigningKey
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..installer.errors import GapshipError, UsageError
-from ..installer.manifest import check_name, check_version
+from ..installer.formats.manifest import check_name, check_version
 
 
 @dataclass(frozen=True)

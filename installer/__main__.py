@@ -1,5 +1,5 @@
 """``python -m gapship.installer``: the installer's commands alone (no bundler)."""
 
-from .cli import main
+from .cli.group import main
 
 main()

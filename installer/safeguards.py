@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .authorization import (
+from .formats.authorization import (
     DOCUMENT, AuthorizeKeys, RawAuthorization, VerifiedAuthorization, format_time, verify_authorization,
 )
-from .bundle import SIGNATURES
+from .bundle.files import SIGNATURES
 from .errors import GapshipError, PolicyError
-from .manifest import POLICY_PATH, FileEntry, canonical_json
-from .policy import Policy, parse_policy
-from .site import Site
+from .formats.manifest import POLICY_PATH, FileEntry, canonical_json
+from .formats.policy import Policy, parse_policy
+from .formats.site import Site
 from .trust import VerifiedManifest
-from .verify import read_small_files
+from .bundle.verify import read_small_files
 
 MAX_POLICY_BYTES = 1024 * 1024
 EFFECTIVE_POLICY = "effective-policy.json"

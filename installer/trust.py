@@ -21,21 +21,21 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from ._sigstore import SigstoreSigner, check_sigstore_file, is_sigstore_signature_file, load_sigstore_signers
-from ._root import (
+from .crypto.sigstore import SigstoreSigner, check_sigstore_file, is_sigstore_signature_file, load_sigstore_signers
+from .formats.root import (
     LEGACY_VERSION, ROLE_RELEASE, ROLE_ROOT, Envelope, Role, Root, SignedRoot, TrustedKey,
 )
-from ._time import format_time, parse_time, utc_now
-from ._trustdir import (
+from .formats.timestamps import format_time, parse_time, utc_now
+from .host.trustdir import (
     HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
     read_legacy_keys, root_file_name, write_root,
 )
-from .bundle import RawBundle
+from .bundle.files import RawBundle
 from .errors import PolicyError, TrustError
-from .hashing import new_hasher
-from .keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
-from .manifest import Manifest
-from .state import Installed, StateSnapshot
+from .crypto.hashing import new_hasher
+from .crypto.keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
+from .formats.manifest import Manifest
+from .host.state import Installed, StateSnapshot
 
 MAX_TRUSTED_KEYS = 256
 # How far the host clock may lag a signing time before it counts as set back. Expiry periods are days;

@@ -128,7 +128,7 @@ def test_wheel_ships_only_the_gapship_package(gapship_wheel: Path) -> None:
         top = {name.split("/")[0] for name in z.namelist()}
         entry_points = z.read("gapship-0.1.0.dist-info/entry_points.txt").decode()
     assert top == {"gapship", "gapship-0.1.0.dist-info"}
-    assert "gapship = gapship.bundler.cli:main" in entry_points
+    assert "gapship = gapship.bundler.cli.main:main" in entry_points
 
 
 def test_coexists_with_pypa_installer(gapship_wheel: Path, installer_wheel: Path, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from gapship.bundler.build import build
-from gapship.bundler.deps import FrozenDependencies, Target
+from gapship.bundler.deps.freeze import FrozenDependencies, Target
 from gapship.bundler.keys import SigningKey
 from gapship.bundler.spec import load_spec
-from gapship.installer import manifest as manifest_module
-from gapship.installer.manifest import Manifest, canonical_json
+from gapship.installer.formats import manifest as manifest_module
+from gapship.installer.formats.manifest import Manifest, canonical_json
 from gapship_testing import write_spec
 
 # Names that JSON escapes or writes as multi-byte UTF-8, and (below) an empty dependencies component,

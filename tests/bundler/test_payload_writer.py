@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gapship.bundler._payload import PayloadWriter, member_header
-from gapship.installer import _pipeline
+from gapship.bundler.payload import PayloadWriter, member_header
+from gapship.installer.install import pipeline as _pipeline
 from gapship.installer.errors import UsageError
 from gapship_testing import noise
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gapship.bundler._sources import SourceFile, add_dependencies, collect_sources
-from gapship.bundler.deps import FrozenDependencies, Target
+from gapship.bundler.sources import SourceFile, add_dependencies, collect_sources
+from gapship.bundler.deps.freeze import FrozenDependencies, Target
 from gapship.bundler.spec import load_spec
-from gapship.installer.manifest import Manifest
+from gapship.installer.formats.manifest import Manifest
 from gapship_testing import POLICY, KeyPair, noise, run
 
 FILES = {"b.bin": noise(700, seed=1), "a/x.txt": b"x\n", "a/é/y": b"", "Z": b"z", "run.sh": b"#!/bin/sh\n"}

@@ -16,9 +16,9 @@ from packaging.utils import parse_wheel_filename
 from deps_testing import (
     GAPSHIP, HOST_PLATFORM, Wheelhouse, add_dependencies, clean_env, host_best_platform, offline, wheelhouse,
 )
-from gapship.bundler._selfwheel import wheel_from_installed
-from gapship.installer.deps import BOOTSTRAP_LOCK, parse_lock
-from gapship.installer.manifest import Manifest
+from gapship.bundler.deps.selfwheel import wheel_from_installed
+from gapship.installer.install.deps import BOOTSTRAP_LOCK, parse_lock
+from gapship.installer.formats.manifest import Manifest
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,9 @@ import pytest
 
 # Imported eagerly here, so that cli.commands below holds every command there is: the fresh process
 # must list the same ones, loading them lazily.
-from gapship.bundler import _cli_authorize, _cli_build, trust_cli as bundler_trust_cli  # noqa: F401
-from gapship.bundler.cli import cli
-from gapship.installer import _cli_audit, _cli_sigstore, _cli_status, trust_cli  # noqa: F401
+from gapship.bundler.cli import authorize, build, keygen, sign, trust as bundler_trust  # noqa: F401
+from gapship.bundler.cli.main import cli
+from gapship.installer.cli import audit, inspect, install, status, trust, verify  # noqa: F401
 from gapship_testing import KeyPair
 
 # Runs the `gapship` entry point, then writes the names of every module it imported to a file.
@@ -35,13 +35,13 @@ def dump():
         json.dump(sorted(sys.modules), f)
 
 atexit.register(dump)
-from gapship.bundler.cli import main
+from gapship.bundler.cli.main import main
 sys.argv = ["gapship", *sys.argv[1:]]
 main()
 """
-ENTRY_SHIM = {"gapship.bundler", "gapship.bundler.cli"}
+ENTRY_SHIM = {"gapship.bundler", "gapship.bundler.cli", "gapship.bundler.cli.main"}
 # What only a site host (site file, authorizations) or a bundle with dependencies needs.
-SITE_ONLY = {"gapship.installer.authorization", "gapship.installer.safeguards", "packaging.specifiers",
+SITE_ONLY = {"gapship.installer.formats.authorization", "gapship.installer.safeguards", "packaging.specifiers",
              "packaging.tags"}
 
 
@@ -64,7 +64,7 @@ def test_verify_imports_no_bundler_nor_site_module(make_key: Callable[[str], Key
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK demo 1.0.0: signed by release")
     assert bundler_modules(modules) == ENTRY_SHIM
-    assert "gapship.installer.install" not in modules  # verify writes nothing; the installer stays unloaded
+    assert "gapship.installer.install.install" not in modules  # verify writes nothing; the installer stays unloaded
     assert not modules & SITE_ONLY
 
 
@@ -105,7 +105,7 @@ def test_help_lists_every_command_when_loaded_lazily(group: tuple[str, ...], tmp
 def test_connected_side_commands_run_when_loaded_lazily(tmp_path: Path) -> None:
     done, modules = run_fresh(tmp_path, "keygen", "root", "--out-dir", tmp_path / "keys")
     assert done.returncode == 0, done.stderr
-    assert "gapship.bundler._cli_build" in modules
+    assert "gapship.bundler.cli.keygen" in modules
     pub, key = tmp_path / "keys" / "root.pub", tmp_path / "keys" / "root.key"
     done, _ = run_fresh(tmp_path, "trust", "init", "--dir", tmp_path / "authority", "--root-key", pub,
                         "--release-key", pub, "--sign-with", key, "--json")

@@ -19,11 +19,11 @@ from pathlib import Path
 import click
 import pytest
 
-from gapship.bundler.cli import cli
-from gapship.installer import bundle as bundle_module
-from gapship.installer import keys as keys_module
-from gapship.installer import manifest as manifest_module
-from gapship.installer import paths as paths_module
+from gapship.bundler.cli.main import cli
+from gapship.installer.bundle import files as bundle_module
+from gapship.installer.crypto import keys as keys_module
+from gapship.installer.formats import manifest as manifest_module
+from gapship.installer.formats import paths as paths_module
 from gapship.installer import trust as trust_module
 from gapship.installer.errors import EXIT_CODES
 from gapship_testing import KeyPair, run, run_json
@@ -535,9 +535,9 @@ def _generic(field: str) -> str:
 def offline_sigstore_signing(monkeypatch: pytest.MonkeyPatch) -> None:
     """``sign --sigstore`` needs Fulcio, Rekor and an OIDC identity; what the doc describes is the
     command's output, so the network step is replaced by one that returns what it would."""
-    from gapship.bundler import _cli_build as bundler_cli
+    from gapship.bundler.cli import sign as bundler_cli
     from gapship.bundler.sign import SigstoreSignature
-    from gapship.installer.manifest import Manifest
+    from gapship.installer.formats.manifest import Manifest
 
     def fake(bundle: Path, *, identity_token: str | None = None,
              interactive: bool = False) -> tuple[SigstoreSignature, Manifest]:
@@ -725,7 +725,7 @@ def test_format_doc_limits_are_the_code_constants() -> None:
 
 def test_format_doc_names_the_accepted_algorithms_kinds_and_modes() -> None:
     text = FORMAT.read_text()
-    from gapship.installer.hashing import HASH_ALGORITHMS
+    from gapship.installer.crypto.hashing import HASH_ALGORITHMS
 
     assert "`sha256`, `sha384` or `sha512`" in text and HASH_ALGORITHMS == ("sha256", "sha384", "sha512")
     kinds = [backticked(row[0])[0] for row in table_rows(text, "| kind | root of its files |")]

@@ -15,7 +15,7 @@ import atheris
 
 with atheris.instrument_imports():
     from gapship.installer.errors import GapshipError
-    from gapship.installer.manifest import Manifest
+    from gapship.installer.formats.manifest import Manifest
 
 
 def test_one_input(data: bytes) -> None:

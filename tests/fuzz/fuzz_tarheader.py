@@ -14,9 +14,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gapship.installer._tarstream import check_header_region, parse_header_region
+    from gapship.installer.install.tarstream import check_header_region, parse_header_region
     from gapship.installer.errors import GapshipError
-    from gapship.installer.manifest import FileEntry
+    from gapship.installer.formats.manifest import FileEntry
 
 EXPECTED = FileEntry(path="models/tiny/weights.bin", size=1000, mode=0o644, hash="0" * 64, offset=1024)
 

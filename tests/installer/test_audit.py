@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer.audit import GENESIS, AuditLog, line_hash, verify_log
+from gapship.installer.host.audit import GENESIS, AuditLog, line_hash, verify_log
 from gapship_testing import run_json, tree
 from safeguards_testing import build_bundle, isolated_host, log_lines, site_file  # noqa: F401
 

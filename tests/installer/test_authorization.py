@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer.authorization import (
+from gapship.installer.formats.authorization import (
     AuthorizeKeys, Authorization, BundleSelector, verify_authorization,
 )
 from gapship.installer.errors import PolicyError, TrustError

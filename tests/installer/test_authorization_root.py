@@ -61,7 +61,7 @@ def test_authorization_signed_with_an_ml_dsa_87_authorize_key(tmp_path: Path, ma
     """`gapship authorize` names the signature file after the key's algorithm, so a post-quantum
     authorize key works end to end (it used to write <keyid>.ed25519.sig for every key)."""
     from gapship.bundler.keys import SigningKey, keygen
-    from gapship.installer.keys import ML_DSA_87
+    from gapship.installer.crypto.keys import ML_DSA_87
     from gapship_testing import KeyPair
 
     private, public, _ = keygen("pq-authorizer", tmp_path / "keys", ML_DSA_87)

@@ -18,12 +18,12 @@ from deps_testing import (
     write_spec,
 )
 from gapship.bundler.build import build
-from gapship.bundler.deps import FrozenDependencies
+from gapship.bundler.deps.freeze import FrozenDependencies
 from gapship.bundler.keys import keygen
 from gapship.bundler.spec import load_spec
-from gapship.installer.deps import LOCK, TARGET, Target, parse_lock
+from gapship.installer.install.deps import LOCK, TARGET, Target, parse_lock
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.manifest import Manifest
+from gapship.installer.formats.manifest import Manifest
 from gapship_testing import run, tree
 
 

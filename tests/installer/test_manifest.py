@@ -13,7 +13,7 @@ from gapship.bundler.build import build
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.manifest import MAX_MANIFEST_BYTES, Manifest, canonical_json
+from gapship.installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest, canonical_json
 from gapship_testing import noise, write_spec
 
 
@@ -179,7 +179,7 @@ def test_rejects_manifest_without_the_safeguards_policy(data: bytes) -> None:
 def test_build_refuses_more_chunks_than_a_bundle_may_hold(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Chunk names are five digits (00000..99999): past MAX_CHUNKS the build asks for larger chunks
     rather than writing names a shell glob would sort out of order."""
-    from gapship.bundler import _payload
+    from gapship.bundler import payload as _payload
     from gapship.installer.errors import UsageError
 
     monkeypatch.setattr(_payload, "MAX_CHUNKS", 3)

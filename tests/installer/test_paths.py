@@ -11,9 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gapship.installer import paths
+from gapship.installer.formats import paths
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.paths import (
+from gapship.installer.formats.paths import (
     MAX_COMPONENT_BYTES, MAX_DEPTH, MAX_PATH_BYTES, check_no_collisions, check_relative_path, collision_key,
 )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer._pipeline import Block, Flusher, Pipeline
+from gapship.installer.install.pipeline import Block, Flusher, Pipeline
 
 
 class Recorder:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gapship.installer.errors import PolicyError, UsageError
-from gapship.installer.policy import SiteRule, parse_policy
+from gapship.installer.formats.policy import SiteRule, parse_policy
 from gapship_testing import POLICY
 
 FULL = b"""schema_version = 1

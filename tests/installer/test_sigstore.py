@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer._sigstore import (
+from gapship.installer.crypto.sigstore import (
     UNAVAILABLE,
     SigstoreSigner,
     certificate_identity,
@@ -24,7 +24,7 @@ from gapship.installer._sigstore import (
     pin_sigstore_signer,
     verify_sigstore_signature,
 )
-from gapship.installer.bundle import RawBundle
+from gapship.installer.bundle.files import RawBundle
 from gapship.installer.errors import (
     SigstoreSignatureError,
     SigstoreUnavailableError,
@@ -32,7 +32,7 @@ from gapship.installer.errors import (
     UnsafeContentError,
     UsageError,
 )
-from gapship.installer.keys import signature_file_name
+from gapship.installer.crypto.keys import signature_file_name
 from gapship.installer.trust import TrustStore, check_signatures, verify_manifest
 from sigstore_assets import (
     CVE_2022_36056,
@@ -197,7 +197,7 @@ import json, socket, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 import sigstore_assets as a
-from gapship.installer._sigstore import verify_sigstore_signature
+from gapship.installer.crypto.sigstore import verify_sigstore_signature
 from gapship.installer.errors import SigstoreSignatureError
 try:
     socket.create_connection(("1.1.1.1", 443), timeout=2).close()

@@ -10,8 +10,8 @@ import pytest
 
 from gapship.installer.errors import IntegrityError, UsageError
 from gapship.installer.safeguards import read_bundled_policy
-from gapship.installer.site import parse_site
-from gapship.installer.bundle import read_raw_bundle
+from gapship.installer.formats.site import parse_site
+from gapship.installer.bundle.files import read_raw_bundle
 from gapship.installer.trust import TrustStore, verify_manifest
 from gapship_testing import run, run_json, tree
 from safeguards_testing import MODELS, SITE_POLICY, build_bundle, isolated_host, site_file  # noqa: F401

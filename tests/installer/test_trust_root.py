@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gapship.bundler.roots import add_key, remove_key, renew, sign_root
-from gapship.installer._root import Envelope, Role, Root
+from gapship.installer.formats.root import Envelope, Role, Root
 from gapship.installer.errors import PolicyError, TrustError
 from gapship.installer.trust import TrustStore, load_root_file, update_root
 from gapship_testing import tree

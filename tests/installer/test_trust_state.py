@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from gapship.bundler.roots import floor_reset, remove_key, sign_root
-from gapship.installer._root import FloorReset, Root
+from gapship.installer.formats.root import FloorReset, Root
 from gapship.installer.errors import HostError, PolicyError, TrustError, UsageError
-from gapship.installer.install import install
-from gapship.installer.state import HostState
+from gapship.installer.install.install import install
+from gapship.installer.host.state import HostState
 from gapship.installer.trust import Allowances, TrustStore
 from gapship_testing import run, tree
 from trust_testing import DAY, T0, attach, build_bundle, copy_trust, init_root, new_root, verify, verify_and_install

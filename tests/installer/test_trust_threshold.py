@@ -8,9 +8,9 @@ import pytest
 
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.roots import sign_root
-from gapship.installer._root import Envelope, Root
+from gapship.installer.formats.root import Envelope, Root
 from gapship.installer.errors import TrustError
-from gapship.installer.keys import ML_DSA_87, PublicKey, parse_signature_file_name, signature_file_name
+from gapship.installer.crypto.keys import ML_DSA_87, PublicKey, parse_signature_file_name, signature_file_name
 from gapship.installer.trust import TrustStore, load_root_file, update_root
 from gapship_testing import KeyPair, run, tree
 from trust_testing import attach, build_bundle, init_root, new_root, sign_extra, verify

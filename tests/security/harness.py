@@ -126,7 +126,7 @@ def main(argv: list[str]) -> None:
     split = argv.index("--")
     fault, arg = argv[0], (argv[1] if split > 1 else None)
     install_fault(fault, arg)
-    from gapship.bundler.cli import main as gapship
+    from gapship.bundler.cli.main import main as gapship
 
     sys.argv = ["gapship", *argv[split + 1:]]
     gapship()

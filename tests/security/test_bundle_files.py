@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from attack_site import Site
-from gapship.installer.keys import signature_file_name
+from gapship.installer.crypto.keys import signature_file_name
 from hostile import Payload, craft, standard_payload
 
 

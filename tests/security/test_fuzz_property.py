@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from attack_site import Template, build_real_bundle
 from gapship.installer.errors import GapshipError
-from gapship.installer.manifest import Manifest, canonical_json, padded
+from gapship.installer.formats.manifest import Manifest, canonical_json, padded
 from gapship_testing import run
 from hostile import chunk_entries, cut, sha256, snapshot, write_bundle
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.manifest import MAX_FILES, MAX_MANIFEST_BYTES, MAX_OBJECTS, Manifest, canonical_json
+from gapship.installer.formats.manifest import MAX_FILES, MAX_MANIFEST_BYTES, MAX_OBJECTS, Manifest, canonical_json
 from hostile import Crafted, Payload, craft, sha256, standard_payload
 
 Edit = Callable[[dict[str, Any]], None]

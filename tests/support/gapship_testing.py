@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from gapship.bundler.cli import cli
+from gapship.bundler.cli.main import cli
 from gapship.bundler.keys import SigningKey
 
 POLICY = b"""schema_version = 1

@@ -18,7 +18,10 @@ import pytest
 from gapship.bundler.authorize import create, selector, write
 from gapship.bundler.build import build
 from gapship.bundler.spec import load_spec
-from gapship.installer import _cli_audit, _cli_host, audit, site
+from gapship.installer.cli import audit as _cli_audit
+from gapship.installer.cli import _host as _cli_host
+from gapship.installer.host import audit
+from gapship.installer.formats import site
 from gapship_testing import KeyPair
 
 # Two sites, one sensitive; "big" is enabled only at the sensitive one.

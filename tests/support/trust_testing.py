@@ -14,10 +14,10 @@ from gapship.bundler.build import build
 from gapship.bundler.keys import SigningKey
 from gapship.bundler.roots import RootChange, init_trust, next_version
 from gapship.bundler.spec import load_spec
-from gapship.installer._root import ROLE_RELEASE, ROLE_ROOT, SignedRoot
-from gapship.installer.bundle import read_raw_bundle
-from gapship.installer.install import InstallResult, install
-from gapship.installer.state import HostState
+from gapship.installer.formats.root import ROLE_RELEASE, ROLE_ROOT, SignedRoot
+from gapship.installer.bundle.files import read_raw_bundle
+from gapship.installer.install.install import InstallResult, install
+from gapship.installer.host.state import HostState
 from gapship.installer.trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from gapship_testing import KeyPair
 

@@ -1,0 +1,57 @@
+"""``gapship build``: freeze a spec's models, safeguards and dependencies into a signed, chunked
+bundle (docs/spec.md, docs/release-engineer.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ...installer.cli.group import cli, emit, human_size, output_options, progress_bar
+from ...installer.crypto.hashing import HASH_ALGORITHMS
+from ..build import build as build_bundle, check_output_free, parse_size
+from ..deps.freeze import frozen_dependencies
+from ..keys import SigningKey
+from ..sources import add_dependencies, collect_sources
+from ..spec import load_spec
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
+@click.option("--key", "key_files", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Private signing key (repeatable: e.g. an Ed25519 and an ML-DSA-87 key for hybrid signing).")
+@click.option("--chunk-size", default="64MiB", show_default=True,
+              help="Chunk size, e.g. 64MiB or 4GB.")
+@click.option("--hash", "hash_algorithm", type=click.Choice(HASH_ALGORITHMS), default="sha256", show_default=True,
+              help="Hash for chunks and files (sha384 for CNSA 2.0 sites).")
+@click.option("--expires", help="Refuse the bundle after this: a duration after creation (90d, 12h, 2w) or "
+                                "YYYY-MM-DDTHH:MM:SSZ.")
+@click.option("--offline", is_flag=True,
+              help="Take dependency wheels only from the spec's find_links folders (pip --no-index).")
+@click.option("--include-gapship", is_flag=True,
+              help="Also bundle gapship's own wheel and its dependencies for the target (bootstrap).")
+@output_options
+def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
+          expires: str | None, offline: bool, include_gapship: bool, as_json: bool, progress: bool | None) -> None:
+    """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
+    size = parse_size(chunk_size)
+    key, *others = [SigningKey.load(k) for k in key_files]
+    bundle_spec = load_spec(spec)
+    check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
+    sources = collect_sources(bundle_spec)  # the one walk of the model trees; reused below
+    with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
+                             work_dir=out.parent) as deps:
+        sources = add_dependencies(bundle_spec, sources, deps)
+        total = sum(group.size for group in sources)
+        with progress_bar(total, "build", progress) as bar:
+            result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
+                                  algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
+                                  sources=sources)
+    m = result.manifest
+    emit(as_json, result.to_dict(), [
+        f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
+        f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}, {m.hash_algorithm}"
+        + (f", expires {m.expires}" if m.expires else ""),
+        f"signed by {', '.join(k[:16] for k in result.signers)}",
+    ])

@@ -1,0 +1,346 @@
+"""Writing the payload: one pax tar stream cut into fixed-size chunks as it is produced
+(docs/format.md, "Payload" and "Chunks").
+
+:class:`PayloadWriter` lays the stream (tar headers, each source file's bytes, padding, the end of
+the archive) into the buffers of a :class:`~..installer._pipeline.Pipeline`, reading every source
+file once, straight into a buffer. Three stages see every buffer on their own threads: the file
+hashes, the chunk hashes and the chunk files, so the two SHA-256 passes every byte needs and the
+writes run on separate cores (docs/benchmarks.md). Nothing here holds more than the pipeline's few
+buffers in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..installer.install.pipeline import Block, Flusher, Pipeline
+from ..installer.errors import UsageError
+from ..installer.crypto.hashing import Progress, new_hasher, no_progress
+from ..installer.formats.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
+
+
+def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
+    """The pax/ustar header block(s) for one regular file; deterministic for the same inputs.
+
+    Byte for byte what ``tarfile.TarInfo.tobuf(format=PAX_FORMAT)`` writes for a regular file with
+    uid and gid 0 and empty user and group names (docs/format.md, section 5.1), without building a
+    TarInfo and its dicts per file: that was most of the per-file CPU time of a build with many small
+    files. A path that UTF-8 cannot encode (lone surrogates) takes tarfile itself, which then writes a
+    ``hdrcharset`` record; the bundler refuses such paths before it gets here anyway."""
+    try:
+        utf8 = path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _tarfile_header(path, size, mode, mtime)
+    records = []
+    if len(utf8) != len(path) or len(path) > _NAME_FIELD:  # not ASCII, or too long: a pax "path" record
+        records.append(_pax_record(b"path", utf8))
+        name = path.encode("ascii", "replace")[:_NAME_FIELD]  # what tarfile puts in the ustar field
+    else:
+        name = utf8
+    size_field, size_record = _number(size, b"size")
+    mtime_field, mtime_record = _number(mtime, b"mtime")
+    records += [r for r in (size_record, mtime_record) if r]
+    member = _ustar(name, mode & 0o7777, size_field, mtime_field, _REGULAR)
+    if not records:
+        return member
+    data = b"".join(records)
+    return _ustar(_PAX_NAME, 0, b"%011o" % len(data), _ZERO_TIME, _PAX) + data + bytes(-len(data) % BLOCK) + member
+
+
+_NAME_FIELD = 100
+_REGULAR, _PAX = tarfile.REGTYPE, tarfile.XHDTYPE
+_PAX_NAME = b"././@PaxHeader"  # the name tarfile gives every pax extended header
+_ZERO_TIME = b"%011o" % 0
+_NUMBER_LIMIT = 8**11  # 11 octal digits; tarfile moves larger (or negative) numbers to pax records
+# The fields after the type flag are the same in every header gapship writes: no link name, the POSIX
+# magic and version, no user or group names, no device numbers, no name prefix, and the block's tail.
+_TAIL = bytes(100) + tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_OWNERS = b"0000000\0" * 2  # uid and gid 0
+_TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the checksum counts its own field as eight spaces
+
+
+def _number(value: int, key: bytes) -> tuple[bytes, bytes]:
+    """The 11-digit octal field and, when the value does not fit, the pax record tarfile adds."""
+    if 0 <= value < _NUMBER_LIMIT:
+        return b"%011o" % value, b""
+    return _ZERO_TIME, _pax_record(key, b"%d" % value)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """``"<length> <key>=<value>\\n"``, where the length counts its own digits (POSIX pax)."""
+    rest = len(key) + len(value) + 3
+    length = rest + len(str(rest))
+    if len(str(length)) != len(str(rest)):  # adding the digits added a digit
+        length = rest + len(str(length))
+    return b"%d %s=%s\n" % (length, key, value)
+
+
+def _ustar(name: bytes, mode: int, size: bytes, mtime: bytes, kind: bytes) -> bytes:
+    head = b"".join((name, bytes(_NAME_FIELD - len(name)), b"%07o\0" % mode, _OWNERS, size, b"\0", mtime, b"\0"))
+    checksum = sum(head) + kind[0] + _TAIL_SUM
+    return b"".join((head, b"%06o\0 " % checksum, kind, _TAIL))
+
+
+def _tarfile_header(path: str, size: int, mode: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(path)
+    info.size, info.mode, info.mtime = size, mode, mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+_ZEROS = memoryview(bytes(RECORD + END_OF_ARCHIVE))  # padding is sliced from here, never allocated
+
+
+def padded_to(n: int, unit: int) -> int:
+    return (n + unit - 1) // unit * unit
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What was written: ``offsets[i]`` and ``hashes[i]`` are where the i-th added file's data starts
+    in the stream and its hash. Two flat sequences rather than an object per file, since a bundle may
+    hold 200,000 files (docs/format.md, "Limits")."""
+
+    size: int
+    chunks: tuple[Chunk, ...]
+    offsets: Sequence[int]
+    hashes: Sequence[str]
+
+
+class _FileHashes:
+    """Hashes each file's data span, empty ones included. The producer appends a span before any of
+    its bytes are handed out, so every span a block touches is already queued when the block
+    arrives; a span leaves the queue once hashed, so the queue stays as short as the pipeline (an
+    empty file's span is hashed by the first block past it: the end of the archive always follows)."""
+
+    def __init__(self, spans: deque[tuple[int, int]], algorithm: str) -> None:
+        self.spans = spans
+        self.algorithm = algorithm
+        self.hasher: Any = None
+        self.digests: list[str] = []
+
+    def feed(self, block: Block) -> None:
+        pos, end = block.position, block.position + len(block.data)
+        while self.spans:
+            start, stop = self.spans[0]
+            if start >= end:
+                return
+            if self.hasher is None:
+                self.hasher = new_hasher(self.algorithm)
+            self.hasher.update(block.data[max(start, pos) - pos:min(stop, end) - pos])
+            if stop > end:
+                return
+            self.digests.append(self.hasher.hexdigest())
+            self.hasher = None
+            self.spans.popleft()
+
+
+class _ChunkHashes:
+    def __init__(self, chunk_size: int, algorithm: str) -> None:
+        self.chunk_size = chunk_size
+        self.algorithm = algorithm
+        self.hasher: Any = None
+        self.filled = 0
+        self.done: list[tuple[str, int]] = []
+
+    def feed(self, block: Block) -> None:
+        data = block.data
+        while len(data):
+            if self.hasher is None:
+                self.hasher, self.filled = new_hasher(self.algorithm), 0
+            take = min(len(data), self.chunk_size - self.filled)
+            self.hasher.update(data[:take])
+            self.filled += take
+            data = data[take:]
+            if self.filled == self.chunk_size:
+                self._close()
+
+    def finish(self) -> list[tuple[str, int]]:
+        if self.hasher is not None:
+            self._close()
+        return self.done
+
+    def _close(self) -> None:
+        self.done.append((self.hasher.hexdigest(), self.filled))
+        self.hasher = None
+
+
+class _ChunkFiles:
+    """Writes ``folder/00000.bin``, ``00001.bin``, ... of ``chunk_size`` bytes each. The disk starts
+    writing as data arrives (:class:`~..installer._pipeline.Flusher`); :meth:`finish` then fsyncs
+    every chunk, at the end rather than one by one, so this thread never waits on the disk while the
+    hashes are still running."""
+
+    def __init__(self, folder: Path, chunk_size: int) -> None:
+        self.folder = folder
+        self.chunk_size = chunk_size
+        self.names: list[str] = []
+        self.fd = -1
+        self.filled = 0
+        self.flusher = Flusher()
+
+    def feed(self, block: Block) -> None:
+        data = block.data
+        while len(data):
+            if self.fd < 0:
+                self._open()
+            piece = data[:self.chunk_size - self.filled]
+            data = data[len(piece):]
+            self.filled += len(piece)
+            while len(piece):
+                piece = piece[os.write(self.fd, piece):]
+            self.flusher.wrote(self.fd, self.filled)
+            if self.filled == self.chunk_size:
+                self._close()
+
+    def finish(self) -> None:
+        if self.fd >= 0:
+            self._close()
+        self.flusher.close()
+        for name in self.names:
+            fd = os.open(self.folder / name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def abort(self) -> None:
+        self.flusher.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _open(self) -> None:
+        if len(self.names) >= MAX_CHUNKS:
+            raise UsageError(f"the bundle needs more than {MAX_CHUNKS} chunks of {self.chunk_size} bytes; "
+                             "give a larger --chunk-size", subject="--chunk-size")
+        name = chunk_name(len(self.names))
+        self.fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.names.append(name)
+        self.filled = 0
+        self.flusher.new_file()
+
+    def _close(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+
+
+class PayloadWriter:
+    """Produces the stream: ``add`` each file in payload order, then ``finish``. On an error, call
+    ``abort`` and discard the folder."""
+
+    def __init__(self, folder: Path, *, chunk_size: int, algorithm: str, mtime: int,
+                 progress: Progress = no_progress) -> None:
+        self.mtime = mtime
+        self.progress = progress
+        self.position = 0  # bytes of the stream laid out so far
+        self._spans: deque[tuple[int, int]] = deque()  # appended here, consumed by _FileHashes' thread
+        self._offsets = array("q")  # where every file's data starts, in order (8 bytes per file)
+        self._file_hashes = _FileHashes(self._spans, algorithm)
+        self._chunk_hashes = _ChunkHashes(chunk_size, algorithm)
+        self._chunk_files = _ChunkFiles(folder, chunk_size)
+        self._pipeline = Pipeline((self._file_hashes, self._chunk_hashes, self._chunk_files), name="gapship-build")
+        self._slot: Any = None
+        self._view = memoryview(b"")
+        self._fill = 0
+        self._block_start = 0
+        self._extra = bytearray(1)  # see _read
+
+    def add(self, source: str | Path, path: str, size: int, mode: int) -> None:
+        """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
+        self._put(member_header(path, size, mode, self.mtime))
+        self._offsets.append(self.position)
+        self._spans.append((self.position, self.position + size))
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise UsageError(f"cannot read {source}: {e.strerror}", subject=str(source)) from None
+        try:
+            seen, more = self._read(fd, size)
+        finally:
+            os.close(fd)
+        if seen != size or more:
+            raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
+        self._put(_ZEROS[:padded(self.position) - self.position])
+
+    def finish(self) -> Payload:
+        """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
+        stages, fsync the chunks, and return what was written."""
+        self._put(_ZEROS[:padded(self.position) - self.position])
+        end = self.position + END_OF_ARCHIVE
+        self._put(_ZEROS[:padded_to(end, RECORD) - self.position])
+        self._submit()
+        self._pipeline.close()
+        self._chunk_files.finish()
+        chunks = tuple(Chunk(name=name, size=size, hash=digest)
+                       for name, (digest, size) in zip(self._chunk_files.names, self._chunk_hashes.finish()))
+        return Payload(size=self.position, chunks=chunks, offsets=self._offsets, hashes=self._file_hashes.digests)
+
+    def abort(self) -> None:
+        self._pipeline.abort()
+        self._chunk_files.abort()
+
+    # -- laying bytes into buffers ---------------------------------------------------------------
+
+    def _room(self) -> int:
+        if self._slot is None:
+            self._slot, self._view = self._pipeline.acquire()
+            self._fill, self._block_start = 0, self.position
+        return len(self._view) - self._fill
+
+    def _advance(self, n: int) -> None:
+        self._fill += n
+        self.position += n
+        if self._fill == len(self._view):
+            self._submit()
+
+    def _put(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            n = min(len(view), self._room())
+            self._view[self._fill:self._fill + n] = view[:n]
+            view = view[n:]
+            self._advance(n)
+
+    def _read(self, fd: int, size: int) -> tuple[int, bool]:
+        """Read up to ``size`` bytes of ``fd`` into the stream: how many came, and whether the file
+        held more. The read that asks for the last bytes also asks for one byte more, into a byte of
+        its own, so a file that grew is caught without a syscall more per file: a read of a regular
+        file that returns fewer bytes than asked has reached the end of the file (read(2); local
+        filesystems do not return short reads for signals). Like the separate one-byte read it
+        replaces, it is a check at one moment: the bundle holds the bytes and hash of what was read."""
+        seen = 0
+        while True:
+            want = min(self._room(), size - seen)
+            last = want == size - seen
+            target = self._view[self._fill:self._fill + want]
+            n = os.readv(fd, [target, self._extra] if last else [target])
+            if n == 0:
+                return seen, False
+            took = min(n, want)
+            seen += took
+            self._advance(took)
+            self.progress(took)
+            if n > want:
+                return seen, True
+            if last and n == want:
+                return seen, False
+
+    def _submit(self) -> None:
+        if self._slot is not None:
+            if self._pipeline.failed():
+                self._pipeline.close()  # raises the stage's error now rather than after the whole stream
+            self._pipeline.submit(self._slot, Block(self._view[:self._fill], self._block_start, 0, False))
+            self._slot = None
+
+
+assert RECORD % BLOCK == 0

@@ -1,0 +1,179 @@
+"""The host side of a disconnected-side command: site file, site authorizations and audit log, added
+to a click command by one decorator, :func:`host_options` (docs/safeguards.md).
+
+The decorator adds ``--site-config``, ``--authorization`` and ``--audit-log``, hands the command one
+:class:`HostContext`, and appends exactly one audit record when the command ends, accepted or refused,
+whatever raised. Commands tell it what they learnt with :meth:`HostContext.note` (the verified manifest)
+and :meth:`HostContext.decide` (the site decision).
+
+Where the log goes: ``--audit-log FILE`` if given; otherwise :data:`~.audit.DEFAULT_LOG` when this host
+is a site (``--site-config`` given or ``/etc/gapship/site.toml`` present); otherwise nowhere (a
+developer machine or a transfer host is not a site, and ``verify`` there must not need root).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..host import audit
+from ..formats import site as site_module
+from ..errors import GapshipError, UsageError
+from ..formats.site import Site
+from ..trust import TrustStore, VerifiedManifest
+
+if TYPE_CHECKING:  # imported where used: only a site host needs them (and packaging.specifiers with them)
+    from ..formats.authorization import AuthorizeKeys
+    from ..safeguards import SiteDecision
+
+F = TypeVar("F", bound=Callable[..., Any])
+_QUIET_PARAMS = {"as_json", "progress"}
+
+
+def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
+    """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
+    bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
+    ``TRUSTDIR/authorize/*.pub``, threshold 1."""
+    from ..formats.authorization import AuthorizeKeys
+
+    if trust.legacy:
+        return AuthorizeKeys.from_legacy_dir(trust_dir)
+    return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
+
+
+@dataclass
+class HostContext:
+    command: str
+    site_config: Path | None
+    authorization_paths: tuple[Path, ...]
+    log: audit.AuditLog | None
+    site: Site | None = None
+    verified: VerifiedManifest | None = None
+    decision: SiteDecision | None = None
+    params: dict[str, object] = field(default_factory=dict)
+
+    def note(self, verified: VerifiedManifest) -> VerifiedManifest:
+        """Record the verified bundle for the audit line; return it unchanged."""
+        self.verified = verified
+        return verified
+
+    def decide(self, bundle: Path, verified: VerifiedManifest, *, trust_dir: Path) -> SiteDecision | None:
+        """Enforce the bundle's policy for this site (None when the host is not a site)."""
+        if self.site is None:
+            if self.authorization_paths:
+                raise UsageError("--authorization needs a site file (--site-config or /etc/gapship/site.toml)")
+            return None
+        from ..formats.authorization import carried_authorizations, read_authorization
+        from ..safeguards import decide, read_bundled_policy
+
+        policy = read_bundled_policy(bundle, verified)
+        candidates = [read_authorization(p, explicit=True) for p in self.authorization_paths]
+        candidates += carried_authorizations(bundle)
+        self.decision = decide(policy, verified, site=self.site, candidates=candidates,
+                               keys=authorize_keys(trust_dir, verified.trust or TrustStore.from_dir(trust_dir)), now=datetime.now(timezone.utc))
+        return self.decision
+
+    def summary(self) -> dict[str, object] | None:
+        return self.decision.summary() if self.decision else None
+
+    def lines(self) -> list[str]:
+        """Human lines about the site decision, for the command's text output."""
+        d = self.decision
+        if d is None:
+            return []
+        out = [f"site {d.site.site_id}: allowed; safeguards required: {', '.join(d.required) or 'none'}",
+               f"models installed: {', '.join(d.enabled) or 'none'}"
+               + (f"; not enabled here, left out: {', '.join(d.skipped)}" if d.skipped else "")]
+        out += [f"authorization {a.digest[:23]} expires {a.authorization.expires}" for a in d.authorizations]
+        return out
+
+    def record(self, decision: str, reason: dict[str, object]) -> dict[str, object]:
+        v = self.verified
+        return {
+            "time": audit.now_utc(),
+            "who": audit.who(),
+            "command": self.command,
+            "params": self.params,
+            "bundle": {"name": v.manifest.name, "version": v.manifest.version} if v else None,
+            "manifest_digest": v.digest if v else None,
+            "signers": list(v.signers) if v else [],
+            "site": self.site.site_id if self.site else None,
+            "authorizations": [a.digest for a in self.decision.authorizations] if self.decision else [],
+            "decision": decision,
+            "reason": {"code": reason.get("code"), "kind": reason.get("kind"),
+                       "message": audit.short(str(reason.get("message")))},
+        }
+
+
+_OPTIONS = (
+    click.option("--site-config", type=click.Path(path_type=Path),
+                 help="This host's site file (default: /etc/gapship/site.toml when it exists)."),
+    click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
+                 help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
+    click.option("--audit-log", type=click.Path(path_type=Path),
+                 help="Append the audit record here (default: /var/log/gapship/audit.jsonl on a site host)."),
+)
+
+
+def host_options(f: F) -> F:
+    """Add ``--site-config``, ``--authorization`` and ``--audit-log`` to a command, pass it ``host``,
+    and append one audit record when it ends."""
+
+    @functools.wraps(f)
+    def run(*args: Any, site_config: Path | None, authorization_paths: tuple[Path, ...],
+            audit_log: Path | None, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        site_host = site_config is not None or site_module.DEFAULT_SITE_CONFIG.exists()
+        path = audit_log or (audit.DEFAULT_LOG if site_host else None)
+        log = audit.AuditLog.open(path) if path else None  # before anything else: no log, no action
+        host = HostContext(command=ctx.command_path.partition(" ")[2] or ctx.info_name or "?",
+                           site_config=site_config, authorization_paths=authorization_paths, log=log,
+                           params=_params(ctx.params))
+        try:
+            host.site = site_module.load_site(site_config)
+            result = f(*args, host=host, **kwargs)
+        except GapshipError as e:
+            try:
+                _finish(host, "refused", e.to_dict())
+            except GapshipError as lost:  # keep the refusal's own message; say the record is missing
+                e.hint = f"and no audit record was written: {lost.message}"
+            raise
+        except click.exceptions.Exit as e:
+            _finish(host, "accepted" if e.exit_code == 0 else "refused", {"code": e.exit_code, "kind": "exit"})
+            raise
+        except BaseException as e:
+            kind = "interrupted" if isinstance(e, KeyboardInterrupt) else "internal"
+            _finish(host, "refused", {"code": 1, "kind": kind, "message": f"{type(e).__name__}: {e}"})
+            raise
+        _finish(host, "accepted", {"code": 0, "kind": "ok", "message": f"{host.command} completed"})
+        return result
+
+    for option in reversed(_OPTIONS):
+        run = option(run)
+    return run  # type: ignore[return-value]
+
+
+def _finish(host: HostContext, decision: str, reason: dict[str, object]) -> None:
+    if host.log is None:
+        return
+    try:
+        host.log.append(host.record(decision, reason))
+    finally:
+        host.log.close()
+
+
+def _params(params: dict[str, Any]) -> dict[str, object]:
+    """The command's arguments, for the audit line (paths as given)."""
+    out: dict[str, object] = {}
+    for name, value in sorted(params.items()):
+        if name in _QUIET_PARAMS or value is None or value == ():
+            continue
+        out[name] = [str(v) for v in value] if isinstance(value, tuple) else (
+            value if isinstance(value, (bool, int)) else str(value))
+    return out

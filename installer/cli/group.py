@@ -1,0 +1,194 @@
+"""The ``gapship`` command group: error-to-exit mapping, output helpers, and the table of commands.
+
+Each command lives in its own module beside this one (``verify.py``, ``install.py``, ...) and is
+loaded on first use (:meth:`GapshipGroup.add_lazy`). Thin by design: a command parses options, calls
+one library function and renders the result as text or, with ``--json``, as one JSON object on stdout.
+Errors are caught once, in :class:`GapshipGroup`, and mapped to the exit codes of
+:data:`~gapship.installer.errors.EXIT_CODES`. ``python -m gapship.installer`` runs this group alone,
+which is all a site needs (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .. import __version__
+from ..crypto.hashing import Progress
+from ..errors import EXIT_CODES, GapshipError
+from ..trust import TrustStore, VerifiedManifest
+
+F = TypeVar("F", bound=Callable[..., Any])
+JSON_KEY = "gapship.json"
+
+
+def _exit_code_help() -> str:
+    rows = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    return f"\b\nExit codes:\n{rows}"
+
+
+class GapshipGroup(click.Group):
+    """Catches every error once: a one-line message on stderr (or a JSON object on stdout with
+    ``--json``) and the error's documented exit code.
+
+    Commands can also be *lazy* (:meth:`add_lazy`): a name and the modules that register it (or, for
+    a group such as ``trust``, add sub-commands to it) when imported. They are imported only when the
+    command is looked up, so ``gapship verify`` does not pay the start-up time of ``gapship build`` and
+    its imports; ``--help`` looks every command up and so lists them all."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, list[str]] = {}
+
+    def add_lazy(self, name: str, *modules: str) -> None:
+        """Import ``modules`` (absolute names), in order, before command ``name`` is first used."""
+        self.lazy.setdefault(name, []).extend(modules)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in self.lazy.get(cmd_name, ()):
+            importlib.import_module(module)  # a no-op once imported
+        return super().get_command(ctx, cmd_name)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Seen before any sub-command parses its options, so that a usage error in them can still
+        # be reported as JSON to a script that asked for JSON.
+        if "--json" in args:
+            ctx.meta[JSON_KEY] = True
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GapshipError as e:
+            _fail(ctx, e.to_dict(), e.exit_code)
+        except click.UsageError as e:
+            if not _wants_json(ctx):
+                raise
+            _fail(ctx, {"code": 2, "kind": "usage", "message": e.format_message(), "subject": None, "hint": None}, 2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail(ctx, {"code": 130, "kind": "interrupted", "message": "interrupted", "subject": None, "hint": None}, 130)
+        except Exception as e:  # a bug: say so, keep the traceback for the report
+            if os.environ.get("GAPSHIP_DEBUG"):
+                traceback.print_exc()
+            message = f"internal error: {type(e).__name__}: {e} (set GAPSHIP_DEBUG=1 for a traceback)"
+            _fail(ctx, {"code": 1, "kind": "internal", "message": message, "subject": None, "hint": None}, 1)
+
+
+def _fail(ctx: click.Context, error: dict[str, Any], code: int) -> None:
+    if _wants_json(ctx):
+        click.echo(json.dumps({"ok": False, "error": error}, sort_keys=True))
+    else:
+        click.echo(f"gapship: error: {error['message']}", err=True)
+        if error.get("hint"):
+            click.echo(f"gapship: hint: {error['hint']}", err=True)
+    ctx.exit(code)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().meta.get(JSON_KEY))
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.find_root().meta[JSON_KEY] = True
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_set_json,
+                           help="Print one JSON object on stdout (fields in docs/cli.md).")
+
+
+def output_options(f: F) -> F:
+    """``--json`` and ``--progress/--no-progress`` for every command that reports."""
+    f = click.option("--progress/--no-progress", default=None,
+                     help="Show a progress bar on stderr (default: when stderr is a terminal).")(f)
+    return json_option(f)
+
+
+@contextmanager
+def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Progress]:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show:
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
+              leave=False) as bar:
+
+        def update(n: int) -> None:
+            bar.update(n)
+
+        yield update
+
+
+def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": True, **payload}, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def signer_names(trust: TrustStore, signers: tuple[str, ...]) -> str:
+    return ", ".join(f"{trust.names.get(k, '?')} ({k[:16]})" for k in signers)
+
+
+@click.group(cls=GapshipGroup, epilog=_exit_code_help(), context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gapship")
+def cli() -> None:
+    """gapship: carry signed ML deployments across an air gap.
+
+    Verify and install bundles on a disconnected host; on the connected side, build and sign them.
+    """
+
+
+trust_option = click.option("--trust", "trust_dir", required=True, type=click.Path(path_type=Path),
+                            help="Trust directory: the site's root.json (or, legacy, its *.pub keys).")
+bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+def trust_fields(verified: VerifiedManifest) -> dict[str, Any]:
+    """The trust root that decided (docs/trust.md, "Commands"): its version (null in legacy mode) and
+    the versions this bundle's roots/ brought in."""
+    return {"root_version": verified.root_version, "root_updates": list(verified.root_updates)}
+
+
+def trust_lines(verified: VerifiedManifest, *, persisted: bool) -> list[str]:
+    if not verified.root_updates:
+        return []
+    done = "updated" if persisted else "would update (verify writes nothing; install does)"
+    return [f"trust root {done} to v{verified.root_updates[-1]}"]
+
+
+def main() -> None:
+    cli(prog_name="gapship")
+
+
+# Every command lives in its own module, loaded on first use (GapshipGroup.add_lazy).
+for _name in ("verify", "install", "inspect", "status", "audit"):
+    cli.add_lazy(_name, f"{__package__}.{_name}")
+cli.add_lazy("trust", f"{__package__}.trust")  # `gapship trust show`, `update`, `add-sigstore`

@@ -1,0 +1,52 @@
+"""``gapship inspect``: what a bundle holds and who signed it, read as it is (verified only with
+``--trust``; docs/cli.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bundle.files import read_raw_bundle
+from ..trust import SignatureCheck, TrustStore, parse_unverified
+from .group import bundle_argument, cli, emit, human_size, json_option
+
+
+@cli.command()
+@bundle_argument
+@click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
+              help="Also say which signatures are valid for this trust directory.")
+@json_option
+def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
+    """Show what BUNDLE holds, who signed it and its sizes. Does NOT verify anything unless --trust."""
+    raw = read_raw_bundle(bundle)
+    m = parse_unverified(raw)
+    checks: tuple[SignatureCheck, ...] = ()
+    if trust_dir is not None:
+        from ..trust import check_signatures
+
+        checks = check_signatures(raw.manifest_bytes, raw.signatures, TrustStore.from_dir(trust_dir))
+    signatures = [c.to_dict() for c in checks] if checks else [{"file": n} for n in sorted(raw.signatures)]
+    payload = {
+        "verified": False,
+        "bundle": {"name": m.name, "version": m.version},
+        "created": m.created,
+        "expires": m.expires,
+        "format_version": m.format_version,
+        "hash_algorithm": m.hash_algorithm,
+        "chunk_size": m.chunk_size,
+        "chunks": len(m.chunks),
+        "payload_size": m.payload_size,
+        "components": [{"kind": c.kind, "name": c.name, "files": len(c.files), "bytes": c.size} for c in m.components],
+        "signatures": signatures,
+    }
+    lines = [
+        f"{m.name} {m.version} (format v{m.format_version}, created {m.created})",
+        f"payload: {human_size(m.payload_size)} in {len(m.chunks)} chunk(s) of {human_size(m.chunk_size)}, {m.hash_algorithm}",
+        *(f"  {c.kind:<12} {c.name:<24} {len(c.files):>6} files {human_size(c.size):>12}" for c in m.components),
+        "signatures:",
+        *(f"  {s['file']}  {s.get('status', '')}" for s in signatures),
+    ]
+    if not checks:
+        lines.append("(not verified: inspect reads the manifest as it is; run `gapship verify` to check it)")
+    emit(as_json, payload, lines)

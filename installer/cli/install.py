@@ -1,0 +1,61 @@
+"""``gapship install``: verify, decide for the site, then stream the bundle into
+``PREFIX/<name>/<version>`` and switch ``current`` (docs/cli.md, docs/site-admin.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bundle.files import read_raw_bundle
+from ..host.state import HostState
+from ..install.install import install as install_bundle
+from ..trust import Allowances, TrustStore, verify_manifest
+from ._host import HostContext, host_options
+from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
+    trust_lines, trust_option
+
+
+@cli.command()
+@bundle_argument
+@trust_option
+@click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
+@click.option("--allow-reinstall", is_flag=True,
+              help="Install a version equal to the highest installed one (logged).")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Install a version older than the highest installed one (logged; the floor stays).")
+@click.option("--python", "python", metavar="PYTHON", default=None,
+              help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
+@output_options
+@host_options
+def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+            python: str | None, as_json: bool, progress: bool | None, host: HostContext) -> None:
+    """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
+
+    Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
+    (exit 5) a version at or below the highest one installed, an expired bundle, or a host clock
+    earlier than a signing time already accepted. On a site host, the bundle's site policy is
+    enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
+    directory as soon as they verify."""
+    trust = TrustStore.from_dir(trust_dir)
+    state = HostState.for_prefix(prefix)
+    allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
+    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust, state=state.load(), allow=allow,
+                                         persist_root=trust.persist))
+    decision = host.decide(bundle, verified, trust_dir=trust_dir)
+    with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
+        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
+                                python=python)
+    was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
+    verb = "installed" if result.status == "installed" else "already installed"
+    if not as_json:
+        for override in result.overrides:
+            click.echo(f"gapship: warning: --allow-{override} was needed; logged in {state.path}", err=True)
+    venv = [f"dependencies in {result.venv}"] if result.venv is not None else []
+    emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
+        f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
+        *venv,
+        f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
+        *trust_lines(verified, persisted=True),
+        *host.lines(),
+    ])

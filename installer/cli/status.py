@@ -1,0 +1,116 @@
+"""``gapship status``: what is installed under a prefix, read from the receipts (docs/safeguards.md,
+"Status").
+
+It reads only what gapship itself wrote (``receipt.json`` beside each version, the ``current`` link),
+verifies nothing and changes nothing. A version whose receipt cannot be read is listed with the problem
+rather than failing the whole report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from packaging.version import InvalidVersion, Version
+
+from ..formats.authorization import parse_time
+from .group import cli, emit, json_option
+from ..errors import UsageError
+from ..install.install import CURRENT, RECEIPT, STAGING_PREFIX
+from ..formats.site import load_site
+
+MAX_RECEIPT_BYTES = 1024 * 1024
+
+
+@cli.command()
+@click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
+@click.option("--site-config", type=click.Path(path_type=Path),
+              help="This host's site file (default: /etc/gapship/site.toml when it exists).")
+@json_option
+def status(prefix: Path, site_config: Path | None, as_json: bool) -> None:
+    """Show what is installed under PREFIX: versions, the active one, signers, site and authorizations."""
+    if not prefix.is_dir():
+        raise UsageError(f"prefix {str(prefix)!r} does not exist", subject=str(prefix))
+    site = load_site(site_config)
+    now = datetime.now(timezone.utc)
+    bundles = [_bundle(home, now) for home in sorted(prefix.iterdir())
+               if home.is_dir() and not home.is_symlink() and not home.name.startswith(".")]  # .gapship/: host state
+    bundles = [b for b in bundles if b["versions"]]
+    payload = {"prefix": str(prefix), "site": site.site_id if site else None, "bundles": bundles}
+    lines = [f"prefix {prefix}" + (f" (site {site.site_id})" if site else "")]
+    for b in bundles:
+        lines.append(f"{b['name']}: active {b['active'] or 'none'}")
+        lines += [_line(v) for v in b["versions"]]
+    if not bundles:
+        lines.append("nothing installed")
+    emit(as_json, payload, lines)
+
+
+def _bundle(home: Path, now: datetime) -> dict[str, Any]:
+    link = home / CURRENT
+    active = os.readlink(link) if link.is_symlink() else None
+    versions = [_version(d, active, now) for d in home.iterdir()
+                if d.is_dir() and not d.is_symlink() and not d.name.startswith((STAGING_PREFIX, "."))
+                and (d / RECEIPT).exists()]
+    versions.sort(key=lambda v: _order(v["version"]))
+    return {"name": home.name, "active": active, "versions": versions}
+
+
+def _order(text: str) -> tuple[int, Version | str]:
+    try:
+        return (0, Version(text))
+    except InvalidVersion:
+        return (1, text)  # after every PEP 440 version; a Version is never compared with a str
+
+
+def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": path.name, "active": path.name == active, "path": str(path)}
+    try:
+        with (path / RECEIPT).open("rb") as f:
+            receipt = json.loads(f.read(MAX_RECEIPT_BYTES + 1))
+        if not isinstance(receipt, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        return {**out, "problem": f"{RECEIPT} unreadable: {e}"}
+    site = receipt.get("site") if isinstance(receipt.get("site"), dict) else None
+    auths = site.get("authorizations", []) if site else []
+    return {
+        **out,
+        "installed_at": receipt.get("installed_at"),
+        "installed_by": receipt.get("installed_by"),
+        "manifest_digest": receipt.get("manifest_digest"),
+        "signers": receipt.get("signers", []),
+        "site": site.get("site_id") if site else None,
+        "models_installed": site.get("models_installed") if site else None,
+        "models_skipped": site.get("models_skipped", []) if site else [],
+        "authorizations": [{"id": a.get("id"), "expires": a.get("expires"), "expired": _expired(a.get("expires"), now)}
+                           for a in auths if isinstance(a, dict)],
+        "expires": site.get("expires") if site else None,
+    }
+
+
+def _expired(stamp: object, now: datetime) -> bool | None:
+    try:
+        return parse_time(str(stamp)) <= now
+    except ValueError:
+        return None
+
+
+def _line(v: dict[str, Any]) -> str:
+    mark = "*" if v["active"] else " "
+    if "problem" in v:
+        return f" {mark} {v['version']}: {v['problem']}"
+    signers = ", ".join(s[:16] for s in v["signers"]) or "none"
+    text = f" {mark} {v['version']}  installed {v['installed_at']}  signed by {signers}"
+    if v["site"]:
+        text += f"  site {v['site']}"
+    if v["models_skipped"]:
+        text += f"  (left out: {', '.join(v['models_skipped'])})"
+    for a in v["authorizations"]:
+        state = "EXPIRED" if a["expired"] else "valid until"
+        text += f"\n     authorization {str(a['id'])[:23]} {state} {a['expires']}"
+    return text

@@ -1,0 +1,58 @@
+"""``gapship verify``: signatures first, then every chunk (or only ``--chunk`` files), then, on a
+site host, the bundle's site policy (docs/cli.md, docs/pipeline.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bundle.files import read_raw_bundle
+from ..bundle.verify import verify_chunk_file, verify_chunks
+from ..trust import TrustStore, verify_manifest
+from ._host import HostContext, host_options
+from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
+    trust_lines, trust_option
+
+
+@cli.command()
+@bundle_argument
+@trust_option
+@click.option("--chunk", "chunk_files", multiple=True, type=click.Path(path_type=Path),
+              help="Check only this chunk file against the signed manifest (repeatable).")
+@output_options
+@host_options
+def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None,
+           host: HostContext) -> None:
+    """Check BUNDLE's signatures, then every chunk (or only --chunk files), then, on a site host,
+    the bundle's site policy."""
+    trust = TrustStore.from_dir(trust_dir)
+    raw = read_raw_bundle(bundle)
+    verified = host.note(verify_manifest(raw, trust=trust))
+    m = verified.manifest
+    if chunk_files:
+        checked = [verify_chunk_file(path, verified) for path in chunk_files]
+        count, size = len(checked), sum(c.size for c in checked)
+    else:
+        with progress_bar(m.payload_size, "verify", progress) as bar:
+            report = verify_chunks(bundle, verified, progress=bar)
+        count, size = report.chunks, report.bytes
+        host.decide(bundle, verified, trust_dir=trust_dir)
+    scope = "chunk" if chunk_files else "bundle"
+    emit(as_json, {
+        "bundle": {"name": m.name, "version": m.version},
+        "manifest_digest": verified.digest,
+        "signers": list(verified.signers),
+        "signatures": [c.to_dict() for c in verified.checks],
+        "scope": scope,
+        "chunks_checked": count,
+        "chunks_total": len(m.chunks),
+        "bytes_checked": size,
+        "site": host.summary(),
+        **trust_fields(verified),
+    }, [
+        f"OK {m.name} {m.version}: signed by {signer_names(verified.trust or trust, verified.signers)}",
+        f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
+        *trust_lines(verified, persisted=False),
+        *host.lines(),
+    ])

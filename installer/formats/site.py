@@ -1,0 +1,89 @@
+"""A host's site identity (docs/safeguards.md, "The site file"): a pure parser and validator.
+
+``/etc/gapship/site.toml`` (or ``--site-config FILE``) says which site this host belongs to and which
+safeguards are in place here::
+
+    site_id = "agency-x"
+    safeguards = ["inference-audit-log", "content-filter"]
+
+Nothing else is accepted: an unknown key is more likely a typo (``safeguard = [...]``) than a feature,
+and a typo in the file that decides what a host may install must not pass silently. The identifiers
+follow the same patterns as the bundle's policy (:mod:`.policy`), so a site id or a safeguard that
+could never match the policy is refused here already.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import HostError, UsageError
+from .policy import _CONTROL_RE, _ID_RE
+
+DEFAULT_SITE_CONFIG = Path("/etc/gapship/site.toml")
+MAX_SITE_FILE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: str
+    safeguards: tuple[str, ...]  # in the order the file lists them
+    source: str  # where it was read from, for messages, receipts and the audit log
+
+    def to_dict(self) -> dict[str, object]:
+        return {"site_id": self.site_id, "safeguards": list(self.safeguards), "source": self.source}
+
+
+def parse_site(data: bytes, *, source: str) -> Site:
+    """Parse and validate a site file; raise :class:`UsageError` naming the problem."""
+    if len(data) > MAX_SITE_FILE_BYTES:
+        raise UsageError(f"{source}: site file over {MAX_SITE_FILE_BYTES} bytes", subject=source)
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{source}: not valid TOML: {e}", subject=source) from None
+    problem = _problem(raw)
+    if problem:
+        raise UsageError(f"{source}: {problem}", subject=source)
+    return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source)
+
+
+def _problem(raw: dict[str, Any]) -> str | None:
+    missing = sorted({"site_id", "safeguards"} - raw.keys())
+    if missing:
+        return f"site file lacks {', '.join(missing)}"
+    unknown = sorted(raw.keys() - {"site_id", "safeguards"})
+    if unknown:
+        return f"site file has unknown key {unknown[0]!r} (allowed: site_id, safeguards)"
+    site_id, safeguards = raw["site_id"], raw["safeguards"]
+    if not isinstance(site_id, str) or not _ID_RE.fullmatch(site_id):
+        return f"site_id {site_id!r} must be a string matching {_ID_RE.pattern}"
+    if not isinstance(safeguards, list):
+        return "safeguards must be a list of strings (it may be empty)"
+    for value in safeguards:
+        if not isinstance(value, str) or not _CONTROL_RE.fullmatch(value):
+            return f"safeguards: {value!r} must be a string matching {_CONTROL_RE.pattern}"
+    if len(set(safeguards)) != len(safeguards):
+        return "safeguards lists a value twice"
+    return None
+
+
+def load_site(path: Path | None) -> Site | None:
+    """The site file at ``path`` (an explicit ``--site-config``: it must exist), or, when ``path`` is
+    None, the default file if this host has one; None when the host is not a site."""
+    if path is None:
+        if not DEFAULT_SITE_CONFIG.exists():
+            return None
+        path = DEFAULT_SITE_CONFIG
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SITE_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"site file {str(path)!r} does not exist", subject=str(path)) from None
+    except IsADirectoryError:
+        raise UsageError(f"site file {str(path)!r} is a directory", subject=str(path)) from None
+    except OSError as e:
+        raise HostError(f"cannot read site file {path}: {e.strerror}", subject=str(path)) from None
+    return parse_site(data, source=str(path))

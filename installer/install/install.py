@@ -1,0 +1,395 @@
+"""Installing a verified bundle under a prefix (docs/format.md, "Install layout").
+
+``PREFIX/<name>/<version>/`` holds the files, ``receipt.json``, and copies of ``manifest.json`` and
+``signatures/``; ``PREFIX/<name>/current`` is a symlink to the active version. Files are written into a
+private ``.staging-*`` directory that becomes the version directory by one rename, after every chunk
+and file hash matched and the data reached the disk; ``current`` is then switched by another rename.
+A lock (``PREFIX/<name>/.lock``) keeps a second install of the same bundle name out, and the next
+install removes whatever staging litter an interrupted one left behind.
+
+A bundle with Python dependencies also gets ``PREFIX/<name>/<version>/venv`` (docs/dependencies.md).
+Venvs are not relocatable (``pyvenv.cfg`` and every script hold absolute paths), so the venv cannot
+be built in the staging directory and renamed. Instead:
+
+1. before anything is written, :func:`~.deps.plan_dependencies` checks that the host fits;
+2. the staging directory gets the verified files, the manifest copies and an ``.incomplete`` marker,
+   but no receipt, and is renamed to the version directory (``current`` still points elsewhere);
+3. the venv is created at its final path inside the version directory;
+4. ``receipt.json`` is written last (atomically), then the marker removed, then ``current`` switched.
+
+A version directory is complete exactly when it holds ``receipt.json``. One that holds the marker
+and no receipt is an interrupted install: the next run removes it under the lock (it can never be the
+target of ``current``, which is switched only after the receipt exists). If the venv cannot be made,
+the version directory is removed at once and the previous ``current`` stays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from .extract import extract_payload
+from ..host.fs import remove_tree
+from ..host.audit import who as audit_who
+from ..bundle.files import SIGNATURES
+from .deps import DependencyPlan, create_venv, plan_dependencies
+from ..errors import HostError, PolicyError
+from ..crypto.hashing import Progress, no_progress
+from ..formats.manifest import canonical_json
+from ..safeguards import SiteDecision, write_site_records
+from ..host.state import HostState, StateSnapshot
+from ..trust import VerifiedManifest, installed_record, recheck_floor
+from ..bundle.verify import check_chunk_names
+
+CURRENT = "current"
+RECEIPT = "receipt.json"
+LOCK = ".lock"
+STAGING_PREFIX = ".staging-"
+INCOMPLETE = ".incomplete"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    name: str
+    version: str
+    path: Path
+    manifest_digest: str
+    signers: tuple[str, ...]
+    files: int
+    bytes: int
+    status: str  # "installed" | "already-installed"
+    previous: str | None
+    overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade": an --allow-* flag was needed (docs/trust.md)
+    venv: Path | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "status": self.status,
+            "bundle": {"name": self.name, "version": self.version},
+            "path": str(self.path),
+            "manifest_digest": self.manifest_digest,
+            "signers": list(self.signers),
+            "files": self.files,
+            "bytes": self.bytes,
+            "previous": self.previous,
+            "overrides": list(self.overrides),
+            "venv": str(self.venv) if self.venv is not None else None,
+        }
+
+
+def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
+            state: HostState | None = None, site: SiteDecision | None = None,
+            python: str | None = None) -> InstallResult:
+    """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
+    On any failure the previous ``current`` and every installed version are left as they were.
+
+    With ``state``, the anti-rollback floor is checked again under the lock and raised only after
+    ``current`` was switched: an install interrupted before that is finished by a plain rerun, while a
+    completed one makes the same version "already installed" (docs/trust.md, "Anti-rollback").
+    With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
+    ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
+    m = verified.manifest
+    check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
+    deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
+    home = prefix / m.name
+    fresh = not (home.exists() or home.is_symlink())
+    _make_dirs(home)
+    with _locked(home, forget_on_error=fresh), _as_host_error(home):
+        _remove_staging_litter(home)
+        snapshot = state.load() if state else None
+        overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
+        previous = _active_version(home)
+        _remove_incomplete_versions(home, previous)
+        target = home / m.version
+        if target.exists() or target.is_symlink():
+            _check_same_bundle(target, verified)
+            _switch_current(home, m.version)
+            _record(state, snapshot, verified, overrides)
+            return _result(verified, target, "already-installed", previous, overrides, deps)
+        staging = Path(_mkdtemp(home))
+        record = _ReceiptFacts(overrides=overrides, site=site)
+        try:
+            extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
+            _write_records(staging, verified, record, receipt=deps is None)
+            _sync(staging)
+            os.rename(staging, target)
+            _fsync_dir(home)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        if deps is not None:
+            _finish_dependencies(target, verified, deps, record)
+        _switch_current(home, m.version)
+        _record(state, snapshot, verified, overrides)
+    return _result(verified, target, "installed", previous, overrides, deps)
+
+
+def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan,
+                         record: _ReceiptFacts) -> None:
+    """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
+    try:
+        create_venv(target, deps)
+        _sync(target)
+        _write_receipt(target, verified, deps, record)
+        (target / INCOMPLETE).unlink()
+        _fsync_dir(target)
+    except BaseException:
+        remove_tree(target)
+        raise
+
+
+def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
+            overrides: tuple[str, ...], deps: DependencyPlan | None) -> InstallResult:
+    m = verified.manifest
+    return InstallResult(
+        name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
+        files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
+        overrides=overrides,
+        venv=target / "venv" if deps is not None else None,
+    )
+
+
+def _record(state: HostState | None, snapshot: StateSnapshot | None, verified: VerifiedManifest,
+            overrides: tuple[str, ...]) -> None:
+    """Raise the floor last, after ``current`` points at the new version (see :func:`install`)."""
+    if state is not None and snapshot is not None:
+        state.record(installed_record(verified, snapshot, overrides=overrides, at=datetime.now(timezone.utc), by=_who()))
+
+
+def _make_dirs(home: Path) -> None:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise HostError(f"cannot create {home}: permission denied", subject=str(home)) from None
+    except OSError as e:
+        raise HostError(f"cannot create {home}: {e.strerror}", subject=str(home)) from None
+
+
+@contextmanager
+def _locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
+    """Hold ``home/.lock``. ``forget_on_error``: this run created ``home``, so a failure removes the
+    lock and the then-empty ``home`` again (a refused first install leaves no trace)."""
+    try:
+        fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise HostError(f"cannot open lock {home / LOCK}: {e.strerror}", subject=str(home / LOCK)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HostError(f"target busy: another gapship process holds {home / LOCK}", subject=str(home / LOCK)) from None
+        _check_lock_in_place(fd, home)
+        try:
+            yield
+        except BaseException:
+            if forget_on_error:
+                _forget_home(home)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _check_lock_in_place(fd: int, home: Path) -> None:
+    """The lock we hold must still be the file at ``home/.lock``: a process that opened it just before
+    a failed first install removed it (_forget_home) would otherwise hold a lock nobody else sees."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(home / LOCK, follow_symlinks=False)
+    except OSError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        raise HostError(f"target busy: {home / LOCK} was replaced by another gapship process", subject=str(home / LOCK))
+
+
+def _forget_home(home: Path) -> None:
+    """Remove ``home`` if it holds nothing but our lock; called while the lock is still held."""
+    try:
+        if [p.name for p in home.iterdir()] == [LOCK]:
+            (home / LOCK).unlink()
+            home.rmdir()
+    except OSError:
+        pass  # best effort: an empty home with a lock is harmless
+
+
+@contextmanager
+def _as_host_error(home: Path) -> Iterator[None]:
+    """An OSError while staging, writing the records or switching ``current`` is the host's doing
+    (disk full, quota, read-only, permissions): exit 7 naming the directory, not an internal error."""
+    try:
+        yield
+    except OSError as e:
+        raise HostError(f"cannot install into {home}: {e.strerror or e}", subject=str(home)) from None
+
+
+def _remove_staging_litter(home: Path) -> None:
+    """Called under the lock: no other install can own a staging directory now."""
+    for entry in home.iterdir():
+        if entry.name.startswith((STAGING_PREFIX, ".current-")):
+            remove_tree(entry)
+
+
+def _remove_incomplete_versions(home: Path, active: str | None) -> None:
+    """Called under the lock: a version directory with the ``.incomplete`` marker and no receipt is an
+    install that died while its venv was being made (see the module docstring). Anything else that lacks
+    a receipt is not gapship's to delete; :func:`_check_same_bundle` refuses to touch it."""
+    for entry in home.iterdir():
+        if entry.name.startswith(".") or entry.name in (CURRENT, active) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if (entry / INCOMPLETE).is_file() and not (entry / RECEIPT).exists():
+            remove_tree(entry)
+
+
+def _mkdtemp(home: Path) -> str:
+    try:
+        return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=home)
+    except OSError as e:
+        raise HostError(f"cannot create a staging directory in {home}: {e.strerror}", subject=str(home)) from None
+
+
+def _active_version(home: Path) -> str | None:
+    link = home / CURRENT
+    if not link.is_symlink():
+        if link.exists():
+            raise HostError(f"{link} exists and is not a symlink; refusing to touch it", subject=str(link))
+        return None
+    return os.readlink(link)
+
+
+def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
+    """The receipt is written last, so a version directory without one (and not removed as incomplete
+    litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it."""
+    m = verified.manifest
+    try:
+        receipt = json.loads((target / RECEIPT).read_text())
+        digest = receipt["manifest_digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        digest = None
+    if digest != verified.digest:
+        raise PolicyError(
+            f"{m.name} {m.version} is already installed at {target} from a different manifest; refusing to replace it",
+            subject=str(target),
+        )
+
+
+@dataclass(frozen=True)
+class _ReceiptFacts:
+    """What the receipt records beyond the manifest: the --allow-* overrides used and the site decision."""
+
+    overrides: tuple[str, ...]
+    site: SiteDecision | None
+
+
+def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, receipt: bool) -> None:
+    """The exact manifest and signatures, so the install can be re-verified later, the site records
+    (read-only), and the receipt; or, when a venv must still be made, the ``.incomplete`` marker in
+    its place."""
+    (staging / "manifest.json").write_bytes(verified.manifest_bytes)
+    sigdir = staging / SIGNATURES
+    sigdir.mkdir()
+    for name, data in verified.signature_files.items():
+        (sigdir / name).write_bytes(data)
+    if receipt:
+        (staging / RECEIPT).write_bytes(_receipt(verified, None, record))
+    else:
+        (staging / INCOMPLETE).write_bytes(b"")
+    _settle_modes(staging)
+    write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))  # read-only, so last
+
+
+def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan, record: _ReceiptFacts) -> None:
+    """Atomically, and flushed: its presence is what marks the version directory complete."""
+    tmp = target / f".{RECEIPT}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, _receipt(verified, deps, record))
+        os.fchmod(fd, 0o644)  # not left to the umask (see _settle_modes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target / RECEIPT)
+
+
+def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts) -> bytes:
+    m = verified.manifest
+    receipt: dict[str, object] = {
+        "receipt_version": 1,
+        "bundle": {"name": m.name, "version": m.version},
+        "manifest_digest": verified.digest,
+        "signers": list(verified.signers),
+        "installed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "installed_by": _who(),
+        "host": socket.gethostname(),
+        "files": m.file_count,
+        "bytes": sum(f.size for f in m.files()),
+        "gapship_version": __version__,
+        "overrides": list(record.overrides),
+        "site": record.site.summary() if record.site else None,
+    }
+    if deps is not None:
+        receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}
+    return canonical_json(receipt) + b"\n"
+
+
+def _settle_modes(staging: Path) -> None:
+    """Directories 755 and the records 644, whatever the caller's umask (each payload file already has
+    its manifest mode): under umask 000 the verified tree would otherwise be world-writable, under 077
+    unreadable by the service that loads the model."""
+    for dirpath, _dirnames, _filenames in os.walk(staging):
+        os.chmod(dirpath, 0o755)
+    for record in (staging / RECEIPT, staging / INCOMPLETE, staging / "manifest.json",
+                   *(staging / SIGNATURES).iterdir()):
+        if record.exists():
+            os.chmod(record, 0o644)
+
+
+def _who() -> str:
+    """The real uid's name, never $USER/$LOGNAME, which the caller's environment controls."""
+    return str(audit_who()["user"])
+
+
+def _switch_current(home: Path, version: str) -> None:
+    link = home / CURRENT
+    if link.is_symlink() and os.readlink(link) == version:
+        return
+    tmp = home / f".current-{secrets.token_hex(6)}"
+    os.symlink(version, tmp)
+    os.replace(tmp, link)
+    _fsync_dir(home)
+
+
+def _sync(path: Path) -> None:
+    """Flush the staged files to disk before they become visible: one syncfs(2) of the filesystem
+    instead of an fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise HostError(f"cannot flush {path} to disk: {os.strerror(err)}", subject=str(path))
+    except AttributeError:
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
