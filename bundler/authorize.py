@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..installer.formats.authorization import (
-    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, format_time, normalise_versions,
+    AUTHORIZATIONS, DOCUMENT, Authorization, BundleSelector, normalise_versions,
 )
+from ..installer.formats.timestamps import format_time
 from ..installer.bundle.files import MANIFEST, SIGNATURES
 from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError

@@ -1,6 +1,8 @@
 """Making the bundle's safeguards policy binding at a site (docs/safeguards.md, "Enforcement").
 
-:func:`decide` runs before anything is written. It reads the bundle's ``safeguards/policy.toml`` with
+:func:`decide_for_site` is the whole decision for one bundle at one site, as a library caller makes
+it (``install(..., site=decide_for_site(...))``): it reads the policy and the candidate authorizations
+and calls :func:`decide`. :func:`decide` runs before anything is written. It reads the bundle's ``safeguards/policy.toml`` with
 :func:`read_bundled_policy`, checks the site, the site authorizations and the safeguards in place, and
 returns a :class:`SiteDecision` (which models to install, what the site must enforce) or raises
 :class:`PolicyError` (exit 5) or, for an authorization without a valid authorize signature,
@@ -11,21 +13,20 @@ authorizations into the staging directory and makes them and ``safeguards/`` rea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .formats.authorization import (
-    DOCUMENT, AuthorizeKeys, RawAuthorization, VerifiedAuthorization, format_time, verify_authorization,
-)
-from .bundle.files import SIGNATURES
-from .errors import GapshipError, PolicyError
+from .bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, read_capped
+from .bundle.verify import read_small_files
+from .errors import GapshipError, PolicyError, TrustError, UsageError
+from .formats.authorization import AUTHORIZATIONS, DOCUMENT, MAX_AUTHORIZATIONS, MAX_DOCUMENT_BYTES
 from .formats.manifest import POLICY_PATH, FileEntry, canonical_json
 from .formats.policy import Policy, parse_policy
 from .formats.site import Site
-from .trust import VerifiedManifest
-from .bundle.verify import read_small_files
+from .formats.timestamps import format_time
+from .trust import AuthorizeKeys, TrustStore, VerifiedAuthorization, VerifiedManifest, verify_authorization
 
 MAX_POLICY_BYTES = 1024 * 1024
 EFFECTIVE_POLICY = "effective-policy.json"
@@ -181,3 +182,64 @@ def _read_only(path: Path) -> None:
         os.chmod(path, 0o555)
     else:
         os.chmod(path, 0o444)
+
+
+# -- reading authorization directories (bounded; nothing here is trusted) ---------------------------
+
+
+@dataclass(frozen=True)
+class RawAuthorization:
+    source: str
+    document: bytes
+    signatures: Mapping[str, bytes]
+    explicit: bool  # named with --authorization (must apply) rather than carried in the bundle
+
+
+def read_authorization(path: Path, *, explicit: bool) -> RawAuthorization:
+    """Read an authorization directory (or its ``authorization.json``), with caps."""
+    folder = path.parent if path.name == DOCUMENT and path.is_file() else path
+    if not folder.is_dir():
+        raise UsageError(f"authorization {str(path)!r} is not a directory holding {DOCUMENT}", subject=str(path))
+    document = read_capped(folder / DOCUMENT, MAX_DOCUMENT_BYTES, missing=TrustError)
+    sigdir = folder / SIGNATURES
+    names = sorted(os.listdir(sigdir)) if sigdir.is_dir() else []
+    if len(names) > MAX_SIGNATURE_FILES:
+        raise TrustError(f"{sigdir} holds over {MAX_SIGNATURE_FILES} files", subject=str(sigdir))
+    signatures = {n: read_capped(sigdir / n, MAX_SIGNATURE_BYTES, missing=TrustError) for n in names}
+    return RawAuthorization(source=str(folder), document=document, signatures=signatures, explicit=explicit)
+
+
+def carried_authorizations(bundle: Path) -> list[RawAuthorization]:
+    """The authorizations a bundle directory carries under ``authorizations/*/`` (none is fine)."""
+    folder = bundle / AUTHORIZATIONS
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if len(entries) > MAX_AUTHORIZATIONS:
+        raise TrustError(f"{folder} holds over {MAX_AUTHORIZATIONS} entries", subject=str(folder))
+    return [read_authorization(p, explicit=False) for p in entries if p.is_dir() and not p.is_symlink()]
+
+
+# -- the whole decision, as a library caller makes it -------------------------------------------------
+
+
+def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
+    """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
+    bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
+    ``TRUSTDIR/authorize/*.pub``, threshold 1."""
+    if trust.legacy:
+        return AuthorizeKeys.from_legacy_dir(trust_dir)
+    return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
+
+
+def decide_for_site(bundle: Path, verified: VerifiedManifest, *, site: Site, trust_dir: Path,
+                    authorization_paths: Iterable[Path] = (), now: datetime | None = None) -> SiteDecision:
+    """Enforce ``bundle``'s policy at ``site``: read its safeguards policy from the verified chunks,
+    the authorizations named in ``authorization_paths`` (each must apply) and those the bundle carries,
+    check them against the authorize role of ``trust_dir``, and return the decision or raise."""
+    policy = read_bundled_policy(bundle, verified)
+    candidates = [read_authorization(p, explicit=True) for p in authorization_paths]
+    candidates += carried_authorizations(bundle)
+    keys = authorize_keys(trust_dir, verified.trust or TrustStore.from_dir(trust_dir))
+    return decide(policy, verified, site=site, candidates=candidates, keys=keys,
+                  now=now or datetime.now(timezone.utc))

@@ -8,34 +8,42 @@ the manifest, signatures and threshold, then parsing, then version (anti-rollbac
 floor), then time (a clock set back, then expiry). Nothing else in gapship reads an unverified manifest
 field (the one exception, ``inspect``, says so in its name: :func:`parse_unverified`).
 
+The same rules decide site authorizations (:func:`verify_authorization`, against the ``authorize``
+role: :class:`AuthorizeKeys`).
+
 Everything here returns nothing or raises; the host state and the trust directory are read and
-written by :mod:`.state` and :mod:`._trustdir`, which decide nothing.
+written by :mod:`.host.state` and :mod:`.host.trustdir`, which decide nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.version import Version
 
 from .crypto.sigstore import SigstoreSigner, check_sigstore_file, is_sigstore_signature_file, load_sigstore_signers
 from .formats.root import (
-    LEGACY_VERSION, ROLE_RELEASE, ROLE_ROOT, Envelope, Role, Root, SignedRoot, TrustedKey,
+    LEGACY_VERSION, ROLE_AUTHORIZE, ROLE_RELEASE, ROLE_ROOT, Envelope, Role, Root, SignedRoot, TrustedKey,
 )
 from .formats.timestamps import format_time, parse_time, utc_now
 from .host.trustdir import (
     HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
     read_legacy_keys, root_file_name, write_root,
 )
-from .bundle.files import RawBundle
+from .bundle.files import MAX_SIGNATURE_BYTES, SIGNATURES, RawBundle, read_capped
 from .errors import PolicyError, TrustError
 from .crypto.hashing import new_hasher
-from .crypto.keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
+from .crypto.keys import MAX_KEY_FILE_BYTES, AlgorithmUnavailable, PublicKey, parse_signature_file_name
 from .formats.manifest import Manifest
 from .host.state import Installed, StateSnapshot
+
+if TYPE_CHECKING:  # imported where used: only a site host reads authorizations
+    from .formats.authorization import Authorization
 
 MAX_TRUSTED_KEYS = 256
 # How far the host clock may lag a signing time before it counts as set back. Expiry periods are days;
@@ -451,3 +459,119 @@ def _legacy_store(path: Path, *, keys_required: bool = True) -> TrustStore:
 
 def _root_names(root: Root) -> dict[str, str]:
     return {keyid: root.names.get(keyid, "/".join(root.roles_of(keyid)) or "key") for keyid in root.keys}
+
+
+# -- site authorizations: the authorize role (docs/safeguards.md, "Site authorizations") --------------
+
+AUTHORIZE_ROLE_DIR = "authorize"  # legacy trust directory: TRUSTDIR/authorize/*.pub
+MAX_AUTHORIZE_KEYS = 256
+
+
+@dataclass(frozen=True)
+class AuthorizeKeys:
+    """The keys that may sign site authorizations, and how many distinct ones must."""
+
+    keys: Mapping[str, TrustedKey]
+    threshold: int
+    source: str
+
+    @classmethod
+    def from_root(cls, root: Root, *, source: str) -> AuthorizeKeys:
+        """The trust root's ``authorize`` role (docs/trust.md); no such role means no key may authorize."""
+        role = root.role(ROLE_AUTHORIZE)
+        if role is None:
+            return cls(keys={}, threshold=1, source=f"{source} (trust root v{root.version} has no authorize role)")
+        keys = {k: root.keys[k] for k in role.keyids}
+        return cls(keys=keys, threshold=role.threshold, source=f"{source} (trust root v{root.version}, authorize role)")
+
+    @classmethod
+    def from_legacy_dir(cls, trust_dir: Path) -> AuthorizeKeys:
+        """Legacy mode: ``TRUSTDIR/authorize/*.pub``, any one of which suffices. A key that is also a
+        release key (``TRUSTDIR/*.pub``) is refused: the roles must be held by different keys."""
+        folder = trust_dir / AUTHORIZE_ROLE_DIR
+        keys = _read_pubs(folder) if folder.is_dir() else {}
+        release = _read_pubs(trust_dir) if trust_dir.is_dir() else {}
+        both = sorted(keys.keys() & release.keys())
+        if both:
+            raise TrustError(f"key {both[0][:16]} is both a release key and an authorize key in {trust_dir}; "
+                             "the two roles must use different keys", subject=str(folder))
+        return cls(keys=keys, threshold=1, source=str(folder))
+
+
+def _read_pubs(folder: Path) -> dict[str, PublicKey]:
+    pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub") and p.is_file())
+    if len(pubs) > MAX_AUTHORIZE_KEYS:
+        raise TrustError(f"{folder} holds over {MAX_AUTHORIZE_KEYS} keys", subject=str(folder))
+    keys = {}
+    for pub in pubs:
+        key = PublicKey.from_pem(read_capped(pub, MAX_KEY_FILE_BYTES, missing=TrustError), source=str(pub))
+        keys[key.keyid] = key
+    return keys
+
+
+@dataclass(frozen=True)
+class VerifiedAuthorization:
+    """An authorization whose exact bytes were signed by enough authorize keys. Only
+    :func:`verify_authorization` makes one; whether it applies here is :meth:`check_applies`."""
+
+    authorization: Authorization
+    document: bytes
+    digest: str  # "sha256:<hex>" of the document: the authorization's id
+    signers: tuple[str, ...]
+    signature_files: Mapping[str, bytes]
+    source: str
+
+    def check_applies(self, *, site_id: str, name: str, version: str, manifest_digest: str,
+                      now: datetime) -> None:
+        """Raise :class:`PolicyError` unless this authorization is for this site and bundle and unexpired."""
+        auth = self.authorization
+        if auth.site != site_id:
+            raise PolicyError(f"authorization {self.source} is for site {auth.site!r}, not this site {site_id!r}",
+                              subject=self.source)
+        if not auth.bundle.matches(name=name, version=version, manifest_digest=manifest_digest):
+            raise PolicyError(f"authorization {self.source} is for {auth.bundle.describe()}, not {name} {version} "
+                              f"({manifest_digest})", subject=self.source)
+        if now >= auth.expires_at:
+            raise PolicyError(f"authorization {self.source} expired at {auth.expires}", subject=self.source)
+
+    def to_dict(self) -> dict[str, object]:
+        auth = self.authorization
+        return {"id": self.digest, "site": auth.site, "bundle": auth.bundle.to_dict(), "issued": auth.issued,
+                "expires": auth.expires, "require_safeguards": list(auth.require_safeguards),
+                "signers": list(self.signers)}
+
+
+def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, keys: AuthorizeKeys,
+                         source: str) -> VerifiedAuthorization:
+    """Signatures first (each authorize key counted once), then parsing; return or raise TrustError."""
+    from .formats.authorization import MAX_DOCUMENT_BYTES, Authorization
+
+    if len(document) > MAX_DOCUMENT_BYTES:
+        raise TrustError(f"{source}: authorization over {MAX_DOCUMENT_BYTES} bytes", subject=source)
+    signers: set[str] = set()
+    found: list[str] = []
+    for name, sig in sorted(signatures.items()):
+        parsed = parse_signature_file_name(name)
+        keyid = parsed[0] if parsed else None
+        key = keys.keys.get(keyid) if keyid else None
+        if key is not None and parsed is not None and key.algorithm != parsed[1]:
+            found.append(f"{name[:16]}: signature says {parsed[1]}, the key is {key.algorithm}")
+            continue
+        if key is None:
+            found.append(f"{name[:16]}: not an authorize key" if keyid else f"{name}: not a signature file")
+            continue
+        try:
+            key.verify(document, sig, subject=f"{source}/{SIGNATURES}/{name}")
+        except TrustError:
+            found.append(f"{key.keyid[:16]}: invalid")
+            continue
+        signers.add(key.keyid)
+    if len(signers) < max(keys.threshold, 1):
+        detail = "; ".join(found) if found else "no signatures"
+        raise TrustError(f"authorization {source} lacks {max(keys.threshold, 1)} valid signature(s) from "
+                         f"authorize keys in {keys.source} ({detail})", subject=source)
+    return VerifiedAuthorization(
+        authorization=Authorization.from_bytes(document, source=source), document=document,
+        digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=tuple(sorted(signers)),
+        signature_files=dict(signatures), source=source,
+    )

@@ -1,7 +1,9 @@
 """The host side of a disconnected-side command: site file, site authorizations and audit log, added
 to a click command by one decorator, :func:`host_options` (docs/safeguards.md).
 
-The decorator adds ``--site-config``, ``--authorization`` and ``--audit-log``, hands the command one
+The decisions themselves are library code: the site decision is
+:func:`~gapship.installer.safeguards.decide_for_site`, the audit record's schema
+:func:`~gapship.installer.host.audit.decision_record`. The decorator adds ``--site-config``, ``--authorization`` and ``--audit-log``, hands the command one
 :class:`HostContext`, and appends exactly one audit record when the command ends, accepted or refused,
 whatever raised. Commands tell it what they learnt with :meth:`HostContext.note` (the verified manifest)
 and :meth:`HostContext.decide` (the site decision).
@@ -16,7 +18,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,25 +27,13 @@ from ..host import audit
 from ..formats import site as site_module
 from ..errors import GapshipError, UsageError
 from ..formats.site import Site
-from ..trust import TrustStore, VerifiedManifest
+from ..trust import VerifiedManifest
 
-if TYPE_CHECKING:  # imported where used: only a site host needs them (and packaging.specifiers with them)
-    from ..formats.authorization import AuthorizeKeys
+if TYPE_CHECKING:  # imported where used: only a site host needs it (and packaging.specifiers with it)
     from ..safeguards import SiteDecision
 
 F = TypeVar("F", bound=Callable[..., Any])
 _QUIET_PARAMS = {"as_json", "progress"}
-
-
-def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
-    """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
-    bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
-    ``TRUSTDIR/authorize/*.pub``, threshold 1."""
-    from ..formats.authorization import AuthorizeKeys
-
-    if trust.legacy:
-        return AuthorizeKeys.from_legacy_dir(trust_dir)
-    return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
 
 
 @dataclass
@@ -69,14 +58,10 @@ class HostContext:
             if self.authorization_paths:
                 raise UsageError("--authorization needs a site file (--site-config or /etc/gapship/site.toml)")
             return None
-        from ..formats.authorization import carried_authorizations, read_authorization
-        from ..safeguards import decide, read_bundled_policy
+        from ..safeguards import decide_for_site  # a site host only (packaging.specifiers with it)
 
-        policy = read_bundled_policy(bundle, verified)
-        candidates = [read_authorization(p, explicit=True) for p in self.authorization_paths]
-        candidates += carried_authorizations(bundle)
-        self.decision = decide(policy, verified, site=self.site, candidates=candidates,
-                               keys=authorize_keys(trust_dir, verified.trust or TrustStore.from_dir(trust_dir)), now=datetime.now(timezone.utc))
+        self.decision = decide_for_site(bundle, verified, site=self.site, trust_dir=trust_dir,
+                                        authorization_paths=self.authorization_paths)
         return self.decision
 
     def summary(self) -> dict[str, object] | None:
@@ -94,21 +79,8 @@ class HostContext:
         return out
 
     def record(self, decision: str, reason: dict[str, object]) -> dict[str, object]:
-        v = self.verified
-        return {
-            "time": audit.now_utc(),
-            "who": audit.who(),
-            "command": self.command,
-            "params": self.params,
-            "bundle": {"name": v.manifest.name, "version": v.manifest.version} if v else None,
-            "manifest_digest": v.digest if v else None,
-            "signers": list(v.signers) if v else [],
-            "site": self.site.site_id if self.site else None,
-            "authorizations": [a.digest for a in self.decision.authorizations] if self.decision else [],
-            "decision": decision,
-            "reason": {"code": reason.get("code"), "kind": reason.get("kind"),
-                       "message": audit.short(str(reason.get("message")))},
-        }
+        return audit.decision_record(command=self.command, params=self.params, verified=self.verified,
+                                     site=self.site, decision=self.decision, outcome=decision, reason=reason)
 
 
 _OPTIONS = (

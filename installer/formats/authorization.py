@@ -1,15 +1,18 @@
-"""Site authorizations (docs/safeguards.md, "Site authorizations"): model, reading and verification.
+"""The site authorization document, ``authorization.json`` (docs/safeguards.md, "Site authorizations"):
+a pure model. No I/O here; its signatures are checked in :mod:`gapship.installer.trust`
+(:func:`~gapship.installer.trust.verify_authorization`) and authorization directories are read by
+:mod:`gapship.installer.safeguards`.
 
 An authorization is a directory holding ``authorization.json`` (canonical JSON, like the manifest)
 and ``signatures/<keyid>.ed25519.sig`` files: detached Ed25519 signatures over the exact document
 bytes, made by keys that hold the *authorize* role. It names one site, one bundle (by manifest digest,
 or by name and a PEP 440 version range), an expiry and extra safeguards the site must have.
 
-The trust seam is :func:`verify_authorization`: a pure function of the document bytes, its signature
-files and an :class:`AuthorizeKeys` view (key id -> public key, and a threshold). Where that view comes
-from is decided elsewhere: today :meth:`AuthorizeKeys.from_legacy_dir` reads ``TRUSTDIR/authorize/*.pub``
-(the legacy trust directory); with a trust root it is the root's ``authorize`` role. Release keys are
-never in the view, so an authorization signed by a release key is refused as untrusted (wrong role).
+The trust seam is :func:`~gapship.installer.trust.verify_authorization`: a pure function of the
+document bytes, its signature files and an :class:`~gapship.installer.trust.AuthorizeKeys` view (key
+id -> public key, and a threshold): the trust root's ``authorize`` role, or in legacy mode
+``TRUSTDIR/authorize/*.pub``. Release keys are never in the view, so an authorization signed by a
+release key is refused as untrusted (wrong role).
 
 A manifest signature can never pass as an authorization signature or the reverse: the two documents
 carry different ``format`` fields and each parser refuses the other's.
@@ -17,24 +20,18 @@ carry different ``format`` fields and each parser refuses the other's.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
-from ..bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, read_capped
-from ..errors import PolicyError, TrustError, UsageError
+from ..errors import PolicyError
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
-from .root import ROLE_AUTHORIZE, Root, TrustedKey
-from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey, parse_signature_file_name
-from .manifest import _TIME_RE, canonical_json
-from .policy import _CONTROL_RE, _ID_RE
+from .manifest import canonical_json
+from .policy import CONTROL_RE, ID_RE
+from .timestamps import TIME_FORMAT, TIME_RE
 
 if TYPE_CHECKING:
     # Imported where used: packaging.specifiers costs ~15 ms at start (packaging.utils, packaging.tags),
@@ -45,16 +42,8 @@ FORMAT_NAME = "gapship-authorization"
 FORMAT_VERSION = 1
 DOCUMENT = "authorization.json"
 AUTHORIZATIONS = "authorizations"  # the folder inside a bundle directory that may carry some
-AUTHORIZE_ROLE_DIR = "authorize"  # legacy trust directory: TRUSTDIR/authorize/*.pub
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_AUTHORIZATIONS = 64
-MAX_AUTHORIZE_KEYS = 256
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def format_time(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime(TIME_FORMAT)
-
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
@@ -132,8 +121,8 @@ def _check_digest(value: str) -> None:
 def _check_name_range(name: str | None, versions: str | None) -> None:
     if name is None or versions is None:
         raise ValueError("a bundle named by name also needs a versions range, and the reverse")
-    if not _ID_RE.fullmatch(name):
-        raise ValueError(f"bundle name {name!r} must match {_ID_RE.pattern}")
+    if not ID_RE.fullmatch(name):
+        raise ValueError(f"bundle name {name!r} must match {ID_RE.pattern}")
     if normalise_versions(versions) != versions:
         raise ValueError(f"versions {versions!r} is not in normalised form (write {normalise_versions(versions)!r})")
 
@@ -149,16 +138,16 @@ class Authorization:
     require_safeguards: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _ID_RE.fullmatch(self.site):
-            raise ValueError(f"site {self.site!r} must match {_ID_RE.pattern}")
+        if not ID_RE.fullmatch(self.site):
+            raise ValueError(f"site {self.site!r} must match {ID_RE.pattern}")
         for stamp, what in ((self.issued, "issued"), (self.expires, "expires")):
-            if not _TIME_RE.fullmatch(stamp):
+            if not TIME_RE.fullmatch(stamp):
                 raise ValueError(f"{what} {stamp!r} is not YYYY-MM-DDTHH:MM:SSZ")
         if parse_time(self.expires) <= parse_time(self.issued):
             raise ValueError(f"expires {self.expires} is not after issued {self.issued}")
         for control in self.require_safeguards:
-            if not _CONTROL_RE.fullmatch(control):
-                raise ValueError(f"require_safeguards: {control!r} must match {_CONTROL_RE.pattern}")
+            if not CONTROL_RE.fullmatch(control):
+                raise ValueError(f"require_safeguards: {control!r} must match {CONTROL_RE.pattern}")
         if list(self.require_safeguards) != sorted(set(self.require_safeguards)):
             raise ValueError("require_safeguards must be sorted and free of duplicates")
 
@@ -222,147 +211,3 @@ def _s(value: object) -> str:
 
 def _no_float(text: str) -> object:
     raise ValueError(f"non-integer number {text!r}")
-
-
-@dataclass(frozen=True)
-class AuthorizeKeys:
-    """The keys that may sign site authorizations, and how many distinct ones must."""
-
-    keys: Mapping[str, TrustedKey]
-    threshold: int
-    source: str
-
-    @classmethod
-    def from_root(cls, root: Root, *, source: str) -> AuthorizeKeys:
-        """The trust root's ``authorize`` role (docs/trust.md); no such role means no key may authorize."""
-        role = root.role(ROLE_AUTHORIZE)
-        if role is None:
-            return cls(keys={}, threshold=1, source=f"{source} (trust root v{root.version} has no authorize role)")
-        keys = {k: root.keys[k] for k in role.keyids}
-        return cls(keys=keys, threshold=role.threshold, source=f"{source} (trust root v{root.version}, authorize role)")
-
-    @classmethod
-    def from_legacy_dir(cls, trust_dir: Path) -> AuthorizeKeys:
-        """Legacy mode: ``TRUSTDIR/authorize/*.pub``, any one of which suffices. A key that is also a
-        release key (``TRUSTDIR/*.pub``) is refused: the roles must be held by different keys."""
-        folder = trust_dir / AUTHORIZE_ROLE_DIR
-        keys = _read_pubs(folder) if folder.is_dir() else {}
-        release = _read_pubs(trust_dir) if trust_dir.is_dir() else {}
-        both = sorted(keys.keys() & release.keys())
-        if both:
-            raise TrustError(f"key {both[0][:16]} is both a release key and an authorize key in {trust_dir}; "
-                             "the two roles must use different keys", subject=str(folder))
-        return cls(keys=keys, threshold=1, source=str(folder))
-
-
-def _read_pubs(folder: Path) -> dict[str, PublicKey]:
-    pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub") and p.is_file())
-    if len(pubs) > MAX_AUTHORIZE_KEYS:
-        raise TrustError(f"{folder} holds over {MAX_AUTHORIZE_KEYS} keys", subject=str(folder))
-    keys = {}
-    for pub in pubs:
-        key = PublicKey.from_pem(read_capped(pub, MAX_KEY_FILE_BYTES, missing=TrustError), source=str(pub))
-        keys[key.keyid] = key
-    return keys
-
-
-@dataclass(frozen=True)
-class VerifiedAuthorization:
-    """An authorization whose exact bytes were signed by enough authorize keys. Only
-    :func:`verify_authorization` makes one; whether it applies here is :meth:`check_applies`."""
-
-    authorization: Authorization
-    document: bytes
-    digest: str  # "sha256:<hex>" of the document: the authorization's id
-    signers: tuple[str, ...]
-    signature_files: Mapping[str, bytes]
-    source: str
-
-    def check_applies(self, *, site_id: str, name: str, version: str, manifest_digest: str,
-                      now: datetime) -> None:
-        """Raise :class:`PolicyError` unless this authorization is for this site and bundle and unexpired."""
-        auth = self.authorization
-        if auth.site != site_id:
-            raise PolicyError(f"authorization {self.source} is for site {auth.site!r}, not this site {site_id!r}",
-                              subject=self.source)
-        if not auth.bundle.matches(name=name, version=version, manifest_digest=manifest_digest):
-            raise PolicyError(f"authorization {self.source} is for {auth.bundle.describe()}, not {name} {version} "
-                              f"({manifest_digest})", subject=self.source)
-        if now >= auth.expires_at:
-            raise PolicyError(f"authorization {self.source} expired at {auth.expires}", subject=self.source)
-
-    def to_dict(self) -> dict[str, object]:
-        auth = self.authorization
-        return {"id": self.digest, "site": auth.site, "bundle": auth.bundle.to_dict(), "issued": auth.issued,
-                "expires": auth.expires, "require_safeguards": list(auth.require_safeguards),
-                "signers": list(self.signers)}
-
-
-def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, keys: AuthorizeKeys,
-                         source: str) -> VerifiedAuthorization:
-    """Signatures first (each authorize key counted once), then parsing; return or raise TrustError."""
-    if len(document) > MAX_DOCUMENT_BYTES:
-        raise TrustError(f"{source}: authorization over {MAX_DOCUMENT_BYTES} bytes", subject=source)
-    signers: set[str] = set()
-    found: list[str] = []
-    for name, sig in sorted(signatures.items()):
-        parsed = parse_signature_file_name(name)
-        keyid = parsed[0] if parsed else None
-        key = keys.keys.get(keyid) if keyid else None
-        if key is not None and parsed is not None and key.algorithm != parsed[1]:
-            found.append(f"{name[:16]}: signature says {parsed[1]}, the key is {key.algorithm}")
-            continue
-        if key is None:
-            found.append(f"{name[:16]}: not an authorize key" if keyid else f"{name}: not a signature file")
-            continue
-        try:
-            key.verify(document, sig, subject=f"{source}/{SIGNATURES}/{name}")
-        except TrustError:
-            found.append(f"{key.keyid[:16]}: invalid")
-            continue
-        signers.add(key.keyid)
-    if len(signers) < max(keys.threshold, 1):
-        detail = "; ".join(found) if found else "no signatures"
-        raise TrustError(f"authorization {source} lacks {max(keys.threshold, 1)} valid signature(s) from "
-                         f"authorize keys in {keys.source} ({detail})", subject=source)
-    return VerifiedAuthorization(
-        authorization=Authorization.from_bytes(document, source=source), document=document,
-        digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=tuple(sorted(signers)),
-        signature_files=dict(signatures), source=source,
-    )
-
-
-# -- reading authorization directories (bounded; nothing here is trusted) ---------------------------
-
-
-@dataclass(frozen=True)
-class RawAuthorization:
-    source: str
-    document: bytes
-    signatures: Mapping[str, bytes]
-    explicit: bool  # named with --authorization (must apply) rather than carried in the bundle
-
-
-def read_authorization(path: Path, *, explicit: bool) -> RawAuthorization:
-    """Read an authorization directory (or its ``authorization.json``), with caps."""
-    folder = path.parent if path.name == DOCUMENT and path.is_file() else path
-    if not folder.is_dir():
-        raise UsageError(f"authorization {str(path)!r} is not a directory holding {DOCUMENT}", subject=str(path))
-    document = read_capped(folder / DOCUMENT, MAX_DOCUMENT_BYTES, missing=TrustError)
-    sigdir = folder / SIGNATURES
-    names = sorted(os.listdir(sigdir)) if sigdir.is_dir() else []
-    if len(names) > MAX_SIGNATURE_FILES:
-        raise TrustError(f"{sigdir} holds over {MAX_SIGNATURE_FILES} files", subject=str(sigdir))
-    signatures = {n: read_capped(sigdir / n, MAX_SIGNATURE_BYTES, missing=TrustError) for n in names}
-    return RawAuthorization(source=str(folder), document=document, signatures=signatures, explicit=explicit)
-
-
-def carried_authorizations(bundle: Path) -> list[RawAuthorization]:
-    """The authorizations a bundle directory carries under ``authorizations/*/`` (none is fine)."""
-    folder = bundle / AUTHORIZATIONS
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    if len(entries) > MAX_AUTHORIZATIONS:
-        raise TrustError(f"{folder} holds over {MAX_AUTHORIZATIONS} entries", subject=str(folder))
-    return [read_authorization(p, explicit=False) for p in entries if p.is_dir() and not p.is_symlink()]

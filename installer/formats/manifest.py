@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 from ..errors import UnsafeContentError
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
 from .paths import check_no_collisions, check_relative_path
+from .timestamps import TIME_RE
 
 FORMAT_NAME = "gapship-bundle"
 FORMAT_VERSION = 1
@@ -47,7 +48,6 @@ RECORD = 20 * BLOCK  # tar writers pad the archive to a whole record of this siz
 COMPONENT_KINDS = ("model", "safeguards", "dependencies")
 POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 ALLOWED_MODES = (0o644, 0o755)
 
 
@@ -392,7 +392,7 @@ def _validate(m: Manifest) -> None:
     check_name(m.name, "bundle name")
     check_version(m.version)
     for stamp, what in ((m.created, "created"), (m.expires, "expires")):
-        if stamp is not None and not _TIME_RE.fullmatch(stamp):
+        if stamp is not None and not TIME_RE.fullmatch(stamp):
             raise UnsafeContentError(f"manifest field {what} {stamp!r} is not YYYY-MM-DDTHH:MM:SSZ", subject=what)
     if m.hash_algorithm not in HASH_ALGORITHMS:
         raise UnsafeContentError(

@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import GapshipError, UsageError
 
 POLICY_SCHEMA_VERSION = 1
-_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_CONTROL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+CONTROL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,11 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
     models: dict[str, tuple[str, ...]] = {}
     for name, body in _table(raw["models"], "models").items():
         where = f"models.{name}"
-        if not _ID_RE.fullmatch(name):
-            raise _Bad(f"model name {name!r} must match {_ID_RE.pattern}")
+        if not ID_RE.fullmatch(name):
+            raise _Bad(f"model name {name!r} must match {ID_RE.pattern}")
         table = _table(body, where)
         _keys(table, where, {"sites"}, set())
-        enabled = _strings(table["sites"], f"{where}.sites", _ID_RE)
+        enabled = _strings(table["sites"], f"{where}.sites", ID_RE)
         if not enabled:  # a model enabled at no site could never be installed anywhere: a mistake
             raise _Bad(f"{where}.sites must name at least one site")
         for sid in enabled:
@@ -118,11 +118,11 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
 
 def _site(sid: str, body: object) -> SiteRule:
     where = f"sites.{sid}"
-    if not _ID_RE.fullmatch(sid):
-        raise _Bad(f"site id {sid!r} must match {_ID_RE.pattern}")
+    if not ID_RE.fullmatch(sid):
+        raise _Bad(f"site id {sid!r} must match {ID_RE.pattern}")
     table = _table(body, where)
     _keys(table, where, {"safeguards"}, {"sensitive"})
     sensitive = table.get("sensitive", False)
     if not isinstance(sensitive, bool):
         raise _Bad(f"{where}.sensitive must be true or false")
-    return SiteRule(site=sid, safeguards=_strings(table["safeguards"], f"{where}.safeguards", _CONTROL_RE), sensitive=sensitive)
+    return SiteRule(site=sid, safeguards=_strings(table["safeguards"], f"{where}.safeguards", CONTROL_RE), sensitive=sensitive)

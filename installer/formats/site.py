@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HostError, UsageError
-from .policy import _CONTROL_RE, _ID_RE
+from .policy import CONTROL_RE, ID_RE
 
 DEFAULT_SITE_CONFIG = Path("/etc/gapship/site.toml")
 MAX_SITE_FILE_BYTES = 64 * 1024
@@ -58,13 +58,13 @@ def _problem(raw: dict[str, Any]) -> str | None:
     if unknown:
         return f"site file has unknown key {unknown[0]!r} (allowed: site_id, safeguards)"
     site_id, safeguards = raw["site_id"], raw["safeguards"]
-    if not isinstance(site_id, str) or not _ID_RE.fullmatch(site_id):
-        return f"site_id {site_id!r} must be a string matching {_ID_RE.pattern}"
+    if not isinstance(site_id, str) or not ID_RE.fullmatch(site_id):
+        return f"site_id {site_id!r} must be a string matching {ID_RE.pattern}"
     if not isinstance(safeguards, list):
         return "safeguards must be a list of strings (it may be empty)"
     for value in safeguards:
-        if not isinstance(value, str) or not _CONTROL_RE.fullmatch(value):
-            return f"safeguards: {value!r} must be a string matching {_CONTROL_RE.pattern}"
+        if not isinstance(value, str) or not CONTROL_RE.fullmatch(value):
+            return f"safeguards: {value!r} must be a string matching {CONTROL_RE.pattern}"
     if len(set(safeguards)) != len(safeguards):
         return "safeguards lists a value twice"
     return None

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from ..errors import UnsafeContentError
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
 def utc_now() -> datetime:
@@ -21,7 +21,7 @@ def format_time(when: datetime) -> str:
 
 def parse_time(stamp: str, *, what: str) -> datetime:
     """The aware UTC datetime of ``stamp``; refuse anything else (a bad date is a malformed document)."""
-    if not _TIME_RE.fullmatch(stamp):
+    if not TIME_RE.fullmatch(stamp):
         raise UnsafeContentError(f"{what} {stamp!r} is not YYYY-MM-DDTHH:MM:SSZ", subject=what)
     try:
         return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=timezone.utc)

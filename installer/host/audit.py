@@ -28,13 +28,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import nacl.signing
 
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
 from ..formats.manifest import canonical_json
+
+if TYPE_CHECKING:
+    from ..formats.site import Site
+    from ..safeguards import SiteDecision
+    from ..trust import VerifiedManifest
 
 DEFAULT_LOG = Path("/var/log/gapship/audit.jsonl")
 DEFAULT_HOST_KEY = Path("/var/lib/gapship/host.key")
@@ -75,6 +80,29 @@ def short(message: str) -> str:
 
 
 # -- appending ---------------------------------------------------------------------------------
+
+
+def decision_record(*, command: str, params: Mapping[str, object], verified: VerifiedManifest | None,
+                    site: Site | None, decision: SiteDecision | None, outcome: str,
+                    reason: Mapping[str, object]) -> dict[str, object]:
+    """One audit record of a verify or install decision (docs/safeguards.md, "The audit log"):
+    who ran which command with which arguments, on which bundle and site, ``accepted`` or ``refused``
+    (``outcome``) and why (``reason``: the error's code, kind and message, or the success)."""
+    v = verified
+    return {
+        "time": now_utc(),
+        "who": who(),
+        "command": command,
+        "params": dict(params),
+        "bundle": {"name": v.manifest.name, "version": v.manifest.version} if v else None,
+        "manifest_digest": v.digest if v else None,
+        "signers": list(v.signers) if v else [],
+        "site": site.site_id if site else None,
+        "authorizations": [a.digest for a in decision.authorizations] if decision else [],
+        "decision": outcome,
+        "reason": {"code": reason.get("code"), "kind": reason.get("kind"),
+                   "message": short(str(reason.get("message")))},
+    }
 
 
 class AuditLog:

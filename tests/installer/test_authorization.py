@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer.formats.authorization import (
-    AuthorizeKeys, Authorization, BundleSelector, verify_authorization,
-)
+from gapship.installer.formats.authorization import Authorization, BundleSelector
+from gapship.installer.trust import AuthorizeKeys, verify_authorization
 from gapship.installer.errors import PolicyError, TrustError
 from gapship_testing import run_json, tree
 from safeguards_testing import (  # noqa: F401
