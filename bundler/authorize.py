@@ -1,6 +1,6 @@
 """``gapship authorize``: write a signed site authorization (docs/safeguards.md, "Site authorizations").
 
-The document model and its checks live in the installer (:mod:`..installer.authorization`); this side
+The document model and its checks live in the installer (:mod:`gapship.installer.formats.authorization`); this side
 only fills it in, signs its exact bytes with each authorize key, and writes the directory atomically.
 """
 

@@ -76,9 +76,9 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
 
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
     ``also_sign`` adds more signers, e.g. the ML-DSA-87 half of a hybrid pair. ``dependencies`` are
-    frozen ones (see :func:`~.deps.frozen_dependencies`); when not given and the spec has
+    frozen ones (see :func:`~.deps.freeze.frozen_dependencies`); when not given and the spec has
     ``[dependencies]``, they are frozen here, with ``offline`` and ``include_gapship``. ``sources`` is
-    what :func:`~._sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
+    what :func:`~.sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
     dependencies, so that a caller who already walked the source tree need not walk it again."""
     check_output_free(out)
     keys = _distinct_keys([key, *also_sign])

@@ -2,7 +2,7 @@
 (docs/format.md, "Payload" and "Chunks").
 
 :class:`PayloadWriter` lays the stream (tar headers, each source file's bytes, padding, the end of
-the archive) into the buffers of a :class:`~..installer._pipeline.Pipeline`, reading every source
+the archive) into the buffers of a :class:`~gapship.installer.deploy.pipeline.Pipeline`, reading every source
 file once, straight into a buffer. Three stages see every buffer on their own threads: the file
 hashes, the chunk hashes and the chunk files, so the two SHA-256 passes every byte needs and the
 writes run on separate cores (docs/benchmarks.md). Nothing here holds more than the pipeline's few
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..installer.install.pipeline import Block, Flusher, Pipeline
+from ..installer.deploy.pipeline import Block, Flusher, Pipeline
 from ..installer.errors import UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
@@ -176,7 +176,7 @@ class _ChunkHashes:
 
 class _ChunkFiles:
     """Writes ``folder/00000.bin``, ``00001.bin``, ... of ``chunk_size`` bytes each. The disk starts
-    writing as data arrives (:class:`~..installer._pipeline.Flusher`); :meth:`finish` then fsyncs
+    writing as data arrives (:class:`~gapship.installer.deploy.pipeline.Flusher`); :meth:`finish` then fsyncs
     every chunk, at the end rather than one by one, so this thread never waits on the disk while the
     hashes are still running."""
 

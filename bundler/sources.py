@@ -79,7 +79,7 @@ Sources = list[SourceGroup]
 
 def collect_sources(spec: BundleSpec, dependencies: FrozenDependencies | None = None) -> Sources:
     """The files of every component, each model's sorted by path; refuse unsafe sources. The
-    dependencies component keeps its own order (small files first, see :mod:`.deps`)."""
+    dependencies component keeps its own order (small files first, see :mod:`.deps.freeze`)."""
     groups = [_model(model.name, model.source) for model in spec.models]
     groups.append(_group("safeguards", "safeguards", [_source_file(spec.safeguards, POLICY_PATH)]))
     return add_dependencies(spec, groups, dependencies) if dependencies is not None else _checked(spec, groups)

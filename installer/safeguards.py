@@ -36,7 +36,7 @@ SAFEGUARDS_DIR = "safeguards"
 
 def read_bundled_policy(bundle: Path, verified: VerifiedManifest) -> Policy:
     """Read ``safeguards/policy.toml`` straight out of the chunk(s) that hold it, check it against its
-    hash in the signed manifest (:func:`~.verify.read_small_files` says why that is enough), and parse it."""
+    hash in the signed manifest (:func:`~.bundle.verify.read_small_files` says why that is enough), and parse it."""
     m = verified.manifest
     entry = next((f for f in m.files() if f.path == POLICY_PATH), None)
     if entry is None:

@@ -2,11 +2,11 @@
 
 pip does the resolving and downloading, for the *target* interpreter and platform, not the build
 host's: ``pip download --only-binary=:all: --platform ... --python-version ... --implementation ...``.
-The result is the ``dependencies`` component (its layout is in :mod:`gapship.installer.install.deps`): the
+The result is the ``dependencies`` component (its layout is in :mod:`gapship.installer.deploy.deps`): the
 wheels, a ``--require-hashes`` lock over them, and ``target.json``.
 
 What pip may use is decided by the spec alone. Every pip run gets ``--isolated`` and the environment of
-:func:`~gapship.installer.install.deps.pip_env` (no ``PIP_*`` variable, no config file at all), because a
+:func:`~gapship.installer.deploy.deps.pip_env` (no ``PIP_*`` variable, no config file at all), because a
 build host's pip config commonly adds an index, find-links or constraints, and a bundle must not
 depend on what happened to be configured where it was built. ``--offline`` means ``--no-index`` and
 the spec's ``find_links`` folders only.
@@ -37,7 +37,7 @@ from packaging.utils import (
     InvalidSdistFilename, InvalidWheelFilename, canonicalize_name, parse_sdist_filename, parse_wheel_filename,
 )
 
-from ...installer.install.deps import BOOTSTRAP_LOCK, LOCK, TARGET, WHEELS, Pin, Target, pip_env, render_lock
+from ...installer.deploy.deps import BOOTSTRAP_LOCK, LOCK, TARGET, WHEELS, Pin, Target, pip_env, render_lock
 from ...installer.errors import HostError, UsageError
 from .pylock import is_pylock, pylock_requirements
 from .selfwheel import wheel_from_installed

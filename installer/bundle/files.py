@@ -1,6 +1,6 @@
 """Reading the files of a bundle directory (docs/format.md, "Layout"), with hard caps.
 
-Nothing here interprets what it reads: it returns bytes for :mod:`.trust` to verify, and opens chunk
+Nothing here interprets what it reads: it returns bytes for :mod:`gapship.installer.trust` to verify, and opens chunk
 files without following symlinks.
 """
 
@@ -56,7 +56,7 @@ def _read_signatures(folder: Path) -> dict[str, bytes]:
 
 
 def _read_roots(folder: Path) -> dict[str, bytes]:
-    """The optional ``roots/`` chain; absent means none. Interpreted only by :mod:`.trust`."""
+    """The optional ``roots/`` chain; absent means none. Interpreted only by :mod:`gapship.installer.trust`."""
     try:
         names = sorted(os.listdir(folder))
     except FileNotFoundError:

@@ -8,7 +8,7 @@ The decisions themselves are library code: the site decision is
 whatever raised. Commands tell it what they learnt with :meth:`HostContext.note` (the verified manifest)
 and :meth:`HostContext.decide` (the site decision).
 
-Where the log goes: ``--audit-log FILE`` if given; otherwise :data:`~.audit.DEFAULT_LOG` when this host
+Where the log goes: ``--audit-log FILE`` if given; otherwise :data:`~gapship.installer.host.audit.DEFAULT_LOG` when this host
 is a site (``--site-config`` given or ``/etc/gapship/site.toml`` present); otherwise nowhere (a
 developer machine or a transfer host is not a site, and ``verify`` there must not need root).
 """

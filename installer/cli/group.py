@@ -166,8 +166,33 @@ def cli() -> None:
     """
 
 
-trust_option = click.option("--trust", "trust_dir", required=True, type=click.Path(path_type=Path),
-                            help="Trust directory: the site's root.json (or, legacy, its *.pub keys).")
+class AliasedOption(click.Option):
+    """An option whose help shows only its first name: the others are old spellings, still accepted
+    so that no script breaks, but no longer taught (``hidden_aliases``)."""
+
+    @property
+    def hidden_aliases(self) -> list[str]:
+        return self.opts[1:]
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        opts, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return f"'{self.opts[0]}'"  # "Missing option '--trust'", not the old spellings too
+
+
+def trust_dir_option(*, help: str, required: bool = True, aliases: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """``--trust TRUSTDIR``: the one name of the trust directory in every command (docs/cli.md);
+    ``aliases`` are the old spellings (``--dir`` in ``gapship trust ...``), accepted and hidden."""
+    return click.option("--trust", *aliases, "trust_dir", cls=AliasedOption, required=required,
+                        type=click.Path(path_type=Path), help=help)
+
+
+trust_option = trust_dir_option(help="Trust directory: the site's root.json (or, legacy, its *.pub keys).")
 bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
 
 

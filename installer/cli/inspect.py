@@ -9,13 +9,12 @@ import click
 
 from ..bundle.files import read_raw_bundle
 from ..trust import SignatureCheck, TrustStore, parse_unverified
-from .group import bundle_argument, cli, emit, human_size, json_option
+from .group import bundle_argument, cli, emit, human_size, json_option, trust_dir_option
 
 
 @cli.command()
 @bundle_argument
-@click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
-              help="Also say which signatures are valid for this trust directory.")
+@trust_dir_option(help="Also say which signatures are valid for this trust directory.", required=False)
 @json_option
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     """Show what BUNDLE holds, who signed it and its sizes. Does NOT verify anything unless --trust."""

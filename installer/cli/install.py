@@ -9,7 +9,7 @@ import click
 
 from ..bundle.files import read_raw_bundle
 from ..host.state import HostState
-from ..install.install import install as install_bundle
+from ..deploy.install import install as install_bundle
 from ..trust import Allowances, TrustStore, verify_manifest
 from ._host import HostContext, host_options
 from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \

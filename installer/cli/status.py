@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 from ..formats.authorization import parse_time
 from .group import cli, emit, json_option
 from ..errors import UsageError
-from ..install.install import CURRENT, RECEIPT, STAGING_PREFIX
+from ..deploy.install import CURRENT, RECEIPT, STAGING_PREFIX
 from ..formats.site import load_site
 
 MAX_RECEIPT_BYTES = 1024 * 1024

@@ -17,13 +17,14 @@ from ..crypto.sigstore import pin_sigstore_signer
 from ..formats.root import ROLES, Envelope, Root
 from ..formats.timestamps import parse_time, utc_now
 from ..host.trustdir import HISTORY_DIR, parse_root_file_name, read_history, read_root_folder, root_file_name
-from .group import cli, emit, json_option
+from .group import cli, emit, json_option, trust_dir_option
 from ..errors import TrustError, UsageError
 from ..host.state import HostState
 from ..trust import TrustStore, apply_root_chain
 
-dir_option = click.option("--dir", "trust_dir", required=True, type=click.Path(path_type=Path),
-                          help="Trust directory (root.json and roots/; or, legacy, *.pub files).")
+# `--dir` was the trust directory's name in these commands alone; it stays accepted, hidden.
+dir_option = trust_dir_option(help="Trust directory (root.json and roots/; or, legacy, *.pub files).",
+                              aliases=("--dir",))
 
 
 @cli.group()
@@ -141,8 +142,7 @@ def _claimed_name(data: bytes, where: str) -> str:
 
 
 @trust.command(name="add-sigstore")
-@click.option("--trust", "trust_dir", required=True, type=click.Path(path_type=Path),
-              help="Trust directory to pin the signer in (created if missing).")
+@trust_dir_option(help="Trust directory to pin the signer in (created if missing).")
 @click.option("--trusted-root", required=True, type=click.Path(path_type=Path),
               help="Sigstore trusted_root.json to pin (copied into the trust directory).")
 @click.option("--identity", required=True,

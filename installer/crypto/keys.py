@@ -154,9 +154,3 @@ def parse_signature_file_name(name: str) -> tuple[str, str] | None:
             keyid = name[: -len(suffix)]
             return (keyid, algorithm) if is_keyid(keyid) else None
     return None
-
-
-def keyid_of_signature_file(name: str) -> str | None:
-    """The key id an Ed25519 signature file names, or None (kept for callers of the v1 API)."""
-    parsed = parse_signature_file_name(name)
-    return parsed[0] if parsed and parsed[1] == ED25519 else None

@@ -75,7 +75,7 @@ class SigstoreSigner:
 
 @dataclass(frozen=True)
 class SigstoreOutcome:
-    """What was found about one ``*.sigstore.json`` file, for :class:`~.trust.SignatureCheck`."""
+    """What was found about one ``*.sigstore.json`` file, for :class:`~gapship.installer.trust.SignatureCheck`."""
 
     signer: str | None  # the signer_id it verified for, when valid
     status: str  # valid | untrusted | invalid | unchecked

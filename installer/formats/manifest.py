@@ -4,7 +4,7 @@ Frozen dataclasses with :meth:`Manifest.from_bytes` / :meth:`Manifest.to_bytes`.
 ``from_bytes`` accepts only canonical JSON (RFC 8785 subset: sorted keys, no insignificant whitespace,
 integers only) that passes every structural rule below; anything else raises
 :class:`~gapship.installer.errors.UnsafeContentError` naming the field. The caller must have checked
-the signatures over the exact bytes *before* calling it (see :mod:`.trust`).
+the signatures over the exact bytes *before* calling it (see :mod:`gapship.installer.trust`).
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class Manifest:
 # files ("Limits") about 30 MB of JSON three times over, at the peak of every build and of every
 # from_bytes check. Canonical JSON composes: an object is ``{``, its ``key:value`` members in key
 # order joined by ``,``, then ``}``; a list likewise. So the same bytes are written a batch of files
-# at a time into one buffer (tests/installer/test_canonical.py holds them to canonical_json(to_dict())).
+# at a time into one buffer (tests/bundler/test_canonical.py holds them to canonical_json(to_dict())).
 _BATCH = 1000  # files encoded per json.dumps call: small dicts in flight, few Python-level calls
 
 

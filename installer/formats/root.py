@@ -6,7 +6,7 @@ the bytes between ``"signed":`` and the closing brace). ``signed`` names the key
 roles each key may sign for with a threshold per role, an expiry, and optional floor resets.
 
 :class:`Envelope` parses only the envelope; :class:`Root` interprets ``signed``. The caller
-(:mod:`.trust`) checks signatures between the two, in the order python-tuf's TrustedMetadataSet uses.
+(:mod:`gapship.installer.trust`) checks signatures between the two, in the order python-tuf's TrustedMetadataSet uses.
 Malformed roots raise :class:`~gapship.installer.errors.TrustError`: a root is trust metadata.
 """
 

@@ -5,7 +5,7 @@ back), and a short log of every override (``--allow-reinstall`` / ``--allow-down
 It lives in ``PREFIX/.gapship/state.json`` (bundle names cannot start with a dot, so it never collides
 with an install), is written atomically and fsynced under ``PREFIX/.gapship/state.lock``, and a file
 that cannot be read or parsed is refused rather than treated as empty: losing it would reset every floor.
-This module stores and loads; :mod:`.trust` decides.
+This module stores and loads; :mod:`gapship.installer.trust` decides.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class StateSnapshot:
 
 @dataclass(frozen=True)
 class Installed:
-    """What an install adds to the state (the floor is computed by :func:`.trust.next_floor`)."""
+    """What an install adds to the state (the floor is computed by :func:`gapship.installer.trust.installed_record`)."""
 
     name: str
     version: str

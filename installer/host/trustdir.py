@@ -1,5 +1,5 @@
 """The files of a trust directory (docs/trust.md, "The trust directory"). Bytes in, bytes out: every
-decision about them is made in :mod:`.trust`.
+decision about them is made in :mod:`gapship.installer.trust`.
 
 ``TRUSTDIR/root.json`` is the current trusted root; ``TRUSTDIR/roots/<N>.root.json`` keeps every version
 the directory ever accepted. Without ``root.json`` the directory is in legacy mode: its ``*.pub`` files

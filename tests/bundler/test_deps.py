@@ -14,7 +14,7 @@ from deps_testing import (
 )
 from gapship.bundler.deps.selfwheel import wheel_from_installed
 from gapship.bundler.spec import load_spec
-from gapship.installer.install.deps import LOCK, TARGET, parse_lock
+from gapship.installer.deploy.deps import LOCK, TARGET, parse_lock
 from gapship.installer.errors import UsageError
 from gapship.installer.formats.manifest import Manifest
 from gapship_testing import run
@@ -228,7 +228,7 @@ def test_wheel_from_installed_distribution_is_reproducible_and_complete(tmp_path
     assert first.read_bytes() == second.read_bytes()
     with zipfile.ZipFile(first) as zf:
         names = set(zf.namelist())
-        assert "gapship/installer/install/deps.py" in names and "gapship/bundler/deps/freeze.py" in names
+        assert "gapship/installer/deploy/deps.py" in names and "gapship/bundler/deps/freeze.py" in names
         assert "gapship-0.1.0.dist-info/entry_points.txt" in names
         assert not [n for n in names if n.endswith(".pyc") or "direct_url" in n or n.startswith("..")]
         assert zf.testzip() is None

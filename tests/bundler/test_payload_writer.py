@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gapship.bundler.payload import PayloadWriter, member_header
-from gapship.installer.install import pipeline as _pipeline
+from gapship.installer.deploy import pipeline as _pipeline
 from gapship.installer.errors import UsageError
 from gapship_testing import noise
 

@@ -17,7 +17,7 @@ from deps_testing import (
     GAPSHIP, HOST_PLATFORM, Wheelhouse, add_dependencies, clean_env, host_best_platform, offline, wheelhouse,
 )
 from gapship.bundler.deps.selfwheel import wheel_from_installed
-from gapship.installer.install.deps import BOOTSTRAP_LOCK, parse_lock
+from gapship.installer.deploy.deps import BOOTSTRAP_LOCK, parse_lock
 from gapship.installer.formats.manifest import Manifest
 
 

@@ -64,7 +64,7 @@ def test_verify_imports_no_bundler_nor_site_module(make_key: Callable[[str], Key
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK demo 1.0.0: signed by release")
     assert bundler_modules(modules) == ENTRY_SHIM
-    assert "gapship.installer.install.install" not in modules  # verify writes nothing; the installer stays unloaded
+    assert "gapship.installer.deploy.install" not in modules  # verify writes nothing; the installer stays unloaded
     assert not modules & SITE_ONLY
 
 

@@ -242,3 +242,23 @@ def test_three_releases_with_a_key_rotation(tmp_path: Path, make_spec) -> None:
     assert tree(prefix) == before
     assert sorted(p.name for p in (prefix / "demo").iterdir() if not p.name.startswith(".")) == [
         "1.0.0", "2.0.0", "3.0.0", "current"]
+
+
+def test_trust_directory_is_named_trust_in_every_command_and_the_old_dir_still_works(tmp_path: Path) -> None:
+    """One name for one thing: ``--trust TRUSTDIR`` everywhere; ``--dir``, the old spelling of the
+    ``trust`` group, is still accepted (scripts keep working) but no longer shown in help."""
+    root_priv, root_pub = keygen(tmp_path, "root")
+    _, rel_pub = keygen(tmp_path, "rel")
+    trust = tmp_path / "trust"
+    code, out = run_json("trust", "init", "--trust", trust, "--root-key", root_pub, "--release-key", rel_pub,
+                         "--sign-with", root_priv)
+    assert code == 0, out
+    code, new = run_json("trust", "show", "--trust", trust)
+    code_old, old = run_json("trust", "show", "--dir", trust)
+    assert code == code_old == 0 and new == old and new["version"] == 1
+    for sub in ("show", "update", "init", "add-key", "remove-key", "set-role", "renew", "reset-floor", "attach",
+                "add-sigstore"):
+        shown = run("trust", sub, "--help").stdout
+        assert "--trust PATH" in shown and "--dir" not in shown, sub
+    missing = run("trust", "show")
+    assert missing.exit_code == 2 and "Missing option '--trust'." in missing.output

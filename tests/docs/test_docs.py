@@ -383,13 +383,29 @@ def _documented_parameters(body: str) -> set[str]:
 
 
 def _real_parameters(command: click.Command) -> set[str]:
+    """The names a command teaches: its arguments and options, less the hidden old spellings."""
     names = set()
     for param in command.params:
         if isinstance(param, click.Option):
-            names.update(param.opts + param.secondary_opts)
+            names.update(set(param.opts + param.secondary_opts) - set(_hidden_aliases(param)))
         else:
             names.add(param.human_readable_name)
     return names
+
+
+def _hidden_aliases(param: click.Parameter) -> list[str]:
+    return list(getattr(param, "hidden_aliases", []))
+
+
+def _check_hidden_aliases_documented(command: click.Command, body: str) -> None:
+    """An old spelling kept for scripts (e.g. ``--dir`` for ``--trust``) is named in the option's
+    row of the table, so a reader of an old script can find what it means."""
+    for param in command.params:
+        for alias in _hidden_aliases(param):
+            assert isinstance(param, click.Option)
+            rows = [row for row in table_rows(body, "| argument or option |")
+                    if any(token.split()[0] == param.opts[0] for token in backticked(row[0]))]
+            assert rows and f"`{alias}`" in " ".join(rows[0]), f"{alias} (old spelling of {param.opts[0]})"
 
 
 def _commands() -> dict[str, click.Command]:
@@ -412,6 +428,7 @@ def test_cli_doc_lists_exactly_the_arguments_and_options_of(name: str) -> None:
     body = _command_sections()[name]
     real = _real_parameters(COMMANDS[name])
     assert _documented_parameters(body) == real
+    _check_hidden_aliases_documented(COMMANDS[name], body)
     synopsis = fenced_block_after(body, "")
     assert synopsis.startswith(f"gapship {name} ")
     assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == {n for n in real if n.startswith("--")}
@@ -454,6 +471,7 @@ def test_cli_doc_lists_exactly_the_arguments_and_options_of_subcommand(path: str
     body = _subcommand_sections()[path]
     real = _real_parameters(_leaf_commands()[path])
     assert _documented_parameters(body) == real
+    _check_hidden_aliases_documented(_leaf_commands()[path], body)
     synopsis = fenced_block_after(body, "")
     assert synopsis.startswith(f"gapship {path} ")
     assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == {n for n in real if n.startswith("--")}
@@ -676,7 +694,7 @@ def test_setup_commands_are_executable_strict_bash(script: str) -> None:
 def test_format_doc_has_every_section_the_code_cites() -> None:
     headings = {re.sub(r"^[\d.]+ ", "", h) for h in re.findall(r"^#{2,3} (.+)$", FORMAT.read_text(), re.M)}
     cited = set()
-    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+    for source in [*(ROOT / "installer").rglob("*.py"), *(ROOT / "bundler").rglob("*.py")]:
         cited.update(re.findall(r'docs/format\.md,?\s+"([^"]+)"', source.read_text()))
     assert cited, "the code cites no section"
     assert cited <= headings, cited - headings
@@ -686,7 +704,7 @@ def test_feature_docs_have_every_section_the_code_cites() -> None:
     """Every ``docs/<page>.md, "Section"`` citation in the code names a heading of that page, or the
     start of one (``"Time"`` for "Time: expiry and a clock set back"); format.md's are exact, above."""
     missing = []
-    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+    for source in [*(ROOT / "installer").rglob("*.py"), *(ROOT / "bundler").rglob("*.py")]:
         for page, cited in re.findall(r'(docs/[a-z-]+\.md),?\s+"([^"]+)"', source.read_text()):
             headings = [re.sub(r"^[\d.]+ ", "", h) for h in re.findall(r"^#{2,3} (.+)$", (ROOT / page).read_text(), re.M)]
             if not any(h == cited or h.startswith((f"{cited}:", f"{cited} ", f"{cited},")) for h in headings):
@@ -695,7 +713,7 @@ def test_feature_docs_have_every_section_the_code_cites() -> None:
 
 
 def test_docs_the_code_cites_exist() -> None:
-    for source in [*(ROOT / "installer").glob("*.py"), *(ROOT / "bundler").glob("*.py")]:
+    for source in [*(ROOT / "installer").rglob("*.py"), *(ROOT / "bundler").rglob("*.py")]:
         for page in re.findall(r"docs/[a-z-]+\.md", source.read_text()):
             assert (ROOT / page).is_file(), f"{source.name} cites {page}"
 

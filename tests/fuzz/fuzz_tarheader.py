@@ -14,7 +14,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gapship.installer.install.tarstream import check_header_region, parse_header_region
+    from gapship.installer.deploy.tarstream import check_header_region, parse_header_region
     from gapship.installer.errors import GapshipError
     from gapship.installer.formats.manifest import FileEntry
 

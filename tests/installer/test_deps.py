@@ -21,7 +21,7 @@ from gapship.bundler.build import build
 from gapship.bundler.deps.freeze import FrozenDependencies
 from gapship.bundler.keys import keygen
 from gapship.bundler.spec import load_spec
-from gapship.installer.install.deps import LOCK, TARGET, Target, parse_lock
+from gapship.installer.deploy.deps import LOCK, TARGET, Target, parse_lock
 from gapship.installer.errors import UnsafeContentError
 from gapship.installer.formats.manifest import Manifest
 from gapship_testing import run, tree

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from gapship.bundler.payload import member_header
 from gapship.bundler.sign import write_signature
-from gapship.installer.install import pipeline as _pipeline
-from gapship.installer.install.extract import _HeaderCheck
-from gapship.installer.install.tarstream import check_header_region
+from gapship.installer.deploy import pipeline as _pipeline
+from gapship.installer.deploy.extract import _HeaderCheck
+from gapship.installer.deploy.tarstream import check_header_region
 from gapship.installer.errors import UnsafeContentError
 from gapship.installer.formats.manifest import FileEntry, Manifest
 from gapship_testing import KeyPair, assert_error, noise, run_json, tree

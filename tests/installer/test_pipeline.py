@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer.install.pipeline import Block, Flusher, Pipeline
+from gapship.installer.deploy.pipeline import Block, Flusher, Pipeline
 
 
 class Recorder:

@@ -16,7 +16,7 @@ import pytest
 from gapship.bundler.roots import floor_reset, remove_key, sign_root
 from gapship.installer.formats.root import FloorReset, Root
 from gapship.installer.errors import HostError, PolicyError, TrustError, UsageError
-from gapship.installer.install.install import install
+from gapship.installer.deploy.install import install
 from gapship.installer.host.state import HostState
 from gapship.installer.trust import Allowances, TrustStore
 from gapship_testing import run, tree

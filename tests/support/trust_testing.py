@@ -16,7 +16,7 @@ from gapship.bundler.roots import RootChange, init_trust, next_version
 from gapship.bundler.spec import load_spec
 from gapship.installer.formats.root import ROLE_RELEASE, ROLE_ROOT, SignedRoot
 from gapship.installer.bundle.files import read_raw_bundle
-from gapship.installer.install.install import InstallResult, install
+from gapship.installer.deploy.install import InstallResult, install
 from gapship.installer.host.state import HostState
 from gapship.installer.trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from gapship_testing import KeyPair

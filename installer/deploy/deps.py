@@ -12,10 +12,10 @@ Order of work, so that nothing is written before the host is known to fit and no
 runs before verification has finished (../shared/guides/security.md, "Faults on the host"):
 
 1. :func:`plan_dependencies`, before anything is written: checks the component's layout, reads
-   ``target.json`` and the lock, checked against their signed hashes (:func:`~.verify.read_small_files`),
+   ``target.json`` and the lock, checked against their signed hashes (:func:`~gapship.installer.bundle.verify.read_small_files`),
    asks the chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
    differ from the interpreter running gapship), and refuses a mismatch with :class:`PolicyError`.
-2. The payload is extracted and every file hash-checked as usual (``_extract.py``).
+2. The payload is extracted and every file hash-checked as usual (``extract.py``).
 3. :func:`create_venv`: ``python -m venv`` at its final path, then ``pip install --no-index
    --find-links <wheels> --require-hashes`` into it. Installing a wheel unpacks files; it runs no code from the
    wheel (no ``setup.py``), and pip never reaches an index: any missing wheel is a failure, not a fallback.

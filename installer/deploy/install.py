@@ -26,7 +26,6 @@ the version directory is removed at once and the previous ``current`` stays.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from .. import __version__
 from .extract import extract_payload
+from ..host.atomic import fsync_dir
 from ..host.fs import remove_tree
 from ..host.audit import who as audit_who
 from ..bundle.files import SIGNATURES
@@ -125,7 +125,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             _write_records(staging, verified, record, receipt=deps is None)
             _sync(staging)
             os.rename(staging, target)
-            _fsync_dir(home)
+            fsync_dir(home)
         except BaseException:
             remove_tree(staging)
             raise
@@ -144,7 +144,7 @@ def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: Depende
         _sync(target)
         _write_receipt(target, verified, deps, record)
         (target / INCOMPLETE).unlink()
-        _fsync_dir(target)
+        fsync_dir(target)
     except BaseException:
         remove_tree(target)
         raise
@@ -366,7 +366,7 @@ def _switch_current(home: Path, version: str) -> None:
     tmp = home / f".current-{secrets.token_hex(6)}"
     os.symlink(version, tmp)
     os.replace(tmp, link)
-    _fsync_dir(home)
+    fsync_dir(home)
 
 
 def _sync(path: Path) -> None:
@@ -380,16 +380,5 @@ def _sync(path: Path) -> None:
             raise HostError(f"cannot flush {path} to disk: {os.strerror(err)}", subject=str(path))
     except AttributeError:
         os.sync()
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
     finally:
         os.close(fd)

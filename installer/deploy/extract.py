@@ -1,6 +1,6 @@
 """Streaming the payload into a staging directory (docs/format.md, "Installing").
 
-One pass over the chunks, in order, through a :class:`~._pipeline.Pipeline` of three stages that
+One pass over the chunks, in order, through a :class:`~.pipeline.Pipeline` of three stages that
 each see every block read, on their own threads (docs/benchmarks.md has the measurements):
 
 - the chunk check hashes each byte into its chunk's hash and compares it at the chunk's end;
