@@ -1,4 +1,4 @@
-"""bundler/_payload.py: the stream is laid into pipeline buffers and every source file is read once.
+"""bundler/payload.py: the stream is laid into pipeline buffers and every source file is read once.
 A source that changes size under the builder is refused, and what was written is exactly a tar
 stream whose chunk and file hashes the writer reports."""
 

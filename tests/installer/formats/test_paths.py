@@ -1,4 +1,4 @@
-"""installer/paths.py: the one-pass check for plain ASCII paths accepts exactly the paths the full rules
+"""installer/formats/paths.py: the one-pass check for plain ASCII paths accepts exactly the paths the full rules
 accept, and every path, on either route, gets the same verdict and wording as the rules as first
 written (docs/format.md, "Paths"); the collision check, which now adds each directory once, refuses
 the same lists with the same message as before."""

@@ -1,4 +1,4 @@
-"""The streaming install (installer/_extract.py) and build (bundler/_payload.py) run three stages on
+"""The streaming install (installer/install/extract.py) and build (bundler/payload.py) run three stages on
 three threads. These tests pin what that must not change: the exact bytes, for any block and chunk
 size; a damaged chunk reported as damage (exit 3) and the first one first, whatever its bytes look
 like; and the checks that only the stream can make (file hashes, tar headers, padding) on chunks

@@ -1,4 +1,4 @@
-"""The manifest model (installer/manifest.py): bytes round trip, canonical form, and a representative
+"""The manifest model (installer/formats/manifest.py): bytes round trip, canonical form, and a representative
 structural rule per field (the exhaustive hostile versions live in tests/security/)."""
 
 from __future__ import annotations
