@@ -181,6 +181,7 @@ def test_member_header_is_what_tarfile_writes() -> None:
     assert differ == []
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=500, deadline=None)
 @given(path=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300),
        size=st.integers(0, 2**53 - 1) | st.sampled_from([USTAR_LIMIT - 1, USTAR_LIMIT]),

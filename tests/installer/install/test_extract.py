@@ -231,6 +231,7 @@ def _outcome(check: Callable[[bytes, FileEntry], None], region: bytes, entry: Fi
     return None
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=400, deadline=None)
 @given(index=st.integers(0, 511), value=st.integers(0, 255), fix_checksum=st.booleans(),
        path=st.sampled_from(["models/m/second.bin", "models/m/" + "x" * 95, "models/m/é.bin", "models/m/" + "y" * 120]))
