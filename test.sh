@@ -2,6 +2,8 @@
 # Set up and pass the tests (the README's test command; .ci/run calls it).
 # Installs gapship (not editable) with its test extras into .venv, type-checks the package, runs pytest.
 # Arguments are passed to pytest, e.g. ./test.sh -k install -x
+# Fast inner loop: ./test.sh -m "not slow" leaves out the tests marked slow (hypothesis, atheris, the
+# 4 GiB payload, pip and venv runs); .ci/run runs everything.
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -32,6 +32,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return data
 
 
+@pytest.mark.slow  # runs benchmarks/run.py --smoke
 def test_json_report_has_every_step_contender_and_target(report: dict[str, object]) -> None:
     rows: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
     assert {(r["dataset"], r["step"]) for r in rows} == STEPS
@@ -60,6 +61,7 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
     assert settings["cache"] == "warm" and "synced after each run" in str(settings["cache_note"])
 
 
+@pytest.mark.slow  # runs benchmarks/run.py --smoke
 def test_table_output_is_a_markdown_table(tmp_path: Path) -> None:
     out = smoke(tmp_path, "--only", "small").stdout
     lines = out.splitlines()

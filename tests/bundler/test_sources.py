@@ -1,4 +1,4 @@
-"""bundler/_sources.py: what a build bundles, found by walking each model tree once per build, and
+"""bundler/sources.py: what a build bundles, found by walking each model tree once per build, and
 the same files, paths, sizes and modes whichever way the spec spells a model's folder."""
 
 from __future__ import annotations

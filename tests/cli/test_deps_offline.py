@@ -31,6 +31,7 @@ def _gapship(*argv: str | Path, cut: bool = True) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=300)
 
 
+@pytest.mark.slow  # runs pip and creates a venv
 def test_offline_build_and_install_without_network(tmp_path: Path, house: Wheelhouse, make_key, make_trust,
                                                     make_spec) -> None:
     key = make_key("release")

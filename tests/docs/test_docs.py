@@ -574,18 +574,18 @@ def _trust_root_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, k
     root, auth = make_key("root"), make_key("auth")
     authority, site = tmp_path / "authority", tmp_path / "site-trust"
     sign_with = ("--sign-with", root.private)
-    runs["trust init"] = [_json("trust", "init", "--dir", authority, "--root-key", root.public, "--release-key",
+    runs["trust init"] = [_json("trust", "init", "--trust", authority, "--root-key", root.public, "--release-key",
                                 key.public, "--authorize-key", auth.public, *sign_with)]
     shutil.copytree(authority, site)  # the site's copy, at root v1
-    runs["trust add-key"] = [_json("trust", "add-key", "--dir", authority, second.public, *sign_with)]
-    runs["trust set-role"] = [_json("trust", "set-role", "--dir", authority, "--role", "release",
+    runs["trust add-key"] = [_json("trust", "add-key", "--trust", authority, second.public, *sign_with)]
+    runs["trust set-role"] = [_json("trust", "set-role", "--trust", authority, "--role", "release",
                                     "--require-algorithms", "ed25519", *sign_with)]
-    runs["trust remove-key"] = [_json("trust", "remove-key", "--dir", authority, "second", *sign_with)]
-    runs["trust reset-floor"] = [_json("trust", "reset-floor", "--dir", authority, "--bundle", "demo",
+    runs["trust remove-key"] = [_json("trust", "remove-key", "--trust", authority, "second", *sign_with)]
+    runs["trust reset-floor"] = [_json("trust", "reset-floor", "--trust", authority, "--bundle", "demo",
                                        "--from", "1.0.0", "--to", "0.5.0", *sign_with)]
-    runs["trust renew"] = [_json("trust", "renew", "--dir", authority, "--expires", "30d", *sign_with)]
-    runs["trust attach"] = [_json("trust", "attach", bundle, "--dir", authority)]
-    runs["trust update"] = [_json("trust", "update", "--dir", site, authority)]
+    runs["trust renew"] = [_json("trust", "renew", "--trust", authority, "--expires", "30d", *sign_with)]
+    runs["trust attach"] = [_json("trust", "attach", bundle, "--trust", authority)]
+    runs["trust update"] = [_json("trust", "update", "--trust", site, authority)]
 
 
 def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: KeyPair,
@@ -611,8 +611,8 @@ def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: Ke
     broken.mkdir()
     (broken / "receipt.json").write_text("{")  # listed with a problem
     runs["status"] = [_json("status", "--prefix", prefix, "--site-config", site)]
-    runs["trust show"] = [_json("trust", "show", "--dir", authority, "--prefix", prefix),
-                          _json("trust", "show", "--dir", legacy_trust)]
+    runs["trust show"] = [_json("trust", "show", "--trust", authority, "--prefix", prefix),
+                          _json("trust", "show", "--trust", legacy_trust)]
     host_key = tmp_path / "host" / "host.key"
     runs["audit export"] = [_json("audit", "export", "--out", tmp_path / "export-1", "--log", log,
                                   "--host-key", host_key)]

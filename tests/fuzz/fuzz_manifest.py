@@ -1,4 +1,4 @@
-"""atheris target: the manifest parser (installer/manifest.py, ``Manifest.from_bytes``).
+"""atheris target: the manifest parser (installer/formats/manifest.py, ``Manifest.from_bytes``).
 
 Any input must parse or raise the project's own error; any other exception is a crash.
 

@@ -1,4 +1,4 @@
-"""atheris target: the tar header checker (installer/_tarstream.py, ``parse_header_region`` and
+"""atheris target: the tar header checker (installer/deploy/tarstream.py, ``parse_header_region`` and
 ``check_header_region``).
 
 Any header region must be accepted as exactly the expected member or raise the project's own error;

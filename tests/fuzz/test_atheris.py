@@ -15,6 +15,7 @@ from hostile import craft, pax_header, raw_header, standard_payload
 
 atheris = pytest.importorskip("atheris", reason="atheris is not installed here (it ships wheels for Linux x86-64 only)")
 
+pytestmark = pytest.mark.slow  # each target fuzzes for SECONDS, plus atheris start-up
 SECONDS = 4
 HERE = Path(__file__).parent
 

@@ -30,6 +30,7 @@ from gapship.installer.formats.manifest import Manifest, canonical_json, padded
 from gapship_testing import run
 from hostile import chunk_entries, cut, sha256, snapshot, write_bundle
 
+pytestmark = pytest.mark.slow  # hypothesis: 150 installs per property
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DOCUMENTED = {2, 3, 4, 5, 6, 7}

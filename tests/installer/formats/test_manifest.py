@@ -1,18 +1,24 @@
-"""The manifest model (installer/manifest.py): bytes round trip, canonical form, and a representative
-structural rule per field (the exhaustive hostile versions live in tests/security/)."""
+"""The manifest model (installer/formats/manifest.py): bytes round trip, canonical form, and a representative
+structural rule per field (the exhaustive hostile versions live in tests/security/). ``Manifest.to_bytes``
+writes the canonical JSON a piece at a time; the bytes must be exactly ``canonical_json(to_dict())``,
+what every verifier recomputes and compares (docs/format.md, 4.1)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gapship.bundler.build import build
+from gapship.bundler.deps.freeze import FrozenDependencies, Target
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
 from gapship.installer.errors import UnsafeContentError
+from gapship.installer.formats import manifest as manifest_module
 from gapship.installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest, canonical_json
 from gapship_testing import noise, write_spec
 
@@ -188,3 +194,35 @@ def test_build_refuses_more_chunks_than_a_bundle_may_hold(tmp_path, monkeypatch:
     with pytest.raises(UsageError, match="more than 3 chunks of 1024 bytes; give a larger --chunk-size"):
         build(load_spec(spec), out=tmp_path / "bundle", key=key, chunk_size=1024)
     assert not (tmp_path / "bundle").exists()
+
+
+# -- to_bytes writes exactly canonical_json(to_dict()) ---------------------------------------------
+
+
+# Names that JSON escapes or writes as multi-byte UTF-8, and (below) an empty dependencies component,
+# whose "files" list is empty.
+FILES = {'quo"te\'s.bin': b"q", "back`tick$.txt": b"b", "modèle/naïve-日本/𝄞.bin": b"m", "empty": b""}
+FILES |= {f"many/{i:04d}": bytes([i % 256]) for i in range(3)}
+
+
+def _manifest(tmp_path: Path, files: dict[str, bytes], *, expires: str | None) -> tuple[Manifest, bytes]:
+    spec = write_spec(tmp_path / "src", files)
+    deps = FrozenDependencies(files=(), target=Target("3.11", "cp", ("linux_x86_64",)), pins=(), bootstrap=())
+    out = tmp_path / "bundle"
+    build(load_spec(spec), out=out, key=SigningKey.generate(), chunk_size=4096, expires=expires, dependencies=deps,
+          now=datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    data = (out / "manifest.json").read_bytes()
+    return Manifest.from_bytes(data), data
+
+
+@pytest.mark.parametrize("expires", [None, "90d"])
+@pytest.mark.parametrize("batch", [1, 2, 1000])
+def test_manifest_bytes_are_to_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expires: str | None,
+                                     batch: int) -> None:
+    """Batches of one file, of two (the model's 7 files end in a short batch), and one batch for all."""
+    monkeypatch.setattr(manifest_module, "_BATCH", batch)
+    manifest, written = _manifest(tmp_path, FILES, expires=expires)
+    assert [c.kind for c in manifest.components] == ["model", "safeguards", "dependencies"]
+    assert manifest.components[-1].files == ()
+    assert (manifest.expires is None) == (expires is None)
+    assert manifest.to_bytes() == canonical_json(manifest.to_dict()) == written

@@ -70,6 +70,7 @@ def _venv_python(prefix: Path, version: str = "current") -> Path:
     return prefix / "demo" / version / "venv" / "bin" / "python"
 
 
+@pytest.mark.slow  # creates a venv and pip-installs into it
 def test_installs_dependencies_into_the_versions_venv(tmp_path: Path, shared: dict[str, Path]) -> None:
     prefix = tmp_path / "prefix"
     result = run("install", shared["1.0.0"], "--trust", shared["trust"], "--prefix", prefix, "--json")
@@ -130,6 +131,7 @@ def test_rejects_tampered_wheel(tmp_path: Path, shared: dict[str, Path]) -> None
     assert not (prefix / "demo" / "1.0.0").exists() and not (prefix / "demo" / "current").exists()
 
 
+@pytest.mark.slow  # creates a venv and pip-installs into it
 def test_failed_venv_keeps_the_previous_version_current(tmp_path: Path, shared: dict[str, Path]) -> None:
     trust = shared["trust"]
     prefix = tmp_path / "prefix"
@@ -144,6 +146,7 @@ def test_failed_venv_keeps_the_previous_version_current(tmp_path: Path, shared: 
     assert (prefix / "demo" / "current").readlink() == Path("1.0.0")
 
 
+@pytest.mark.slow  # creates a venv and pip-installs into it
 def test_interrupted_venv_is_removed_by_the_next_run(tmp_path: Path, shared: dict[str, Path]) -> None:
     """SIGKILL while the venv is being made: `current` stays, the next run cleans up and installs."""
     trust, bundle = shared["trust"], shared["1.0.0"]

@@ -1,4 +1,4 @@
-"""The streaming install (installer/_extract.py) and build (bundler/_payload.py) run three stages on
+"""The streaming install (installer/deploy/extract.py) and build (bundler/payload.py) run three stages on
 three threads. These tests pin what that must not change: the exact bytes, for any block and chunk
 size; a damaged chunk reported as damage (exit 3) and the first one first, whatever its bytes look
 like; and the checks that only the stream can make (file hashes, tar headers, padding) on chunks
@@ -231,6 +231,7 @@ def _outcome(check: Callable[[bytes, FileEntry], None], region: bytes, entry: Fi
     return None
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=400, deadline=None)
 @given(index=st.integers(0, 511), value=st.integers(0, 255), fix_checksum=st.booleans(),
        path=st.sampled_from(["models/m/second.bin", "models/m/" + "x" * 95, "models/m/é.bin", "models/m/" + "y" * 120]))

@@ -229,7 +229,7 @@ def test_verifies_and_refuses_with_the_network_cut(tmp_path: Path) -> None:
     probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot cut the network here (unshare -rn: {probe.stderr.decode().strip()})")
-    support = Path(__file__).resolve().parents[1] / "support"
+    support = Path(__file__).resolve().parents[2] / "support"
     proc = subprocess.run(["unshare", "-rn", sys.executable, "-c", OFFLINE_SCRIPT, str(support)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr

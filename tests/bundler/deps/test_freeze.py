@@ -43,6 +43,7 @@ def _payload_file(bundle: Path, path: str) -> bytes:
     return payload[f.offset:f.end]
 
 
+@pytest.mark.slow  # runs pip
 def test_offline_build_bundles_target_wheels_with_a_hash_pinned_lock(tmp_path: Path, house: Wheelhouse,
                                                                       make_key, make_spec) -> None:
     key = make_key("release")
@@ -130,6 +131,7 @@ def test_rejects_source_options_inside_requirements(tmp_path: Path, make_key, ma
     assert "is not allowed" in result.stderr
 
 
+@pytest.mark.slow  # runs pip
 def test_builds_sdist_into_a_wheel_only_with_the_opt_in(tmp_path: Path, house: Wheelhouse, make_key,
                                                         make_spec) -> None:
     marker = tmp_path / "ran"

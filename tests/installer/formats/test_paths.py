@@ -1,4 +1,4 @@
-"""installer/paths.py: the one-pass check for plain ASCII paths accepts exactly the paths the full rules
+"""installer/formats/paths.py: the one-pass check for plain ASCII paths accepts exactly the paths the full rules
 accept, and every path, on either route, gets the same verdict and wording as the rules as first
 written (docs/format.md, "Paths"); the collision check, which now adds each directory once, refuses
 the same lists with the same message as before."""
@@ -90,6 +90,7 @@ PATHS = st.one_of(
 )
 
 
+@pytest.mark.slow  # hypothesis
 @SETTINGS
 @given(PATHS)
 @example("models/tiny/d000/f00001.bin")
@@ -170,6 +171,7 @@ def collision_verdict(paths_: list[str]) -> str | None:
 NAME = st.sampled_from(["a", "A", "b", "\ufb01", "fi", "\u00e4", "a\u0308"])
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.lists(NAME, min_size=1, max_size=4).map("/".join), max_size=8))
 @example(["a/b/c", "a"])

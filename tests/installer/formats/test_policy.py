@@ -1,4 +1,4 @@
-"""The safeguards policy parser (installer/policy.py): what a valid policy gives, and a message naming
+"""The safeguards policy parser (installer/formats/policy.py): what a valid policy gives, and a message naming
 the problem for each way a policy can be wrong."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_error_class_is_the_callers_choice() -> None:
 
 
 def test_the_shipped_example_policy_is_valid() -> None:
-    example = Path(__file__).resolve().parents[2] / "manifests" / "example" / "policy.toml"
+    example = Path(__file__).resolve().parents[3] / "manifests" / "example" / "policy.toml"
     policy = parse_policy(example.read_bytes(), source=str(example))
     assert "tiny" in policy.models
     assert any(rule.sensitive for rule in policy.sites.values())
