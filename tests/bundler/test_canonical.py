@@ -13,7 +13,8 @@ from gapship.bundler.deps.freeze import FrozenDependencies, Target
 from gapship.bundler.keys import SigningKey
 from gapship.bundler.spec import load_spec
 from gapship.installer.formats import manifest as manifest_module
-from gapship.installer.formats.manifest import Manifest, canonical_json
+from gapship.installer.formats.manifest import Manifest
+from gapship.installer.kit import canonical_json
 from gapship_testing import write_spec
 
 # Names that JSON escapes or writes as multi-byte UTF-8, and (below) an empty dependencies component,
