@@ -19,6 +19,8 @@ from ..installer.formats.manifest import (
     MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
 )
 from ..installer.formats.policy import parse_policy
+from ..installer.kit import Refusal, read_bounded
+from ..installer.safeguards import MAX_POLICY_BYTES
 from .expiry import parse_expires
 from .payload import PayloadWriter
 from .sources import Sources, collect_sources
@@ -142,13 +144,15 @@ def _distinct_keys(keys: list[SigningKey]) -> list[SigningKey]:
 
 
 def _read_policy(spec: BundleSpec) -> bytes:
-    try:
-        data = spec.safeguards.read_bytes()
-    except OSError as e:
-        raise UsageError(f"safeguards policy {spec.safeguards}: {e.strerror}", subject=str(spec.safeguards)) from None
+    # Capped at what the installer reads (a bigger policy could be built, never installed).
+    data = read_bounded(spec.safeguards, cap=MAX_POLICY_BYTES, refuse=_refuse_policy, follow_symlinks=True)
     policy = parse_policy(data, source=str(spec.safeguards))
     policy.check_models({m.name for m in spec.models})
     return data
+
+
+def _refuse_policy(r: Refusal) -> Exception:
+    return UsageError(f"safeguards policy {r.path}: {r.strerror}", subject=str(r.path))
 
 
 def _check_policy_unchanged(manifest: Manifest, policy: bytes, spec: BundleSpec) -> None:

@@ -17,6 +17,7 @@ import nacl.signing
 
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.keys import ALGORITHMS, ED25519, ML_DSA_87, MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
+from ..installer.kit import Refusal, read_bounded
 
 # DER PKCS#8 PrivateKeyInfo for Ed25519 (RFC 8410) is this fixed prefix and the 32-byte seed.
 PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
@@ -56,12 +57,7 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
-        try:
-            data = path.read_bytes()[: MAX_KEY_FILE_BYTES + 1]
-        except FileNotFoundError:
-            raise UsageError(f"key file {str(path)!r} does not exist", subject=str(path)) from None
-        except OSError as e:
-            raise UsageError(f"cannot read key file {str(path)!r}: {e.strerror}", subject=str(path)) from None
+        data = read_bounded(path, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_key_file, follow_symlinks=True)
         if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
             raise UsageError(f"{path} is a public key; signing needs the private .key file", subject=str(path))
         der = pem_decode(data, "PRIVATE KEY", source=str(path))
@@ -70,6 +66,26 @@ class SigningKey:
         if len(der) == len(MLDSA87_PKCS8_PREFIX) + SEED_BYTES and der.startswith(MLDSA87_PKCS8_PREFIX):
             return cls(seed=der[len(MLDSA87_PKCS8_PREFIX):], algorithm=ML_DSA_87)
         return cls(seed=_mldsa_seed_from_der(der, source=str(path)), algorithm=ML_DSA_87)
+
+
+def _refuse_key_file(r: Refusal) -> Exception:
+    if r.reason == "missing":
+        return UsageError(f"key file {str(r.path)!r} does not exist", subject=str(r.path))
+    return UsageError(f"cannot read key file {str(r.path)!r}: {r.strerror}", subject=str(r.path))
+
+
+def load_public_key(path: Path, *, source: str | None = None) -> PublicKey:
+    """The public key in the ``.pub`` file ``path`` named by the user (a symlink is followed);
+    ``source`` names it in messages (default: the path)."""
+    shown = source or str(path)
+
+    def refuse(r: Refusal) -> Exception:
+        if r.reason == "too-large":  # PublicKey.from_pem's words for a key file over the cap
+            return UsageError(f"{shown}: key file over {MAX_KEY_FILE_BYTES} bytes", subject=shown)
+        return UsageError(f"cannot read {path}: {r.strerror}", subject=str(path))
+
+    return PublicKey.from_pem(read_bounded(path, cap=MAX_KEY_FILE_BYTES, refuse=refuse, follow_symlinks=True),
+                              source=shown)
 
 
 def _ed25519_sign(seed: bytes, message: bytes) -> bytes:

@@ -6,7 +6,6 @@ before it is written, so the authority never writes a root that a site would ref
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -23,7 +22,8 @@ from ..installer.bundle.files import ROOTS
 from ..installer.errors import GapshipError, HostError, TrustError, UsageError
 from ..installer.crypto.keys import PublicKey
 from ..installer.trust import TrustStore, load_root_file, update_root
-from .keys import SigningKey
+from ..installer.kit import parse_json
+from .keys import SigningKey, load_public_key
 
 RootChange = Callable[[Root], Root]
 
@@ -33,7 +33,8 @@ def sign_root(root: Root, keys: Sequence[SigningKey]) -> SignedRoot:
     signed_bytes = root.to_bytes()
     signatures = sorted((Signature(k.public.keyid, k.algorithm, k.sign(signed_bytes)) for k in keys),
                         key=lambda s: (s.keyid, s.algorithm))
-    return SignedRoot(root, Envelope(signed=json.loads(signed_bytes), signed_bytes=signed_bytes,
+    signed = parse_json(signed_bytes, source=f"root v{root.version}", error=TrustError)  # our own bytes
+    return SignedRoot(root, Envelope(signed=signed, signed_bytes=signed_bytes,
                                      signatures=tuple(signatures)))
 
 
@@ -193,7 +194,7 @@ def find_key(root: Root, ref: str) -> str:
         return by_name[0]
     path = Path(ref)
     if path.is_file():
-        return PublicKey.from_pem(path.read_bytes(), source=ref).keyid
+        return load_public_key(path, source=ref).keyid
     raise UsageError(f"{ref!r} is not a key id, key name or .pub file of this root", subject=ref)
 
 

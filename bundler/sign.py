@@ -125,7 +125,7 @@ def _sign(config: ClientTrustConfig, token: IdentityToken, data: bytes) -> Bundl
 
 
 def _certificate_identity(signed: Bundle) -> tuple[str, str]:
-    """What a site pins, read from the issued certificate as the verifier will (installer/_sigstore.py):
+    """What a site pins, read from the issued certificate as the verifier will (installer/crypto/sigstore.py):
     for GitHub Actions the SAN is the workflow URL and ref, not the token's ``sub``."""
     return certificate_identity(signed.signing_certificate)
 

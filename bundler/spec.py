@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,9 @@ from typing import Any
 
 from ..installer.errors import GapshipError, UsageError
 from ..installer.formats.manifest import check_name, check_version
+from ..installer.kit import Fields, Refusal, first_key, parse_toml, read_bounded
+
+MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few lines; anything near this is not one
 
 
 @dataclass(frozen=True)
@@ -46,36 +48,37 @@ class BundleSpec:
 
 
 def load_spec(path: Path) -> BundleSpec:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"spec {str(path)!r} does not exist", subject=str(path)) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"spec {path}: cannot read it: {e}", subject=str(path)) from None
+    data = read_bounded(path, cap=MAX_SPEC_BYTES, refuse=_refuse_spec, follow_symlinks=True)
+    raw = parse_toml(data, source=str(path), error=UsageError, invalid="spec {source}: cannot read it: {detail}")
     try:
         return _spec(raw, path)
     except GapshipError as e:
         raise UsageError(f"spec {path}: {e.message}", subject=str(path)) from None
 
 
+def _refuse_spec(r: Refusal) -> Exception:
+    """The words ``read_text`` gave: its OSError as text (a directory's too), or the kit's reason."""
+    if r.reason == "missing":
+        return UsageError(f"spec {str(r.path)!r} does not exist", subject=str(r.path))
+    return UsageError(f"spec {r.path}: cannot read it: {r.oserror or r.strerror}", subject=str(r.path))
+
+
+# The kit's readers in a spec's words. Load_spec prefixes "spec PATH: " to each message, so their
+# subjects are not shown; a required table or string "is missing or not" one, lists "must be" one.
+_REQUIRED = Fields(UsageError, must="is missing or not", an_object="a table")
+_FIELDS = Fields(UsageError, unknown=first_key)
+
+
 def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = raw.get(key)
-    if not isinstance(value, dict):
-        raise UsageError(f"[{where}] is missing or not a table")
-    return value
+    return _REQUIRED.mapping(raw.get(key), f"[{where}]")
 
 
 def _text(raw: Mapping[str, Any], key: str, where: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"{where}.{key} is missing or not a string")
-    return value
+    return _REQUIRED.string(raw.get(key), where, f".{key}", nonempty=True)
 
 
 def _only(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(raw.keys() - allowed)
-    if unknown:
-        raise UsageError(f"{where} has unknown key {unknown[0]!r}")
+    _FIELDS.keys(raw, where, optional=allowed)
 
 
 def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
@@ -146,9 +149,6 @@ def _dependencies(raw: object, base: Path) -> DependencySpec:
 
 
 def _strings(raw: Mapping[str, Any], key: str, *, required: bool) -> tuple[str, ...]:
-    value = raw.get(key, None if required else [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (required and not value):
-        raise UsageError(f"dependencies.{key} must be a {'non-empty ' if required else ''}list of strings")
-    if len(set(value)) != len(value):
-        raise UsageError(f"dependencies.{key} lists an entry twice")
-    return tuple(value)
+    described = "non-empty list of strings" if required else "list of strings"
+    return _FIELDS.strings(raw.get(key, None if required else []), f"dependencies.{key}", described=described,
+                           nonempty=required, twice="an entry")

@@ -22,7 +22,8 @@ from .bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, 
 from .bundle.verify import read_small_files
 from .errors import GapshipError, PolicyError, TrustError, UsageError
 from .formats.authorization import AUTHORIZATIONS, DOCUMENT, MAX_AUTHORIZATIONS, MAX_DOCUMENT_BYTES
-from .formats.manifest import POLICY_PATH, FileEntry, canonical_json
+from .formats.manifest import POLICY_PATH, FileEntry
+from .kit import canonical_json
 from .formats.policy import Policy, parse_policy
 from .formats.site import Site
 from .formats.timestamps import format_time

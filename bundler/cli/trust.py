@@ -19,7 +19,7 @@ from ...installer.crypto.keys import ALGORITHMS, PublicKey
 from ...installer.trust import TrustStore
 from ...installer.cli.trust import dir_option, trust
 from ..expiry import parse_expires
-from ..keys import SigningKey
+from ..keys import SigningKey, load_public_key
 from ..roots import (
     RootChange, add_key, attach_roots, find_key, floor_reset, init_trust, next_version, remove_key, renew, set_role,
 )
@@ -174,11 +174,7 @@ def _expiry(text: str) -> datetime:
 
 
 def _pub(path: Path) -> PublicKey:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}", subject=str(path)) from None
-    return PublicKey.from_pem(data, source=str(path))
+    return load_public_key(path)
 
 
 def _pubs(paths: tuple[Path, ...], names: dict[str, str]) -> list[PublicKey]:

@@ -39,11 +39,13 @@ from packaging.utils import (
 
 from ...installer.deploy.deps import BOOTSTRAP_LOCK, LOCK, TARGET, WHEELS, Pin, Target, pip_env, render_lock
 from ...installer.errors import HostError, UsageError
+from ...installer.kit import read_bounded
 from .pylock import is_pylock, pylock_requirements
 from .selfwheel import wheel_from_installed
 from ..spec import DependencySpec
 
 DEFAULT_INDEX = "https://pypi.org/simple"
+MAX_REQUIREMENTS_BYTES = 16 * 1024 * 1024  # a requirements file of thousands of hashed pins is under 1 MiB
 MAX_SDIST_BUILDS = 32  # each build is one more resolution round; a real set needs a handful at most
 
 _UNSATISFIED_RE = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
@@ -186,9 +188,11 @@ def check_requirements_file(path: Path, *, offline: bool) -> None:
     """Accept requirement lines only, each optionally with ``--hash``: sources come from the spec, and
     pip must never be handed a source tree, an sdist or a VCS URL directly (it would run their build
     code to read metadata), nor, with ``--offline``, a URL (``--no-index`` does not stop those)."""
+    data = read_bounded(path, cap=MAX_REQUIREMENTS_BYTES, follow_symlinks=True,
+                        refuse=lambda r: UsageError(f"cannot read {path}: {r.oserror or r.strerror}", subject=str(path)))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise UsageError(f"cannot read {path}: {e}", subject=str(path)) from None
     count = 0
     for number, line in _requirement_lines(text):

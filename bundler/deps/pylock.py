@@ -12,7 +12,6 @@ built here could never match a hash in the lock).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ...installer.errors import UsageError
+from ...installer.kit import parse_toml, read_bounded
 from ..spec import DependencySpec
 
+MAX_LOCK_BYTES = 64 * 1024 * 1024  # a lock of thousands of packages, with every hash, is a few MiB
 _PYLOCK_NAME_RE = re.compile(r"pylock\.([^.]+\.)?toml")
 _PIP_HASHES = ("sha256", "sha384", "sha512")
 _SOURCE_KEYS = ("sdist", "vcs", "directory", "archive")
@@ -81,10 +82,9 @@ def pylock_requirements(path: Path, spec: DependencySpec) -> tuple[str, list[Pat
 
 
 def _load(path: Path) -> Mapping[str, Any]:
-    try:
-        lock = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}", subject=str(path)) from None
+    data = read_bounded(path, cap=MAX_LOCK_BYTES, follow_symlinks=True,
+                        refuse=lambda r: UsageError(f"cannot read {path}: {r.oserror or r.strerror}", subject=str(path)))
+    lock = parse_toml(data, source=str(path), error=UsageError, invalid="cannot read {source}: {detail}")
     version = lock.get("lock-version")
     if not isinstance(version, str) or not version.startswith("1."):
         raise UsageError(f"{path}: lock-version {version!r} is not a PEP 751 version 1.x", subject=str(path))

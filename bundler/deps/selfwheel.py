@@ -13,13 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
-import json
 import zipfile
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
 from ...installer.errors import UsageError
+from ...installer.kit import Malformed, parse_json
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _INSTALL_TIME = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
@@ -59,7 +59,8 @@ def wheel_from_installed(name: str, out_dir: Path, *, site: Path | None = None) 
 def _refuse_editable(dist: importlib.metadata.Distribution, name: str) -> None:
     raw = dist.read_text("direct_url.json")
     try:
-        editable = bool(raw and json.loads(raw).get("dir_info", {}).get("editable"))
+        editable = bool(raw and parse_json(raw, source="direct_url.json", error=Malformed)
+                        .get("dir_info", {}).get("editable"))
     except (ValueError, AttributeError):
         editable = False
     if editable:

@@ -6,14 +6,14 @@ files without following symlinks.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..formats.manifest import MAX_MANIFEST_BYTES
+from ..kit import Refusal, open_regular, read_bounded
 
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures"
@@ -70,39 +70,33 @@ def _read_roots(folder: Path) -> dict[str, bytes]:
 
 def read_capped(path: Path, cap: int, *, missing: type[IntegrityError] | type[TrustError]) -> bytes:
     """Read a regular file of at most ``cap`` bytes, refusing symlinks and anything larger."""
-    fd = open_nofollow(path, missing=missing)
-    try:
-        data = b""
-        while len(data) <= cap:
-            block = os.read(fd, cap + 1 - len(data))
-            if not block:
-                break
-            data += block
-    finally:
-        os.close(fd)
-    if len(data) > cap:
-        raise missing(f"{path.name} is larger than the {cap}-byte cap", subject=str(path))
-    return data
+    return read_bounded(path, cap=cap, refuse=_refusal(missing))
 
 
 def open_nofollow(path: Path, *, missing: type[IntegrityError] | type[TrustError] = IntegrityError) -> int:
     """Open a regular file for reading; a missing file raises ``missing``, a symlink or special file
-    raises the same, permission problems raise :class:`HostError`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise missing(f"{_rel(path)} is missing", subject=_rel(path)) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise missing(f"{_rel(path)} is a symlink; bundles hold regular files only", subject=_rel(path)) from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise HostError(f"cannot read {path}: permission denied", subject=str(path)) from None
-        raise HostError(f"cannot open {path}: {e.strerror}", subject=str(path)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise missing(f"{_rel(path)} is not a regular file", subject=_rel(path))
-    os.set_blocking(fd, True)
+    raises the same, permission problems raise :class:`HostError`. For chunks, which are streamed."""
+    fd, _ = open_regular(path, refuse=_refusal(missing))
     return fd
+
+
+def _refusal(missing: type[IntegrityError] | type[TrustError]) -> Callable[[Refusal], Exception]:
+    """A bundle's words for a file it cannot use: ``missing`` (integrity or trust, by the file) for
+    what the bundle got wrong, :class:`HostError` for what the host cannot do."""
+    def refuse(r: Refusal) -> Exception:
+        rel = _rel(r.path)
+        if r.reason == "missing":
+            return missing(f"{rel} is missing", subject=rel)
+        if r.reason == "symlink":
+            return missing(f"{rel} is a symlink; bundles hold regular files only", subject=rel)
+        if r.reason == "not-regular":
+            return missing(f"{rel} is not a regular file", subject=rel)
+        if r.reason == "too-large":
+            return missing(f"{r.path.name} is larger than the {r.cap}-byte cap", subject=str(r.path))
+        if r.reason == "denied":
+            return HostError(f"cannot read {r.path}: permission denied", subject=str(r.path))
+        return HostError(f"cannot open {r.path}: {r.strerror}", subject=str(r.path))
+    return refuse
 
 
 def _rel(path: Path) -> str:

@@ -10,6 +10,7 @@ from ..host.audit import DEFAULT_HOST_KEY, DEFAULT_LOG, export_log, host_key, ve
 from .group import cli, emit, json_option
 from ..errors import UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey
+from ..kit import Refusal, read_bounded
 
 
 @cli.group(name="audit")
@@ -40,8 +41,8 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
         raise UsageError("--export needs --pubkey HOST.pub, and no --log")
     if not pubkey.is_file():
         raise UsageError(f"public key {str(pubkey)!r} does not exist", subject=str(pubkey))
-    with pubkey.open("rb") as f:
-        key = PublicKey.from_pem(f.read(MAX_KEY_FILE_BYTES + 1), source=str(pubkey))
+    data = read_bounded(pubkey, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_pubkey, follow_symlinks=True)
+    key = PublicKey.from_pem(data, source=str(pubkey))
     before = verify_export(previous, pubkey=key) if previous is not None else None
     result = verify_export(export_file, pubkey=key, previous=before)
     lines = [
@@ -53,6 +54,12 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
         lines.append(f"OK it extends {previous} ({before.log.lines} line(s))")
     emit(as_json, {"export": str(export_file), "previous": str(previous) if previous else None,
                    **result.to_dict()}, lines)
+
+
+def _refuse_pubkey(r: Refusal) -> Exception:
+    if r.reason == "too-large":  # PublicKey.from_pem's words for a key file over the cap
+        return UsageError(f"{r.path}: key file over {MAX_KEY_FILE_BYTES} bytes", subject=str(r.path))
+    return UsageError(f"cannot read public key {r.path}: {r.strerror}", subject=str(r.path))
 
 
 @audit_group.command(name="export")

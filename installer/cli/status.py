@@ -8,7 +8,6 @@ rather than failing the whole report.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +19,9 @@ from packaging.version import InvalidVersion, Version
 from ..formats.authorization import parse_time
 from .group import cli, emit, json_option
 from ..errors import UsageError
-from ..deploy.install import CURRENT, RECEIPT, STAGING_PREFIX
+from ..deploy.install import CURRENT, MAX_RECEIPT_BYTES, RECEIPT, STAGING_PREFIX
 from ..formats.site import load_site
-
-MAX_RECEIPT_BYTES = 1024 * 1024
+from ..kit import Malformed, Refusal, parse_json, read_bounded
 
 
 @cli.command()
@@ -70,8 +68,8 @@ def _order(text: str) -> tuple[int, Version | str]:
 def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
     out: dict[str, Any] = {"version": path.name, "active": path.name == active, "path": str(path)}
     try:
-        with (path / RECEIPT).open("rb") as f:
-            receipt = json.loads(f.read(MAX_RECEIPT_BYTES + 1))
+        data = read_bounded(path / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=_receipt_problem, follow_symlinks=True)
+        receipt = parse_json(data, source=RECEIPT, error=Malformed, invalid="{detail}")
         if not isinstance(receipt, dict):
             raise ValueError("not an object")
     except (OSError, ValueError) as e:
@@ -91,6 +89,11 @@ def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
                            for a in auths if isinstance(a, dict)],
         "expires": site.get("expires") if site else None,
     }
+
+
+def _receipt_problem(r: Refusal) -> Exception:
+    """The OSError open() raised, as before (its text is the reported problem); else the kit's words."""
+    return r.oserror or Malformed(r.strerror)
 
 
 def _expired(stamp: object, now: datetime) -> bool | None:

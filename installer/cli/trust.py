@@ -14,11 +14,12 @@ from typing import Any
 import click
 
 from ..crypto.sigstore import pin_sigstore_signer
-from ..formats.root import ROLES, Envelope, Root
+from ..formats.root import MAX_ROOT_BYTES, ROLES, Envelope, Root
 from ..formats.timestamps import parse_time, utc_now
 from ..host.trustdir import HISTORY_DIR, parse_root_file_name, read_history, read_root_folder, root_file_name
 from .group import cli, emit, json_option, trust_dir_option
 from ..errors import TrustError, UsageError
+from ..kit import Refusal, read_bounded
 from ..host.state import HostState
 from ..trust import TrustStore, apply_root_chain
 
@@ -124,13 +125,16 @@ def _root_files(paths: tuple[Path, ...]) -> dict[str, bytes]:
             folder = path / HISTORY_DIR if (path / HISTORY_DIR).is_dir() else path
             out.update({root_file_name(v): d for v, d in read_root_folder(folder).items()})
             continue
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}", subject=str(path)) from None
+        data = read_bounded(path, cap=MAX_ROOT_BYTES, refuse=_refuse_root_file, follow_symlinks=True)
         name = path.name if parse_root_file_name(path.name) else _claimed_name(data, str(path))
         out[name] = data
     return out
+
+
+def _refuse_root_file(r: Refusal) -> Exception:
+    if r.reason == "too-large":  # Envelope.from_bytes's words, which said it when the file was read whole
+        return TrustError(f"{r.path} is {r.size} bytes, over the {MAX_ROOT_BYTES}-byte cap", subject=str(r.path))
+    return UsageError(f"cannot read {r.path}: {r.strerror}", subject=str(r.path))
 
 
 def _claimed_name(data: bytes, where: str) -> str:

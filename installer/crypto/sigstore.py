@@ -21,13 +21,13 @@ import json
 import os
 import re
 import tempfile
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HostError, SigstoreSignatureError, SigstoreUnavailableError, UsageError
+from ..kit import Refusal, parse_toml, read_bounded
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -169,16 +169,25 @@ def load_trusted_root(path: Path, *, source: Path | None = None) -> TrustedRoot:
     from sigstore.models import TrustedRoot
 
     shown = str(source or path)
+    data = read_bounded(path, cap=MAX_TRUSTED_ROOT_BYTES, refuse=_refuse_trusted_root(shown), follow_symlinks=True)
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise UsageError(f"sigstore trusted root {shown!r} cannot be read: {e.strerror}", subject=shown) from e
-    if size > MAX_TRUSTED_ROOT_BYTES:
-        raise UsageError(f"sigstore trusted root {shown!r} is over {MAX_TRUSTED_ROOT_BYTES} bytes", subject=shown)
-    try:
-        return TrustedRoot.from_file(str(path))
+        # What TrustedRoot.from_file does in sigstore 4.5, over the bytes read above: from_file would
+        # open the path again, and could read a FIFO, or other bytes than were checked. The JSON is
+        # sigstore's to parse (its own model and errors); any exception, RecursionError included, is
+        # caught here. Imported here: the extra is optional.
+        from sigstore_models.trustroot import v1 as trustroot_v1
+
+        return TrustedRoot(trustroot_v1.TrustedRoot.from_json(data))
     except Exception as e:
         raise UsageError(f"{shown!r} is not a sigstore trusted root: {one_line(e)}", subject=shown) from e
+
+
+def _refuse_trusted_root(shown: str) -> Callable[[Refusal], Exception]:
+    def refuse(r: Refusal) -> Exception:
+        if r.reason == "too-large":
+            return UsageError(f"sigstore trusted root {shown!r} is over {MAX_TRUSTED_ROOT_BYTES} bytes", subject=shown)
+        return UsageError(f"sigstore trusted root {shown!r} cannot be read: {r.strerror}", subject=shown)
+    return refuse
 
 
 def _verifier(root: TrustedRoot, *, source: Path) -> Verifier:
@@ -291,12 +300,14 @@ def _load_pin(path: Path) -> SigstoreSigner:
     name = path.name[: -len(PIN_SUFFIX)]
     if not _NAME.fullmatch(name):
         raise UsageError(f"{source}: signer name {name!r} is not [A-Za-z0-9._-]", subject=source)
-    if path.stat().st_size > MAX_PIN_BYTES:
-        raise UsageError(f"{source}: pin file over {MAX_PIN_BYTES} bytes", subject=source)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{source}: not a valid TOML pin: {one_line(e)}", subject=source) from e
+    def refuse(r: Refusal) -> Exception:
+        if r.reason == "too-large":
+            return UsageError(f"{source}: pin file over {MAX_PIN_BYTES} bytes", subject=source)
+        return UsageError(f"{source}: cannot read the pin: {r.strerror}", subject=source)
+
+    raw = read_bounded(path, cap=MAX_PIN_BYTES, refuse=refuse, follow_symlinks=True)
+    data = parse_toml(raw, source=source, error=UsageError, invalid="{source}: not a valid TOML pin: {detail}",
+                      detail=one_line)
     unknown = sorted(set(data) - PIN_KEYS)
     missing = sorted(PIN_KEYS - set(data))
     if unknown or missing:
@@ -376,14 +387,7 @@ def pin_sigstore_signer(trust_dir: Path, *, trusted_root: Path, identity: str, i
 
 
 def _read_root_file(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_TRUSTED_ROOT_BYTES + 1)
-    except OSError as e:
-        raise UsageError(f"sigstore trusted root {str(path)!r} cannot be read: {e.strerror}", subject=str(path)) from e
-    if len(data) > MAX_TRUSTED_ROOT_BYTES:
-        raise UsageError(f"sigstore trusted root {str(path)!r} is over {MAX_TRUSTED_ROOT_BYTES} bytes", subject=str(path))
-    return data
+    return read_bounded(path, cap=MAX_TRUSTED_ROOT_BYTES, refuse=_refuse_trusted_root(str(path)), follow_symlinks=True)
 
 
 def _refuse_existing(existing: Sequence[SigstoreSigner], folder: Path, *, name: str, identity: str, issuer: str) -> None:

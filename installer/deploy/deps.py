@@ -9,7 +9,7 @@ The ``dependencies`` component (docs/format.md, "Components") holds:
 - ``dependencies/wheels/*.whl``: the wheels, each also listed with its hash in the signed manifest.
 
 Order of work, so that nothing is written before the host is known to fit and nothing from the bundle
-runs before verification has finished (../shared/guides/security.md, "Faults on the host"):
+runs before verification has finished (the security guide's "Faults on the host"; docs/security-report.md):
 
 1. :func:`plan_dependencies`, before anything is written: checks the component's layout, reads
    ``target.json`` and the lock, checked against their signed hashes (:func:`~gapship.installer.bundle.verify.read_small_files`),
@@ -23,7 +23,6 @@ runs before verification has finished (../shared/guides/security.md, "Faults on 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -38,7 +37,8 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from ..errors import HostError, PolicyError, UnsafeContentError, UsageError
-from ..formats.manifest import Component, FileEntry, Manifest, canonical_json
+from ..formats.manifest import Component, FileEntry, Manifest
+from ..kit import Malformed, canonical_json, parse_json
 from ..trust import VerifiedManifest
 from ..bundle.verify import read_small_files
 
@@ -90,10 +90,7 @@ class Target:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Target:
-        try:
-            raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise UnsafeContentError(f"{TARGET} is not valid JSON", subject=TARGET) from None
+        raw = parse_json(data, source=TARGET, error=UnsafeContentError, invalid="{source} is not valid JSON")
         keys = {"format", "format_version", "python", "implementation", "platforms", "bootstrap"}
         if not isinstance(raw, dict) or raw.keys() != keys or raw["format"] != TARGET_FORMAT \
                 or raw["format_version"] != TARGET_VERSION:
@@ -334,7 +331,7 @@ def query_interpreter(python: str) -> Interpreter:
         raise UsageError(f"cannot run {executable} to ask for its version and platform tags: {e}",
                          subject=python) from None
     try:
-        raw = json.loads(done.stdout) if done.returncode == 0 else None
+        raw = parse_json(done.stdout, source=executable, error=Malformed) if done.returncode == 0 else None
     except ValueError:
         raw = None
     fields = ("version", "full_version", "implementation")

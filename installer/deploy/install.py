@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import os
 import secrets
 import socket
@@ -47,7 +46,7 @@ from ..bundle.files import SIGNATURES
 from .deps import DependencyPlan, create_venv, plan_dependencies
 from ..errors import HostError, PolicyError
 from ..crypto.hashing import Progress, no_progress
-from ..formats.manifest import canonical_json
+from ..kit import Malformed, canonical_json, parse_json, read_bounded
 from ..safeguards import SiteDecision, write_site_records
 from ..host.state import HostState, StateSnapshot
 from ..trust import VerifiedManifest, installed_record, recheck_floor
@@ -55,6 +54,7 @@ from ..bundle.verify import check_chunk_names
 
 CURRENT = "current"
 RECEIPT = "receipt.json"
+MAX_RECEIPT_BYTES = 1024 * 1024  # a receipt is a few hundred bytes; this bounds what status and reinstall read
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
 INCOMPLETE = ".incomplete"
@@ -272,8 +272,9 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
     litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it."""
     m = verified.manifest
     try:
-        receipt = json.loads((target / RECEIPT).read_text())
-        digest = receipt["manifest_digest"]
+        data = read_bounded(target / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=lambda r: Malformed(r.strerror),
+                            follow_symlinks=True)
+        digest = parse_json(data, source=RECEIPT, error=Malformed)["manifest_digest"]
     except (OSError, ValueError, KeyError, TypeError):
         digest = None
     if digest != verified.digest:

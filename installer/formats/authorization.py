@@ -20,7 +20,6 @@ carry different ``format`` fields and each parser refuses the other's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from packaging.version import InvalidVersion, Version
 
 from ..errors import PolicyError
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
-from .manifest import canonical_json
+from ..kit import Fields, Malformed, canonical_json, parse_json
 from .policy import CONTROL_RE, ID_RE
 from .timestamps import TIME_FORMAT, TIME_RE
 
@@ -173,8 +172,9 @@ class Authorization:
     def from_bytes(cls, data: bytes, *, source: str) -> Authorization:
         """Parse signed document bytes; refuse anything not canonical or not well-formed (exit 5:
         the vendor signed something this gapship cannot honour)."""
+        raw = parse_json(data, source=source, error=PolicyError, invalid="{source}: not a valid authorization: {detail}",
+                         number="{source}: not a valid authorization: non-integer number {text!r}")
         try:
-            raw = json.loads(data.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float)
             doc = cls._from_dict(raw)
         except (UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
             raise PolicyError(f"{source}: not a valid authorization: {e}", subject=source) from None
@@ -203,11 +203,10 @@ class Authorization:
                    require_safeguards=tuple(_s(v) for v in extras))
 
 
+# An authorization's fields are named by their value ("1 is not a string"), the words it always used;
+# from_bytes reports the ValueError as "not a valid authorization: ...".
+_FIELDS = Fields(Malformed, must="is not")
+
+
 def _s(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a string")
-    return value
-
-
-def _no_float(text: str) -> object:
-    raise ValueError(f"non-integer number {text!r}")
+    return _FIELDS.string(value, repr(value))

@@ -10,9 +10,8 @@ the signatures over the exact bytes *before* calling it (see :mod:`gapship.insta
 from __future__ import annotations
 
 import io
-import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from ..errors import UnsafeContentError
+from ..kit import JSON_STRING, Fields, canonical_json, every_repr, parse_json
+from ..kit import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER  # one of the manifest's documented limits ("Limits")
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
 from .paths import check_no_collisions, check_relative_path
 from .timestamps import TIME_RE
@@ -34,7 +35,6 @@ MAX_CHUNKS = 100_000  # names stay five digits (00000..99999), so `cat chunks/*`
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * 1024**3
 MAX_HEADER_REGION = 8 * 1024  # bytes of tar headers (pax + ustar) allowed before one file's data
-MAX_SAFE_INTEGER = 2**53 - 1  # RFC 8785 / I-JSON: larger integers are not portable
 # JSON containers a manifest within the caps can hold: the top object and "bundle", one object per
 # chunk, per component and per file; the "chunks" and "components" lists and one "files" list per
 # component. Counted before json.loads builds anything (see _check_container_counts).
@@ -49,13 +49,6 @@ COMPONENT_KINDS = ("model", "safeguards", "dependencies")
 POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 ALLOWED_MODES = (0o644, 0o755)
-
-
-def canonical_json(value: object) -> bytes:
-    """Canonical bytes of ``value``: sorted keys, no whitespace, UTF-8 (RFC 8785 for our value set:
-    strings, integers, booleans, lists and objects with ASCII keys)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
 
 
 def padded(n: int) -> int:
@@ -191,13 +184,13 @@ class Manifest:
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap", subject="manifest.json"
             )
         _check_container_counts(data)
-        try:
-            raw = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise UnsafeContentError(f"manifest is not valid JSON: {e}", subject="manifest.json") from None
-        except RecursionError:
-            # json's decoder recurses per nesting level; a canonical manifest nests 6 deep.
-            raise UnsafeContentError("manifest JSON is nested too deeply", subject="manifest.json") from None
+        # No depth scan (max_depth=None): a canonical manifest nests 6 deep, from_dict refuses any other
+        # shape before walking it, and a scan of 32 MiB would cost every install. What nests deeper
+        # than the stack ends in RecursionError, which parse_json turns into the message below.
+        raw = parse_json(data, source="manifest.json", error=UnsafeContentError,
+                         invalid="manifest is not valid JSON: {detail}",
+                         number="manifest holds a non-integer number {text!r}",
+                         deep="manifest JSON is nested too deeply", max_depth=None)
         manifest = cls.from_dict(raw)
         # The parsed tree is dropped before the canonical bytes are made from the model: holding both
         # it and to_dict's tree doubled the peak (about 130 MiB more at the 200,000-file cap).
@@ -244,7 +237,7 @@ class Manifest:
 # files ("Limits") about 30 MB of JSON three times over, at the peak of every build and of every
 # from_bytes check. Canonical JSON composes: an object is ``{``, its ``key:value`` members in key
 # order joined by ``,``, then ``}``; a list likewise. So the same bytes are written a batch of files
-# at a time into one buffer (tests/bundler/test_canonical.py holds them to canonical_json(to_dict())).
+# at a time into one buffer (tests/installer/formats/test_manifest.py holds them to canonical_json(to_dict())).
 _BATCH = 1000  # files encoded per json.dumps call: small dicts in flight, few Python-level calls
 
 
@@ -285,9 +278,6 @@ def _write_files(out: io.BytesIO, files: Sequence[FileEntry]) -> None:
 
 # -- parsing helpers (raise UnsafeContentError naming the field) -----------------------------------
 
-# A JSON string (quotes, escapes); DOTALL so an escaped control byte cannot end the match early.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-
 
 def _check_container_counts(data: bytes) -> None:
     """Refuse, before parsing, bytes that hold more objects or lists than the caps allow.
@@ -299,7 +289,7 @@ def _check_container_counts(data: bytes) -> None:
     """
     if data.count(b"{") <= MAX_OBJECTS and data.count(b"[") <= MAX_LISTS:
         return  # raw counts bound the structural ones: the usual case costs two fast scans
-    bare = _JSON_STRING.sub(b"", data)
+    bare = JSON_STRING.sub(b"", data)
     objects, lists = bare.count(b"{"), bare.count(b"[")
     if objects > MAX_OBJECTS or lists > MAX_LISTS:
         raise UnsafeContentError(
@@ -309,47 +299,13 @@ def _check_container_counts(data: bytes) -> None:
 
 
 
-def _refuse_float(text: str) -> object:
-    raise UnsafeContentError(f"manifest holds a non-integer number {text!r}", subject="manifest.json")
-
-
-def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = frozenset()) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise UnsafeContentError(f"manifest field {where} must be an object", subject=where)
-    if raw.keys() == required:  # the usual case, decided without building the sets below
-        return raw
-    missing = required - raw.keys()
-    if missing:
-        raise UnsafeContentError(f"manifest field {where} lacks {', '.join(sorted(missing))}", subject=where)
-    unknown = raw.keys() - required - optional
-    if unknown:
-        # repr: a key is untrusted text, and a newline in it must not split the one-line message
-        names = ", ".join(repr(k) for k in sorted(unknown))
-        raise UnsafeContentError(f"manifest field {where} has unknown {names}", subject=where)
-    return raw
-
-
-def _list(raw: object, where: str, cap: int) -> list[Any]:
-    if not isinstance(raw, list):
-        raise UnsafeContentError(f"manifest field {where} must be a list", subject=where)
-    if len(raw) > cap:
-        raise UnsafeContentError(f"manifest field {where} has {len(raw)} entries, over the cap of {cap}", subject=where)
-    return raw
-
-
-# ``where + field`` names the field; the two are joined only for an error, since a manifest has
-# five fields for each of up to MAX_FILES files.
-def _str(raw: object, where: str, field: str = "") -> str:
-    if not isinstance(raw, str):
-        raise UnsafeContentError(f"manifest field {where}{field} must be a string", subject=where + field)
-    return raw
-
-
-def _int(raw: object, where: str, field: str = "") -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_SAFE_INTEGER:
-        raise UnsafeContentError(f"manifest field {where}{field} must be an integer in 0..2^53-1",
-                                 subject=where + field)
-    return raw
+# The kit's readers in the manifest's words: "manifest field X must be ...", unknown keys by repr.
+# Bound once here: the manifest calls them five times for each of up to MAX_FILES files.
+_FIELDS = Fields(UnsafeContentError, prefix="manifest field ", unknown=every_repr)
+_obj = _FIELDS.mapping
+_list = _FIELDS.array
+_str = _FIELDS.string
+_int = _FIELDS.integer
 
 
 def _chunk(raw: object, i: int) -> Chunk:

@@ -9,12 +9,12 @@ anything; the installer enforces it.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GapshipError, UsageError
+from ..kit import Fields, first_key, parse_toml
 
 POLICY_SCHEMA_VERSION = 1
 ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -47,10 +47,7 @@ class Policy:
 
 def parse_policy(data: bytes, *, source: str, error: type[GapshipError] = UsageError) -> Policy:
     """Parse and validate policy TOML; raise ``error`` with a message naming the problem."""
-    try:
-        raw = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise error(f"{source}: not valid TOML: {e}", subject=source) from None
+    raw = parse_toml(data, source=source, error=error)
     try:
         return _policy(raw)
     except _Bad as e:
@@ -58,34 +55,26 @@ def parse_policy(data: bytes, *, source: str, error: type[GapshipError] = UsageE
 
 
 class _Bad(Exception):
-    pass
+    """A problem in the policy; parse_policy prefixes the file name and raises the caller's class."""
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(message)
+
+
+# The kit's readers in the policy's words: "<where> must be a table", the first unknown key by repr.
+_FIELDS = Fields(_Bad, an_object="a table", unknown=first_key)
 
 
 def _keys(obj: Mapping[str, Any], where: str, required: set[str], optional: set[str]) -> None:
-    missing = required - obj.keys()
-    if missing:
-        raise _Bad(f"{where} lacks {', '.join(sorted(missing))}")
-    unknown = obj.keys() - required - optional
-    if unknown:
-        raise _Bad(f"{where} has unknown key {sorted(unknown)[0]!r}")
+    _FIELDS.keys(obj, where, required=required, optional=optional)
 
 
 def _strings(value: object, where: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise _Bad(f"{where} must be a list of non-empty strings")
-    if pattern is not None:
-        for v in value:
-            if not pattern.fullmatch(v):
-                raise _Bad(f"{where}: {v!r} must match {pattern.pattern}")
-    if len(set(value)) != len(value):
-        raise _Bad(f"{where} lists a value twice")
-    return tuple(value)
+    return _FIELDS.strings(value, where, described="list of non-empty strings", item=str.strip, pattern=pattern)
 
 
 def _table(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise _Bad(f"{where} must be a table")
-    return value
+    return _FIELDS.mapping(value, where)
 
 
 def _policy(raw: Mapping[str, Any]) -> Policy:

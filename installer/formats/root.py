@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,7 +23,8 @@ from packaging.version import InvalidVersion, Version
 from .timestamps import parse_time
 from ..errors import GapshipError, TrustError
 from ..crypto.keys import ALGORITHMS, PublicKey, is_keyid
-from .manifest import MAX_SAFE_INTEGER, canonical_json, check_name, check_version
+from ..kit import Fields, canonical_json, parse_json
+from .manifest import check_name, check_version
 
 ROOT_TYPE = "gapship-root"
 ROOT_FORMAT_VERSION = 1
@@ -178,10 +178,8 @@ class Envelope:
     def from_bytes(cls, data: bytes, *, where: str) -> Envelope:
         if len(data) > MAX_ROOT_BYTES:
             raise TrustError(f"{where} is {len(data)} bytes, over the {MAX_ROOT_BYTES}-byte cap", subject=where)
-        try:
-            raw = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise TrustError(f"{where} is not valid JSON: {e}", subject=where) from None
+        raw = parse_json(data, source=where, error=TrustError,
+                         number="root.json holds a non-integer number {text!r}", number_subject="root.json")
         top = _obj(raw, where, required={"signed", "signatures"})
         sigs = _list(top["signatures"], f"{where}: signatures", MAX_SIGNATURES)
         envelope = cls(signed=top["signed"], signed_bytes=canonical_json(top["signed"]),
@@ -211,40 +209,12 @@ class SignedRoot:
 # -- parsing helpers (raise TrustError naming the field) -------------------------------------------
 
 
-def _refuse_float(text: str) -> object:
-    raise TrustError(f"root.json holds a non-integer number {text!r}", subject="root.json")
-
-
-def _obj(raw: object, where: str, *, required: Set[str], optional: Set[str] = frozenset()) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise TrustError(f"{where} must be a JSON object", subject=where)
-    missing = required - raw.keys()
-    if missing:
-        raise TrustError(f"{where} lacks {', '.join(sorted(missing))}", subject=where)
-    unknown = raw.keys() - required - optional
-    if unknown:
-        raise TrustError(f"{where} has unknown {', '.join(sorted(unknown))}", subject=where)
-    return raw
-
-
-def _list(raw: object, where: str, cap: int) -> list[Any]:
-    if not isinstance(raw, list):
-        raise TrustError(f"{where} must be a list", subject=where)
-    if len(raw) > cap:
-        raise TrustError(f"{where} has {len(raw)} entries, over the cap of {cap}", subject=where)
-    return raw
-
-
-def _str(raw: object, where: str) -> str:
-    if not isinstance(raw, str):
-        raise TrustError(f"{where} must be a string", subject=where)
-    return raw
-
-
-def _int(raw: object, where: str) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_SAFE_INTEGER:
-        raise TrustError(f"{where} must be an integer in 0..2^53-1", subject=where)
-    return raw
+# The kit's readers in a root's words: "<where> must be a JSON object", unknown keys by name.
+_FIELDS = Fields(TrustError, an_object="a JSON object")
+_obj = _FIELDS.mapping
+_list = _FIELDS.array
+_str = _FIELDS.string
+_int = _FIELDS.integer
 
 
 def _signature(raw: object, where: str) -> Signature:

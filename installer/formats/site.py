@@ -14,12 +14,12 @@ could never match the policy is refused here already.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import HostError, UsageError
+from ..kit import Refusal, parse_toml, read_bounded
 from .policy import CONTROL_RE, ID_RE
 
 DEFAULT_SITE_CONFIG = Path("/etc/gapship/site.toml")
@@ -40,10 +40,7 @@ def parse_site(data: bytes, *, source: str) -> Site:
     """Parse and validate a site file; raise :class:`UsageError` naming the problem."""
     if len(data) > MAX_SITE_FILE_BYTES:
         raise UsageError(f"{source}: site file over {MAX_SITE_FILE_BYTES} bytes", subject=source)
-    try:
-        raw = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"{source}: not valid TOML: {e}", subject=source) from None
+    raw = parse_toml(data, source=source, error=UsageError)
     problem = _problem(raw)
     if problem:
         raise UsageError(f"{source}: {problem}", subject=source)
@@ -72,18 +69,31 @@ def _problem(raw: dict[str, Any]) -> str | None:
 
 def load_site(path: Path | None) -> Site | None:
     """The site file at ``path`` (an explicit ``--site-config``: it must exist), or, when ``path`` is
-    None, the default file if this host has one; None when the host is not a site."""
+    None, the default file if this host has one; None when the host is not a site.
+
+    The one read in this otherwise pure module, kept here because the CLI and the tests find the
+    default path and this function on this module (``site_module.DEFAULT_SITE_CONFIG``); the reading
+    itself is the kit's. A symlink is followed: the site file is the administrator's, often placed by
+    configuration management, and whoever can plant a link there could write the file instead. A
+    FIFO, device or directory is refused (a FIFO used to hang the command)."""
     if path is None:
         if not DEFAULT_SITE_CONFIG.exists():
             return None
         path = DEFAULT_SITE_CONFIG
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SITE_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise UsageError(f"site file {str(path)!r} does not exist", subject=str(path)) from None
-    except IsADirectoryError:
-        raise UsageError(f"site file {str(path)!r} is a directory", subject=str(path)) from None
-    except OSError as e:
-        raise HostError(f"cannot read site file {path}: {e.strerror}", subject=str(path)) from None
+    data = read_bounded(path, cap=MAX_SITE_FILE_BYTES, refuse=_refuse_site_file, follow_symlinks=True)
     return parse_site(data, source=str(path))
+
+
+def _refuse_site_file(r: Refusal) -> Exception:
+    """Today's words for each way a site file cannot be read: usage (exit 2) for a missing or
+    misplaced file, environment (exit 7) for one the host cannot read."""
+    shown = str(r.path)
+    if r.reason == "missing":
+        return UsageError(f"site file {shown!r} does not exist", subject=shown)
+    if r.kind == "directory":
+        return UsageError(f"site file {shown!r} is a directory", subject=shown)
+    if r.reason == "not-regular":
+        return UsageError(f"site file {shown!r} {r.strerror}", subject=shown)
+    if r.reason == "too-large":
+        return UsageError(f"{shown}: site file over {MAX_SITE_FILE_BYTES} bytes", subject=shown)
+    return HostError(f"cannot read site file {r.path}: {r.strerror}", subject=shown)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import HostError
+from ..kit import Refusal, read_optional
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -48,14 +49,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def read_small(path: Path, cap: int, *, what: str) -> bytes | None:
-    """The bytes of ``path`` (at most ``cap``), or None when it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise HostError(f"cannot read {what} {path}: {e.strerror}", subject=str(path)) from None
-    if len(data) > cap:
-        raise HostError(f"{what} {path} is larger than the {cap}-byte cap", subject=str(path))
-    return data
+    """The bytes of ``path`` (at most ``cap``), or None when it does not exist.
+
+    For the host's own files (state, trust directory): a symlink is followed, as it always was (the
+    directory is the administrator's, and whoever can plant a link there could write the file); a
+    FIFO, device or directory is refused instead of hanging or being read without end."""
+    def refuse(r: Refusal) -> Exception:
+        if r.reason == "too-large":
+            return HostError(f"{what} {path} is larger than the {cap}-byte cap", subject=str(path))
+        if r.reason == "not-regular" and r.kind != "directory":
+            return HostError(f"{what} {path} {r.strerror}", subject=str(path))
+        return HostError(f"cannot read {what} {path}: {r.strerror}", subject=str(path))
+
+    return read_optional(path, cap=cap, refuse=refuse, follow_symlinks=True)

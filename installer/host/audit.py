@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import json
 import os
 import pwd
 import socket
@@ -34,7 +33,7 @@ import nacl.signing
 
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
-from ..formats.manifest import canonical_json
+from ..kit import Malformed, Refusal, canonical_json, open_regular, parse_json
 
 if TYPE_CHECKING:
     from ..formats.site import Site
@@ -160,7 +159,7 @@ class AuditLog:
             raise HostError(f"audit log {self.path}: last line over {MAX_LINE_BYTES} bytes", subject=str(self.path))
         last = data[cut + 1:-1]
         try:
-            seq = json.loads(last)["seq"]
+            seq = parse_json(last, source=str(self.path), error=Malformed)["seq"]
             if not isinstance(seq, int):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -217,7 +216,7 @@ def _check_line(raw: bytes, n: int, prev: str, source: str) -> str:
         raise bad(f"is incomplete or over {MAX_LINE_BYTES} bytes")
     line = raw[:-1]
     try:
-        record = json.loads(line)
+        record = parse_json(line, source=source, error=Malformed)
     except ValueError:
         raise bad("is not JSON: it was edited") from None
     if not isinstance(record, dict) or canonical_json(record) != line:
@@ -236,15 +235,20 @@ def _check_line(raw: bytes, n: int, prev: str, source: str) -> str:
 @contextmanager
 def _locked_reader(path: Path) -> Iterator[IO[bytes]]:
     """The log opened for reading under a shared lock, so no append lands half-way through."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"audit log {str(path)!r} does not exist", subject=str(path)) from None
-    except OSError as e:
-        raise HostError(f"cannot read the audit log {path}: {e.strerror}", subject=str(path)) from None
-    with f:
+    # Streamed, not read whole; opened by the kit so a FIFO or device in its place is refused at once.
+    # A symlink is followed, as open() always did (appends refuse one: AuditLog.open).
+    fd, _ = open_regular(path, refuse=_refuse_log, follow_symlinks=True)
+    with os.fdopen(fd, "rb") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_SH)
         yield f
+
+
+def _refuse_log(r: Refusal) -> Exception:
+    if r.reason == "missing":
+        return UsageError(f"audit log {str(r.path)!r} does not exist", subject=str(r.path))
+    if r.reason == "not-regular" and r.kind != "directory":
+        return HostError(f"audit log {r.path} is not a regular file", subject=str(r.path))
+    return HostError(f"cannot read the audit log {r.path}: {r.strerror}", subject=str(r.path))
 
 
 def verify_log(path: Path) -> LogSummary:
@@ -276,14 +280,11 @@ def host_key(path: Path) -> tuple[HostKey, bool]:
     """Load the host key, or make it at first use (0600, never overwritten, ``.pub`` beside it).
     Return the key and whether it was just made."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd, st = open_regular(path, refuse=_refuse_host_key)
+    except _NoHostKey:
         return _make_host_key(path), True
-    except OSError as e:
-        raise HostError(f"cannot read the host key {path}: {e.strerror}", subject=str(path)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+        if st.st_mode & 0o077:
             raise HostError(f"host key {path} must be a regular file of mode 0600 (it is {st.st_mode & 0o777:o})",
                             subject=str(path))
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
@@ -299,6 +300,19 @@ def host_key(path: Path) -> tuple[HostKey, bool]:
         except OSError as e:
             raise HostError(f"cannot write {key.public_path}: {e.strerror}", subject=str(key.public_path)) from None
     return key, False
+
+
+class _NoHostKey(Exception):
+    """host_key's signal: there is no key yet, so make one."""
+
+
+def _refuse_host_key(r: Refusal) -> Exception:
+    if r.reason == "missing":
+        return _NoHostKey()
+    if r.reason == "not-regular" and r.mode is not None:
+        return HostError(f"host key {r.path} must be a regular file of mode 0600 (it is {r.mode & 0o777:o})",
+                         subject=str(r.path))
+    return HostError(f"cannot read the host key {r.path}: {r.strerror}", subject=str(r.path))
 
 
 def _make_host_key(path: Path) -> HostKey:
@@ -360,7 +374,7 @@ def export_log(log: Path, out: Path, *, key: HostKey) -> ExportSummary:
                                     "signature": base64.b64encode(key.sign(header)).decode("ascii")})
         f.seek(0)
         _write_export(out, header + b"\n" + signature + b"\n", f, summary)
-    return ExportSummary(header=json.loads(header), log=summary)
+    return ExportSummary(header=parse_json(header, source=str(out), error=HostError), log=summary)
 
 
 def _write_export(out: Path, head: bytes, log: IO[bytes], summary: LogSummary) -> None:
@@ -396,11 +410,8 @@ def verify_export(path: Path, *, pubkey: PublicKey, previous: ExportSummary | No
     of every line, then that the lines are exactly those the header counts and hashes. With the
     ``previous`` export of the same log, also check that this one extends it: the only way to
     catch lines cut off the end of a log, or a log rewritten since, is against a copy made before."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UsageError(f"cannot read export {path}: {e.strerror}", subject=str(path)) from None
-    with f:
+    fd, _ = open_regular(path, refuse=_refuse_export, follow_symlinks=True)  # streamed, like the log
+    with os.fdopen(fd, "rb") as f:
         header_line = f.readline(MAX_LINE_BYTES + 1).rstrip(b"\n")
         sig_line = f.readline(MAX_LINE_BYTES + 1).rstrip(b"\n")
         header = _check_export_signature(header_line, sig_line, pubkey, source=str(path))
@@ -412,6 +423,10 @@ def verify_export(path: Path, *, pubkey: PublicKey, previous: ExportSummary | No
     if previous is not None:
         _check_extends(path, summary, previous)
     return ExportSummary(header=header, log=summary)
+
+
+def _refuse_export(r: Refusal) -> Exception:
+    return UsageError(f"cannot read export {r.path}: {r.strerror}", subject=str(r.path))
 
 
 def _check_extends(path: Path, summary: LogSummary, previous: ExportSummary) -> None:
@@ -426,7 +441,7 @@ def _check_extends(path: Path, summary: LogSummary, previous: ExportSummary) -> 
 
 def _check_export_signature(header_line: bytes, sig_line: bytes, pubkey: PublicKey, *, source: str) -> dict[str, Any]:
     try:
-        sig = json.loads(sig_line)
+        sig = parse_json(sig_line, source=source, error=Malformed)
         signature = base64.b64decode(sig["signature"], validate=True)
     except (ValueError, KeyError, TypeError):
         raise TrustError(f"{source}: not a gapship audit export (no signature line)", subject=source) from None
@@ -435,7 +450,7 @@ def _check_export_signature(header_line: bytes, sig_line: bytes, pubkey: PublicK
                          f"{pubkey.keyid[:16]}", subject=source)
     pubkey.verify(header_line, signature, subject=source)
     try:
-        header = json.loads(header_line)
+        header = parse_json(header_line, source=source, error=Malformed)
     except ValueError:
         raise TrustError(f"{source}: signed header is not JSON", subject=source) from None
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT or header.get("keyid") != pubkey.keyid:

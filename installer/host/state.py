@@ -11,7 +11,6 @@ This module stores and loads; :mod:`gapship.installer.trust` decides.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from packaging.version import InvalidVersion, Version
 from .atomic import atomic_write, read_small
 from ..formats.timestamps import parse_time
 from ..errors import GapshipError, HostError
-from ..formats.manifest import canonical_json
+from ..kit import Malformed, canonical_json, parse_json
 
 STATE_DIR = ".gapship"
 STATE_FILE = "state.json"
@@ -144,7 +143,7 @@ def _latest(a: str | None, b: str) -> str:
 def _parse(data: bytes, where: str) -> StateSnapshot:
     hint = "restore it from a backup; deleting it would drop every anti-rollback floor"
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = parse_json(data, source=where, error=Malformed, invalid="{detail}")
         if raw.get("state_version") != STATE_VERSION:
             raise ValueError(f"state_version {raw.get('state_version')!r} is not {STATE_VERSION}")
         bundles = {str(name): _record(rec) for name, rec in raw["bundles"].items()}

@@ -51,4 +51,5 @@ def test_library_example_installs_at_a_sensitive_site_without_click(
     current = prefix / "demo" / "current"
     assert sorted(p.name for p in (current / "models").iterdir()) == ["big", "tiny"]  # big: agency-x only
     effective = json.loads((current / "effective-policy.json").read_text())
-    assert effective["site_id"] == "agency-x"
+    assert effective["site"]["site_id"] == "agency-x" and effective["site"]["sensitive"] is True
+    assert [a["site"] for a in effective["authorizations"]] == ["agency-x"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship.installer.formats.manifest import canonical_json
+from gapship.installer.kit import canonical_json
 from hostile import craft, pax_header, raw_header, standard_payload
 
 atheris = pytest.importorskip("atheris", reason="atheris is not installed here (it ships wheels for Linux x86-64 only)")

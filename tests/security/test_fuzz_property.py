@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from attack_site import Template, build_real_bundle
 from gapship.installer.errors import GapshipError
-from gapship.installer.formats.manifest import Manifest, canonical_json, padded
+from gapship.installer.formats.manifest import Manifest, padded
+from gapship.installer.kit import canonical_json
 from gapship_testing import run
 from hostile import chunk_entries, cut, sha256, snapshot, write_bundle
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from attack_site import Site
-from gapship.installer.formats.manifest import canonical_json
+from gapship.installer.kit import canonical_json
 from gapship_testing import POLICY, run_json
 from hostile import manifest_dict, pad, pax_header, sha256, sign
 

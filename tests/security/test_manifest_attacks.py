@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from gapship.installer.errors import UnsafeContentError
-from gapship.installer.formats.manifest import MAX_FILES, MAX_MANIFEST_BYTES, MAX_OBJECTS, Manifest, canonical_json
+from gapship.installer.formats.manifest import MAX_FILES, MAX_MANIFEST_BYTES, MAX_OBJECTS, Manifest
+from gapship.installer.kit import canonical_json
 from hostile import Crafted, Payload, craft, sha256, standard_payload
 
 Edit = Callable[[dict[str, Any]], None]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gapship.installer.crypto.keys import signature_file_name
-from gapship.installer.formats.manifest import BLOCK, END_OF_ARCHIVE, FORMAT_NAME, RECORD, canonical_json, chunk_name
+from gapship.installer.formats.manifest import BLOCK, END_OF_ARCHIVE, FORMAT_NAME, RECORD, chunk_name
+from gapship.installer.kit import canonical_json
 from gapship_testing import POLICY, KeyPair
 
 MTIME = 1_700_000_000

@@ -19,7 +19,8 @@ from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
 from gapship.installer.errors import UnsafeContentError
 from gapship.installer.formats import manifest as manifest_module
-from gapship.installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest, canonical_json
+from gapship.installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest
+from gapship.installer.kit import canonical_json
 from gapship_testing import noise, write_spec
 
 
