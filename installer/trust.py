@@ -35,7 +35,7 @@ from .host.trustdir import (
     HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
     read_legacy_keys, root_file_name, write_root,
 )
-from .bundle.files import MAX_SIGNATURE_BYTES, SIGNATURES, RawBundle, read_capped
+from .bundle.files import SIGNATURES, RawBundle, read_capped
 from .errors import PolicyError, TrustError
 from .crypto.hashing import new_hasher
 from .crypto.keys import MAX_KEY_FILE_BYTES, AlgorithmUnavailable, PublicKey, parse_signature_file_name

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 
 from ..bundle.files import read_raw_bundle
 from ..trust import SignatureCheck, TrustStore, parse_unverified
