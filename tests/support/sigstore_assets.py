@@ -1,7 +1,7 @@
-"""The real sigstore bundles in ``<repo>/../shared/sigstore-assets`` (see its README.md), described once.
+"""The real sigstore bundles in ``tests/assets/sigstore`` (see its README.md: origin and license), described once.
 
-In CI the repository is cloned with ``shared/`` beside it; elsewhere set GAPSHIP_SIGSTORE_ASSETS. Tests
-that need the assets skip with a clear reason when they are absent. The artifacts are not gapship
+They live in the repository, so a fresh clone runs every sigstore test; GAPSHIP_SIGSTORE_ASSETS points the
+tests at another copy. The artifacts are not gapship
 manifests: the verification takes arbitrary bytes, so the tests verify the artifacts themselves.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ASSETS = Path(os.environ.get("GAPSHIP_SIGSTORE_ASSETS", REPO.parent / "shared" / "sigstore-assets"))
+ASSETS = Path(os.environ.get("GAPSHIP_SIGSTORE_ASSETS", REPO / "tests" / "assets" / "sigstore"))
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 GITHUB_OAUTH = "https://github.com/login/oauth"
@@ -63,8 +63,8 @@ INVALID_VERSION = Case("malformed/bundle_invalid_version.txt", "malformed/bundle
 
 def require_assets() -> None:
     if not (ASSETS / "README.md").is_file():
-        pytest.skip(f"sigstore test assets not found at {ASSETS} (clone shared/ beside the repository "
-                    "or set GAPSHIP_SIGSTORE_ASSETS)")
+        pytest.fail(f"sigstore test assets not found at {ASSETS} (tests/assets/sigstore in the repository, "
+                    "or GAPSHIP_SIGSTORE_ASSETS)")
 
 
 def flip_bit(data: bytes, index: int | None = None) -> bytes:
