@@ -467,3 +467,28 @@ def test_sigstore_file_in_an_authorization_does_not_count_for_the_authorize_role
     (auth / "signatures" / "ci.sigstore.json").write_bytes(b"{}")
     assert_refused(*install(bundle, trust, tmp_path, "--authorization", auth), 4, "ci.sigstore.json")
     assert_nothing_installed(tmp_path)
+
+
+# == the connected side: `gapship authorize --trust` checks an authorization before it is written ===
+
+
+def test_authorize_with_trust_refuses_a_release_key(tmp_path: Path, keys: Keys, bundle: Path) -> None:
+    trust = tmp_path / "authority"
+    assert trust_init(trust, keys, "--authorize-key", keys.authorize.public)[0] == 0
+    out_dir = tmp_path / "auth"
+    code, out = run_json("authorize", "--site", "agency-x", "--manifest-digest", digest_of(bundle), "--expires", "30d",
+                         "--key", keys.release.private, "--out", out_dir, "--trust", trust)
+    assert_refused(code, out, 2, "not in the authorize role", "would refuse")
+    assert not out_dir.exists()
+
+
+def test_authorize_with_trust_refuses_one_algorithm_where_the_role_requires_hybrid(
+        tmp_path: Path, keys: Keys, hybrid_trust: Path, bundle: Path) -> None:
+    out_dir = tmp_path / "auth"
+    args: list[str | Path] = ["authorize", "--site", "agency-x", "--manifest-digest", digest_of(bundle),
+                              "--expires", "30d", "--out", out_dir, "--trust", hybrid_trust]
+    assert_refused(*run_json(*args, "--key", keys.authorize.private), 2, "ml-dsa-87")
+    assert not out_dir.exists()
+    code, out = run_json(*args, "--key", keys.authorize.private, "--key", keys.authorize_pq.private)
+    assert code == 0, out
+    assert install(bundle, hybrid_trust, tmp_path, "--authorization", out_dir)[0] == 0
