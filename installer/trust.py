@@ -248,7 +248,7 @@ class RoleVerdict:
 
 
 def verify_role(root: Root, role_name: str, message: bytes, items: Iterable[SignatureInput], *, what: str,
-                sigstore: tuple[SignatureCheck, ...] = ()) -> RoleVerdict:
+                sigstore: tuple[SignatureCheck, ...] = (), subject: str = "signatures") -> RoleVerdict:
     """THE decision whether ``message`` is signed for ``role_name`` under ``root``; return or raise
     :class:`TrustError`. Every signed document kind calls it (docs/trust.md, "One decision"):
 
@@ -258,13 +258,14 @@ def verify_role(root: Root, role_name: str, message: bytes, items: Iterable[Sign
        counts once, whatever number of files or envelope entries claim it;
     3. the role's threshold is met by distinct keys, in EACH of its ``require_algorithms``.
 
-    ``sigstore``: checks of pinned sigstore signers, for the release role only (docs/sigstore.md)."""
+    ``sigstore``: checks of pinned sigstore signers, for the release role only (docs/sigstore.md).
+    ``subject``: what a refusal names in the ``--json`` error object."""
     if sigstore and role_name != ROLE_RELEASE:
         raise ValueError("sigstore signers count for the release role only")
     if role_name in SEPARATE_ROLES:
         check_roles_apart(root, where=f"cannot check {what}: {_root_label(root)}")
     checks = check_role_signatures(root, role_name, message, items) + sigstore
-    return RoleVerdict(checks=checks, signers=_require_threshold(root, role_name, checks, what=what))
+    return RoleVerdict(checks=checks, signers=_require_threshold(root, role_name, checks, what=what, subject=subject))
 
 
 # No key may hold two of these roles (docs/trust.md, "root.json"; docs/safeguards.md: "never a release key").
@@ -325,19 +326,21 @@ def _check_one(root: Root, role_name: str, role: Role, message: bytes, item: Sig
     return SignatureCheck(label, keyid, "valid", "", algorithm)
 
 
-def _require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck, ...], *, what: str) -> tuple[str, ...]:
+def _require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck, ...], *, what: str,
+                       subject: str) -> tuple[str, ...]:
     """The distinct valid signers, or raise when the role's threshold is not met. With
     ``require_algorithms`` (hybrid signing) the threshold must be met in EACH listed algorithm.
     Private: only :func:`verify_role` calls it, after the rules that come first."""
     role = root.role(role_name)
     if role is None:
-        raise TrustError(f"cannot check {what}: {_root_label(root)} has no {role_name} role", subject=role_name)
+        where = f" (no {AUTHORIZE_ROLE_DIR}/ folder of *.pub keys)" if root.legacy and role_name == ROLE_AUTHORIZE else ""
+        raise TrustError(f"cannot check {what}: {_root_label(root)} has no {role_name} role{where}", subject=role_name)
     valid = sorted({c.keyid for c in checks if c.status == "valid" and c.keyid})
     groups: tuple[str | None, ...] = role.require_algorithms or (None,)
     for algorithm in groups:
         have = [k for k in valid if algorithm is None or _algorithm_of(root, k) == algorithm]
         if len(have) < role.threshold:
-            raise TrustError(_threshold_message(what, role_name, role, algorithm, len(have), checks), subject="signatures")
+            raise TrustError(_threshold_message(what, role_name, role, algorithm, len(have), checks), subject=subject)
     return tuple(valid)
 
 
@@ -633,7 +636,7 @@ def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, ke
         raise TrustError(f"{source}: authorization over {MAX_DOCUMENT_BYTES} bytes", subject=source)
     items = [signature_file_input(name, sig) for name, sig in sorted(signatures.items())]
     verdict = verify_role(keys.root, ROLE_AUTHORIZE, document, items,
-                          what=f"authorization {source} (trust {keys.source})")
+                          what=f"authorization {source} (trust {keys.source})", subject=source)
     return VerifiedAuthorization(
         authorization=Authorization.from_bytes(document, source=source), document=document,
         digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=verdict.signers,

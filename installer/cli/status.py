@@ -6,7 +6,7 @@ for a receipt written before it recorded ``bundle_expires``, the kept ``manifest
 nothing and changes nothing. A version whose receipt cannot be read is listed with the problem rather
 than failing the whole report.
 
-Two expiries are shown, named apart (docs/cli.md, "gapship status"): ``bundle_expires``, the signed
+Two expiries are shown, named apart (docs/cli.md, "`gapship status`"): ``bundle_expires``, the signed
 manifest's own ``expires``, and ``authorization_expires``, the earliest expiry of the site
 authorizations in force at install. ``expires`` keeps its old meaning: the authorizations' one.
 """

@@ -146,6 +146,7 @@ def test_authorization_signed_with_ed25519_alone_is_refused_where_the_root_requi
     auth = authorization(tmp_path / "auth", keys.authorize, manifest_digest=digest_of(bundle))
     code, out = install(bundle, hybrid_trust, tmp_path, "--authorization", auth)
     assert_refused(code, out, 4, "ml-dsa-87", "authorize")
+    assert out["error"]["subject"] == str(auth)
     assert_nothing_installed(tmp_path)
 
 
