@@ -20,8 +20,9 @@ from ..installer.formats.authorization import (
 from ..installer.formats.timestamps import format_time
 from ..installer.bundle.files import MANIFEST, SIGNATURES
 from ..installer.host.fs import remove_tree
-from ..installer.errors import HostError, UsageError
+from ..installer.errors import HostError, TrustError, UsageError
 from ..installer.crypto.keys import signature_file_name
+from ..installer.trust import AuthorizeKeys, TrustStore, verify_authorization
 from .expiry import parse_expires
 from .keys import SigningKey
 
@@ -57,13 +58,19 @@ class Written:
     signers: tuple[str, ...]
 
 
-def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path) -> Written:
+def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path, trust: TrustStore | None = None) -> Written:
     """Sign ``auth`` with every key and write it as a directory: ``out`` itself (which must not
-    exist), or, when ``out`` is a bundle directory, ``out/authorizations/<site>-<id>/``."""
+    exist), or, when ``out`` is a bundle directory, ``out/authorizations/<site>-<id>/``. With
+    ``trust`` (the authority's trust directory), first check the signatures with the installer's own
+    decision (:func:`~gapship.installer.trust.verify_authorization`: the authorize role, its threshold
+    and algorithms, never a release key) and refuse to write one a site would refuse."""
     if not keys:
         raise UsageError("an authorization needs at least one --key")
     document = auth.to_bytes()
     digest = "sha256:" + hashlib.sha256(document).hexdigest()
+    signatures = {signature_file_name(k.public.keyid, k.algorithm): k.sign(document) for k in keys}
+    if trust is not None:
+        _check_against(trust, document, signatures)
     target = out / AUTHORIZATIONS / f"{auth.site}-{digest[7:19]}" if (out / MANIFEST).is_file() else out
     if target.exists() or target.is_symlink():
         raise UsageError(f"{target} already exists; refusing to overwrite it", subject=str(target))
@@ -75,9 +82,8 @@ def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path) -> Writ
     try:
         (staging / DOCUMENT).write_bytes(document)
         (staging / SIGNATURES).mkdir()
-        for key in keys:
-            name = signature_file_name(key.public.keyid, key.algorithm)  # ed25519 or ml-dsa-87
-            (staging / SIGNATURES / name).write_bytes(key.sign(document))
+        for name, signature in signatures.items():  # <keyid>.ed25519.sig or <keyid>.ml-dsa-87.sig
+            (staging / SIGNATURES / name).write_bytes(signature)
         os.chmod(staging, 0o755)
         os.rename(staging, target)
     except BaseException as e:
@@ -86,3 +92,11 @@ def write(auth: Authorization, *, keys: Sequence[SigningKey], out: Path) -> Writ
             raise HostError(f"cannot write {target}: {e.strerror}", subject=str(target)) from None
         raise
     return Written(path=target, digest=digest, signers=tuple(sorted({k.public.keyid for k in keys})))
+
+
+def _check_against(trust: TrustStore, document: bytes, signatures: dict[str, bytes]) -> None:
+    try:
+        verify_authorization(document, signatures, keys=AuthorizeKeys.from_trust(trust), source="the new authorization")
+    except TrustError as e:
+        raise UsageError(f"{e.message}; a site trusting {trust.source} would refuse it: sign with its authorize "
+                         f"key(s)", subject="--key") from None

@@ -1,7 +1,9 @@
 """Making and signing trust roots on the connected side (docs/trust.md, "Managing a trust root").
 
 Every new version is checked with the installer's own :func:`~gapship.installer.trust.update_root`
-before it is written, so the authority never writes a root that a site would refuse.
+(and version 1 with :func:`~gapship.installer.trust.load_root_file`) before it is written, and every
+root is made through :func:`make_root`, which applies the installer's role rules, so the authority
+never writes a root that a site would refuse.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ..installer.host.atomic import atomic_write
 from ..installer.formats.root import (
-    ROLE_AUTHORIZE, ROLE_ROOT, ROLES, Envelope, FloorReset, Role, Root, Signature, SignedRoot,
+    REQUIRED_ROLES, ROLE_AUTHORIZE, ROLE_ROOT, ROLES, Envelope, FloorReset, Role, Root, Signature, SignedRoot,
     TrustedKey,
 )
 from ..installer.formats.timestamps import format_time
@@ -21,11 +23,12 @@ from ..installer.host.trustdir import HISTORY_DIR, ROOT_FILE, read_history, root
 from ..installer.bundle.files import ROOTS
 from ..installer.errors import GapshipError, HostError, TrustError, UsageError
 from ..installer.crypto.keys import PublicKey
-from ..installer.trust import TrustStore, load_root_file, update_root
+from ..installer.trust import TrustStore, check_roles_apart, load_root_file, update_root
 from ..installer.kit import parse_json
 from .keys import SigningKey, load_public_key
 
 RootChange = Callable[[Root], Root]
+OPTIONAL_ROLES = tuple(r for r in ROLES if r not in REQUIRED_ROLES)  # authorize
 
 
 def sign_root(root: Root, keys: Sequence[SigningKey]) -> SignedRoot:
@@ -40,11 +43,15 @@ def sign_root(root: Root, keys: Sequence[SigningKey]) -> SignedRoot:
 
 def make_root(*, version: int, expires: str, keys: Mapping[str, TrustedKey], roles: Mapping[str, Role],
               names: Mapping[str, str], floor_resets: tuple[FloorReset, ...] = ()) -> Root:
-    """A :class:`Root`, with the model's objections turned into usage errors (the user asked for it)."""
+    """A :class:`Root`, with the model's objections and the installer's role rules (one key never holds
+    the release and the authorize role: :func:`~gapship.installer.trust.check_roles_apart`) turned
+    into usage errors (the user asked for it). Every command that writes a root makes it here."""
     try:
-        return Root(version=version, expires=expires, keys=keys, roles=roles, names=names, floor_resets=floor_resets)
+        root = Root(version=version, expires=expires, keys=keys, roles=roles, names=names, floor_resets=floor_resets)
+        check_roles_apart(root, where=f"root v{version}")
     except GapshipError as e:
         raise UsageError(f"that trust root would be invalid: {e.message}", subject=e.subject) from None
+    return root
 
 
 def init_trust(trust_dir: Path, *, members: Mapping[str, Sequence[PublicKey]], thresholds: Mapping[str, int],
@@ -119,7 +126,10 @@ def add_key(key: PublicKey, *, role: str, name: str | None, threshold: int | Non
 
 
 def remove_key(keyid: str, *, role: str | None, threshold: int | None) -> RootChange:
-    """Take ``keyid`` out of ``role`` (or of every role): a revocation, effective at the new version."""
+    """Take ``keyid`` out of ``role`` (or of every role): a revocation, effective at the new version.
+    Taking the last key out of the optional ``authorize`` role removes the role (no key may authorize
+    then); this is also how a root that gave one key the release and the authorize role is repaired
+    (remove it from ``authorize``, then ``add-key`` a separate authorize key)."""
 
     def change(root: Root) -> Root:
         roles = dict(root.roles)
@@ -128,7 +138,11 @@ def remove_key(keyid: str, *, role: str | None, threshold: int | None) -> RootCh
             current = _role(root, name, create=False)
             if keyid not in current.keyids:
                 raise UsageError(f"key {keyid[:16]} is not in the {name} role", subject=keyid)
-            roles[name] = replace(current, keyids=tuple(k for k in current.keyids if k != keyid),
+            kept = tuple(k for k in current.keyids if k != keyid)
+            if not kept and name in OPTIONAL_ROLES:  # its last key: no key may sign for it any more
+                del roles[name]
+                continue
+            roles[name] = replace(current, keyids=kept,
                                   threshold=threshold if threshold is not None else current.threshold)
         if not targets:
             raise UsageError(f"key {keyid[:16]} is in no role", subject=keyid)

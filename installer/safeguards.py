@@ -227,9 +227,8 @@ def carried_authorizations(bundle: Path) -> list[RawAuthorization]:
 def authorize_keys(trust_dir: Path, trust: TrustStore) -> AuthorizeKeys:
     """Who may sign site authorizations: the ``authorize`` role of the trust root that verified the
     bundle (after any rotation it carried, so revocations apply); in legacy mode (a folder of *.pub),
-    ``TRUSTDIR/authorize/*.pub``, threshold 1."""
-    if trust.legacy:
-        return AuthorizeKeys.from_legacy_dir(trust_dir)
+    ``TRUSTDIR/authorize/*.pub``, threshold 1, which :class:`TrustStore` reads into the same kind of
+    root. Either way :func:`~.trust.verify_role` decides, with the root's algorithm and role rules."""
     return AuthorizeKeys.from_root(trust.root, source=str(trust_dir))
 
 

@@ -8,8 +8,13 @@ the manifest, signatures and threshold, then parsing, then version (anti-rollbac
 floor), then time (a clock set back, then expiry). Nothing else in gapship reads an unverified manifest
 field (the one exception, ``inspect``, says so in its name: :func:`parse_unverified`).
 
-The same rules decide site authorizations (:func:`verify_authorization`, against the ``authorize``
-role: :class:`AuthorizeKeys`).
+Every signed document goes through ONE decision, :func:`verify_role`: the manifest (``release``
+role), each new trust root (``root`` role, of the old root and of its own) and each site
+authorization (``authorize`` role, :func:`verify_authorization`). It applies the same rules to all
+of them, in one order: the root keeps the release and authorize roles on different keys
+(:func:`check_roles_apart`), each signature is by a key of the role with the key's own algorithm,
+each key counts once, and the role's threshold is met in each of its ``require_algorithms``. Nothing
+else decides whether a document is signed; :func:`check_role_signatures` only reports.
 
 Everything here returns nothing or raises; the host state and the trust directory are read and
 written by :mod:`.host.state` and :mod:`.host.trustdir`, which decide nothing.
@@ -35,10 +40,10 @@ from .host.trustdir import (
     HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
     read_legacy_keys, root_file_name, write_root,
 )
-from .bundle.files import SIGNATURES, RawBundle, read_capped
+from .bundle.files import RawBundle
 from .errors import PolicyError, TrustError
 from .crypto.hashing import new_hasher
-from .crypto.keys import MAX_KEY_FILE_BYTES, AlgorithmUnavailable, PublicKey, parse_signature_file_name
+from .crypto.keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
 from .formats.manifest import Manifest
 from .host.state import Installed, StateSnapshot
 
@@ -169,8 +174,7 @@ def verify_manifest(raw: RawBundle, *, trust: TrustStore, state: StateSnapshot |
     when = now or utc_now()
     trust, updates = apply_root_chain(trust, raw.roots, persist=persist_root)
     check_root_expiry(trust.root, now=when)
-    checks = check_signatures(raw.manifest_bytes, raw.signatures, trust)
-    signers = require_threshold(trust.root, ROLE_RELEASE, checks, what=f"the bundle (trust {trust.source})")
+    verdict = verify_release(raw.manifest_bytes, raw.signatures, trust)
     manifest = Manifest.from_bytes(raw.manifest_bytes)
     overrides: tuple[str, ...] = ()
     if state is not None:
@@ -182,8 +186,8 @@ def verify_manifest(raw: RawBundle, *, trust: TrustStore, state: StateSnapshot |
         manifest=manifest,
         manifest_bytes=raw.manifest_bytes,
         digest=manifest_digest(raw.manifest_bytes, manifest.hash_algorithm),
-        signers=signers,
-        checks=checks,
+        signers=verdict.signers,
+        checks=verdict.checks,
         signature_files=dict(raw.signatures),
         trust=trust,
         root_updates=updates,
@@ -196,27 +200,102 @@ def verify_manifest(raw: RawBundle, *, trust: TrustStore, state: StateSnapshot |
 
 
 def check_signatures(manifest_bytes: bytes, signatures: Mapping[str, bytes], trust: TrustStore) -> tuple[SignatureCheck, ...]:
-    """Check every signature file of a bundle against the release role; each key is counted once."""
+    """Report on every signature file of a bundle against the release role (``inspect --trust``); each
+    key is counted once. This decides nothing: :func:`verify_release` does."""
+    items, sigstore = _release_inputs(manifest_bytes, signatures, trust)
+    return check_role_signatures(trust.root, ROLE_RELEASE, manifest_bytes, items) + sigstore
+
+
+def verify_release(manifest_bytes: bytes, signatures: Mapping[str, bytes], trust: TrustStore) -> RoleVerdict:
+    """The release role's decision over a bundle's signature files (pinned sigstore signers included)."""
+    items, sigstore = _release_inputs(manifest_bytes, signatures, trust)
+    return verify_role(trust.root, ROLE_RELEASE, manifest_bytes, items, what=f"the bundle (trust {trust.source})",
+                       sigstore=sigstore)
+
+
+def _release_inputs(manifest_bytes: bytes, signatures: Mapping[str, bytes],
+                    trust: TrustStore) -> tuple[list[SignatureInput], tuple[SignatureCheck, ...]]:
+    """The key signatures as :data:`SignatureInput`, and each ``*.sigstore.json`` file checked against
+    the pinned signers (a pinned signer counts once, as ``sigstore:<name>``, for the release role only)."""
     items: list[SignatureInput] = []
     sigstore_checks: list[SignatureCheck] = []
     for name, sig in sorted(signatures.items()):
-        if is_sigstore_signature_file(name):  # a pinned sigstore signer counts once, as "sigstore:<name>"
+        if is_sigstore_signature_file(name):
             found = check_sigstore_file(name, sig, manifest_bytes, trust.sigstore)
             sigstore_checks.append(SignatureCheck(name, found.signer, found.status, found.detail, "sigstore"))
             continue
-        parsed = parse_signature_file_name(name)
-        items.append((name, parsed[0], parsed[1], sig) if parsed else (name, None, None, sig))
-    return check_role_signatures(trust.root, ROLE_RELEASE, manifest_bytes, items) + tuple(sigstore_checks)
+        items.append(signature_file_input(name, sig))
+    return items, tuple(sigstore_checks)
+
+
+def signature_file_input(name: str, sig: bytes) -> SignatureInput:
+    """A ``signatures/<keyid>.<algorithm>.sig`` file (of a bundle or an authorization) as a
+    :data:`SignatureInput`; any other name is reported ``unsupported`` and counts for nothing."""
+    parsed = parse_signature_file_name(name)
+    return (name, parsed[0], parsed[1], sig) if parsed else (name, None, None, sig)
 
 
 def envelope_items(envelope: Envelope, *, where: str) -> list[SignatureInput]:
     return [(f"{where} signatures[{i}]", s.keyid, s.algorithm, s.sig) for i, s in enumerate(envelope.signatures)]
 
 
+@dataclass(frozen=True)
+class RoleVerdict:
+    """What :func:`verify_role` found: every signature's check, and the distinct valid signers."""
+
+    checks: tuple[SignatureCheck, ...]
+    signers: tuple[str, ...]
+
+
+def verify_role(root: Root, role_name: str, message: bytes, items: Iterable[SignatureInput], *, what: str,
+                sigstore: tuple[SignatureCheck, ...] = (), subject: str = "signatures") -> RoleVerdict:
+    """THE decision whether ``message`` is signed for ``role_name`` under ``root``; return or raise
+    :class:`TrustError`. Every signed document kind calls it (docs/trust.md, "One decision"):
+
+    1. a root that decides for the release or the authorize role keeps them on different keys
+       (:func:`check_roles_apart`): one stolen key must never both sign a bundle and authorize a site;
+    2. each signature is by a key of this role, with that key's own algorithm, and verifies; each key
+       counts once, whatever number of files or envelope entries claim it;
+    3. the role's threshold is met by distinct keys, in EACH of its ``require_algorithms``.
+
+    ``sigstore``: checks of pinned sigstore signers, for the release role only (docs/sigstore.md).
+    ``subject``: what a refusal names in the ``--json`` error object."""
+    if sigstore and role_name != ROLE_RELEASE:
+        raise ValueError("sigstore signers count for the release role only")
+    if role_name in SEPARATE_ROLES:
+        check_roles_apart(root, where=f"cannot check {what}: {_root_label(root)}")
+    checks = check_role_signatures(root, role_name, message, items) + sigstore
+    return RoleVerdict(checks=checks, signers=_require_threshold(root, role_name, checks, what=what, subject=subject))
+
+
+# No key may hold two of these roles (docs/trust.md, "root.json"; docs/safeguards.md: "never a release key").
+SEPARATE_ROLES = (ROLE_RELEASE, ROLE_AUTHORIZE)
+
+
+def check_roles_apart(root: Root, *, where: str) -> None:
+    """Raise :class:`TrustError` when one key holds two of :data:`SEPARATE_ROLES`. Called by
+    :func:`verify_role` for every release or authorize decision, by :func:`update_root` for every
+    root a site accepts, and by the connected side before it signs a root."""
+    for i, first in enumerate(SEPARATE_ROLES):
+        for second in SEPARATE_ROLES[i + 1:]:
+            a, b = root.role(first), root.role(second)
+            both = sorted(set(a.keyids) & set(b.keyids)) if a and b else []
+            if both:
+                name = root.names.get(both[0])
+                label = both[0][:16] + (f" ({name})" if name else "")
+                raise TrustError(f"{where}: key {label} is both a {first} key and an {second} key; the two roles "
+                                 f"must use different keys, so that one stolen key cannot sign a bundle and "
+                                 f"authorize a site", subject=both[0])
+
+
+def _root_label(root: Root) -> str:
+    return "the legacy trust directory" if root.legacy else f"trust root v{root.version}"
+
+
 def check_role_signatures(root: Root, role_name: str, message: bytes,
                           items: Iterable[SignatureInput]) -> tuple[SignatureCheck, ...]:
-    """One :class:`SignatureCheck` per signature. Any signed document (manifest, root, and the site
-    authorizations of docs/trust.md's ``authorize`` role) goes through here."""
+    """One :class:`SignatureCheck` per signature, for reports (``verify --json``, ``inspect --trust``);
+    each key is counted once. It decides nothing: :func:`verify_role` does."""
     role = root.role(role_name) or Role(keyids=(), threshold=1)
     counted: set[str] = set()
     return tuple(_check_one(root, role_name, role, message, item, counted) for item in items)
@@ -247,18 +326,21 @@ def _check_one(root: Root, role_name: str, role: Role, message: bytes, item: Sig
     return SignatureCheck(label, keyid, "valid", "", algorithm)
 
 
-def require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck, ...], *, what: str) -> tuple[str, ...]:
+def _require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck, ...], *, what: str,
+                       subject: str) -> tuple[str, ...]:
     """The distinct valid signers, or raise when the role's threshold is not met. With
-    ``require_algorithms`` (hybrid signing) the threshold must be met in EACH listed algorithm."""
+    ``require_algorithms`` (hybrid signing) the threshold must be met in EACH listed algorithm.
+    Private: only :func:`verify_role` calls it, after the rules that come first."""
     role = root.role(role_name)
     if role is None:
-        raise TrustError(f"trust root v{root.version} has no {role_name} role", subject=role_name)
+        where = f" (no {AUTHORIZE_ROLE_DIR}/ folder of *.pub keys)" if root.legacy and role_name == ROLE_AUTHORIZE else ""
+        raise TrustError(f"cannot check {what}: {_root_label(root)} has no {role_name} role{where}", subject=role_name)
     valid = sorted({c.keyid for c in checks if c.status == "valid" and c.keyid})
     groups: tuple[str | None, ...] = role.require_algorithms or (None,)
     for algorithm in groups:
         have = [k for k in valid if algorithm is None or _algorithm_of(root, k) == algorithm]
         if len(have) < role.threshold:
-            raise TrustError(_threshold_message(what, role_name, role, algorithm, len(have), checks), subject="signatures")
+            raise TrustError(_threshold_message(what, role_name, role, algorithm, len(have), checks), subject=subject)
     return tuple(valid)
 
 
@@ -275,7 +357,8 @@ def _threshold_message(what: str, role_name: str, role: Role, algorithm: str | N
     found = "; ".join(f"{c.file}: {c.status}" + (f" ({c.detail})" if c.detail else "") for c in checks)
     kind = f"{algorithm} " if algorithm else ""
     if role.threshold == 1 and not algorithm:
-        return f"no valid signature on {what} from a {role_name} key (found {found})"
+        article = "an" if role_name[0] in "aeiou" else "a"
+        return f"no valid signature on {what} from {article} {role_name} key (found {found})"
     return (f"{what} needs {role.threshold} valid {kind}signatures from distinct {role_name} keys, "
             f"found {have} (found {found})")
 
@@ -292,14 +375,16 @@ def update_root(trusted: Root, data: bytes, *, where: str) -> SignedRoot:
                          "run `gapship trust init` to make it a root", subject=where)
     envelope = Envelope.from_bytes(data, where=where)
     items = envelope_items(envelope, where=where)
-    old = check_role_signatures(trusted, ROLE_ROOT, envelope.signed_bytes, items)
-    require_threshold(trusted, ROLE_ROOT, old, what=f"{where} (by the root keys of trusted v{trusted.version})")
+    verify_role(trusted, ROLE_ROOT, envelope.signed_bytes, items,
+                what=f"{where} (by the root keys of trusted v{trusted.version})")
     new = Root.from_dict(envelope.signed, where=where)
-    own = check_role_signatures(new, ROLE_ROOT, envelope.signed_bytes, items)
-    require_threshold(new, ROLE_ROOT, own, what=f"{where} (by its own root keys)")
+    verify_role(new, ROLE_ROOT, envelope.signed_bytes, items, what=f"{where} (by its own root keys)")
     if new.version != trusted.version + 1:
         raise TrustError(f"{where} is root version {new.version}, but the next after v{trusted.version} must be "
                          f"v{trusted.version + 1} (root versions go up by exactly one)", subject=where)
+    # A site never accepts a root that gives one key two roles. (A root it accepted before this rule
+    # still signs its successor, but decides nothing for release or authorize: see verify_role.)
+    check_roles_apart(new, where=f"{where} (root v{new.version})")
     return SignedRoot(new, envelope)
 
 
@@ -428,8 +513,8 @@ def load_root_file(data: bytes, *, where: str) -> SignedRoot:
     how ``gapship trust`` checks what it is about to write. It proves consistency, not trust."""
     envelope = Envelope.from_bytes(data, where=where)
     root = Root.from_dict(envelope.signed, where=where)
-    checks = check_role_signatures(root, ROLE_ROOT, envelope.signed_bytes, envelope_items(envelope, where=where))
-    require_threshold(root, ROLE_ROOT, checks, what=f"{where} (by its own root keys)")
+    verify_role(root, ROLE_ROOT, envelope.signed_bytes, envelope_items(envelope, where=where),
+                what=f"{where} (by its own root keys)")
     return SignedRoot(root, envelope)
 
 
@@ -446,15 +531,28 @@ def _with_sigstore(store: TrustStore, sigstore: tuple[SigstoreSigner, ...]) -> T
 
 
 def _legacy_store(path: Path, *, keys_required: bool = True) -> TrustStore:
+    """Legacy mode: every ``*.pub`` is a release key, every ``authorize/*.pub`` an authorize key, each
+    role threshold 1. A key in both is kept in both roles, so that :func:`verify_role` refuses it,
+    as it refuses such a root."""
     keys: dict[str, TrustedKey] = {}
     names: dict[str, str] = {}
-    for name, data in read_legacy_keys(path, required=keys_required):
-        key = PublicKey.from_pem(data, source=str(path / name))
-        keys[key.keyid] = key
-        names[key.keyid] = name
-    role = Role(keyids=tuple(keys), threshold=1)
-    root = Root(version=LEGACY_VERSION, expires=None, keys=keys, roles={ROLE_RELEASE: role})
+    roles = {ROLE_RELEASE: Role(keyids=_legacy_keys(path, "", keys, names, required=keys_required), threshold=1)}
+    folder = path / AUTHORIZE_ROLE_DIR
+    if folder.is_dir():
+        roles[ROLE_AUTHORIZE] = Role(keyids=_legacy_keys(folder, f"{AUTHORIZE_ROLE_DIR}/", keys, names), threshold=1)
+    root = Root(version=LEGACY_VERSION, expires=None, keys=keys, roles=roles)
     return TrustStore(root=root, source=str(path), names=names, path=path)
+
+
+def _legacy_keys(folder: Path, prefix: str, keys: dict[str, TrustedKey], names: dict[str, str], *,
+                 required: bool = False) -> tuple[str, ...]:
+    ids: list[str] = []
+    for name, data in read_legacy_keys(folder, required=required):
+        key = PublicKey.from_pem(data, source=str(folder / name))
+        keys[key.keyid] = key
+        names.setdefault(key.keyid, prefix + name)
+        ids.append(key.keyid)
+    return tuple(dict.fromkeys(ids))
 
 
 def _root_names(root: Root) -> dict[str, str]:
@@ -464,49 +562,37 @@ def _root_names(root: Root) -> dict[str, str]:
 # -- site authorizations: the authorize role (docs/safeguards.md, "Site authorizations") --------------
 
 AUTHORIZE_ROLE_DIR = "authorize"  # legacy trust directory: TRUSTDIR/authorize/*.pub
-MAX_AUTHORIZE_KEYS = 256
 
 
 @dataclass(frozen=True)
 class AuthorizeKeys:
-    """The keys that may sign site authorizations, and how many distinct ones must."""
+    """Who may sign site authorizations: the ``authorize`` role of a trust root (in legacy mode, of
+    the root synthesised from ``TRUSTDIR/*.pub`` and ``TRUSTDIR/authorize/*.pub``). A view for
+    messages and reports; the decision is :func:`verify_role`'s, over the whole root, so that the
+    role's algorithms and the separation from the release role apply."""
 
-    keys: Mapping[str, TrustedKey]
-    threshold: int
+    root: Root
     source: str
+
+    @property
+    def keys(self) -> Mapping[str, TrustedKey]:
+        role = self.root.role(ROLE_AUTHORIZE)
+        return {k: self.root.keys[k] for k in role.keyids} if role else {}
+
+    @property
+    def threshold(self) -> int:
+        role = self.root.role(ROLE_AUTHORIZE)
+        return role.threshold if role else 1
 
     @classmethod
     def from_root(cls, root: Root, *, source: str) -> AuthorizeKeys:
         """The trust root's ``authorize`` role (docs/trust.md); no such role means no key may authorize."""
-        role = root.role(ROLE_AUTHORIZE)
-        if role is None:
-            return cls(keys={}, threshold=1, source=f"{source} (trust root v{root.version} has no authorize role)")
-        keys = {k: root.keys[k] for k in role.keyids}
-        return cls(keys=keys, threshold=role.threshold, source=f"{source} (trust root v{root.version}, authorize role)")
+        return cls(root=root, source=source)
 
     @classmethod
-    def from_legacy_dir(cls, trust_dir: Path) -> AuthorizeKeys:
-        """Legacy mode: ``TRUSTDIR/authorize/*.pub``, any one of which suffices. A key that is also a
-        release key (``TRUSTDIR/*.pub``) is refused: the roles must be held by different keys."""
-        folder = trust_dir / AUTHORIZE_ROLE_DIR
-        keys = _read_pubs(folder) if folder.is_dir() else {}
-        release = _read_pubs(trust_dir) if trust_dir.is_dir() else {}
-        both = sorted(keys.keys() & release.keys())
-        if both:
-            raise TrustError(f"key {both[0][:16]} is both a release key and an authorize key in {trust_dir}; "
-                             "the two roles must use different keys", subject=str(folder))
-        return cls(keys=keys, threshold=1, source=str(folder))
-
-
-def _read_pubs(folder: Path) -> dict[str, PublicKey]:
-    pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub") and p.is_file())
-    if len(pubs) > MAX_AUTHORIZE_KEYS:
-        raise TrustError(f"{folder} holds over {MAX_AUTHORIZE_KEYS} keys", subject=str(folder))
-    keys = {}
-    for pub in pubs:
-        key = PublicKey.from_pem(read_capped(pub, MAX_KEY_FILE_BYTES, missing=TrustError), source=str(pub))
-        keys[key.keyid] = key
-    return keys
+    def from_trust(cls, trust: TrustStore) -> AuthorizeKeys:
+        """The authorize role of a trust store (after any rotation a bundle carried, so revocations apply)."""
+        return cls(root=trust.root, source=trust.source)
 
 
 @dataclass(frozen=True)
@@ -543,35 +629,16 @@ class VerifiedAuthorization:
 
 def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, keys: AuthorizeKeys,
                          source: str) -> VerifiedAuthorization:
-    """Signatures first (each authorize key counted once), then parsing; return or raise TrustError."""
+    """Signatures first (:func:`verify_role` for the authorize role), then parsing; return or raise."""
     from .formats.authorization import MAX_DOCUMENT_BYTES, Authorization
 
     if len(document) > MAX_DOCUMENT_BYTES:
         raise TrustError(f"{source}: authorization over {MAX_DOCUMENT_BYTES} bytes", subject=source)
-    signers: set[str] = set()
-    found: list[str] = []
-    for name, sig in sorted(signatures.items()):
-        parsed = parse_signature_file_name(name)
-        keyid = parsed[0] if parsed else None
-        key = keys.keys.get(keyid) if keyid else None
-        if key is not None and parsed is not None and key.algorithm != parsed[1]:
-            found.append(f"{name[:16]}: signature says {parsed[1]}, the key is {key.algorithm}")
-            continue
-        if key is None:
-            found.append(f"{name[:16]}: not an authorize key" if keyid else f"{name}: not a signature file")
-            continue
-        try:
-            key.verify(document, sig, subject=f"{source}/{SIGNATURES}/{name}")
-        except TrustError:
-            found.append(f"{key.keyid[:16]}: invalid")
-            continue
-        signers.add(key.keyid)
-    if len(signers) < max(keys.threshold, 1):
-        detail = "; ".join(found) if found else "no signatures"
-        raise TrustError(f"authorization {source} lacks {max(keys.threshold, 1)} valid signature(s) from "
-                         f"authorize keys in {keys.source} ({detail})", subject=source)
+    items = [signature_file_input(name, sig) for name, sig in sorted(signatures.items())]
+    verdict = verify_role(keys.root, ROLE_AUTHORIZE, document, items,
+                          what=f"authorization {source} (trust {keys.source})", subject=source)
     return VerifiedAuthorization(
         authorization=Authorization.from_bytes(document, source=source), document=document,
-        digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=tuple(sorted(signers)),
+        digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=verdict.signers,
         signature_files=dict(signatures), source=source,
     )

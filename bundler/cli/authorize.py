@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ...installer.cli.group import cli, emit, json_option
+from ...installer.cli.group import cli, emit, json_option, trust_dir_option
+from ...installer.trust import TrustStore
 from ..authorize import create, selector, write
 from ..keys import SigningKey
 
@@ -22,13 +23,17 @@ from ..keys import SigningKey
               help="Private authorize-role key (repeatable, one signature each). Not a release key.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="New authorization directory, or a bundle directory to carry it under authorizations/.")
+@trust_dir_option(required=False, help="The authority's trust directory: refuse (exit 2) unless the --key "
+                                       "signatures meet its authorize role (threshold, algorithms, no release key).")
 @json_option
 def authorize(site_id: str, manifest_digest: str | None, bundle_name: str | None, versions: str | None,
-              expires: str, require: tuple[str, ...], key_files: tuple[Path, ...], out: Path, as_json: bool) -> None:
+              expires: str, require: tuple[str, ...], key_files: tuple[Path, ...], out: Path,
+              trust_dir: Path | None, as_json: bool) -> None:
     """Authorize one site to install one bundle until an expiry, with extra required safeguards."""
     bundle = selector(manifest_digest=manifest_digest, name=bundle_name, versions=versions)
     auth = create(site=site_id, bundle=bundle, expires=expires, require=require)
-    written = write(auth, keys=[SigningKey.load(k) for k in key_files], out=out)
+    trust = TrustStore.from_dir(trust_dir) if trust_dir is not None else None
+    written = write(auth, keys=[SigningKey.load(k) for k in key_files], out=out, trust=trust)
     emit(as_json, {"path": str(written.path), "id": written.digest, "signers": list(written.signers),
                    **auth.to_dict()}, [
         f"wrote {written.path}: site {auth.site}, {auth.bundle.describe()}, expires {auth.expires}",

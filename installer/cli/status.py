@@ -1,9 +1,14 @@
 """``gapship status``: what is installed under a prefix, read from the receipts (docs/safeguards.md,
 "Status").
 
-It reads only what gapship itself wrote (``receipt.json`` beside each version, the ``current`` link),
-verifies nothing and changes nothing. A version whose receipt cannot be read is listed with the problem
-rather than failing the whole report.
+It reads only what gapship itself wrote (``receipt.json`` beside each version, the ``current`` link;
+for a receipt written before it recorded ``bundle_expires``, the kept ``manifest.json``), verifies
+nothing and changes nothing. A version whose receipt cannot be read is listed with the problem rather
+than failing the whole report.
+
+Two expiries are shown, named apart (docs/cli.md, "`gapship status`"): ``bundle_expires``, the signed
+manifest's own ``expires``, and ``authorization_expires``, the earliest expiry of the site
+authorizations in force at install. ``expires`` keeps its old meaning: the authorizations' one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from .group import cli, emit, json_option
 from ..errors import UsageError
 from ..deploy.install import CURRENT, MAX_RECEIPT_BYTES, RECEIPT, STAGING_PREFIX
 from ..formats.site import load_site
+from ..bundle.files import MANIFEST
+from ..formats.manifest import MAX_MANIFEST_BYTES
 from ..kit import Malformed, Refusal, parse_json, read_bounded
+
+BUNDLE_EXPIRES = "bundle_expires"  # in the receipt (since it recorded it) and in `status --json`
 
 
 @cli.command()
@@ -76,8 +85,11 @@ def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
         return {**out, "problem": f"{RECEIPT} unreadable: {e}"}
     site = receipt.get("site") if isinstance(receipt.get("site"), dict) else None
     auths = site.get("authorizations", []) if site else []
+    authorization_expires = site.get("expires") if site else None
     return {
         **out,
+        **_bundle_expiry(path, receipt, now),
+        "authorization_expires": authorization_expires,
         "installed_at": receipt.get("installed_at"),
         "installed_by": receipt.get("installed_by"),
         "manifest_digest": receipt.get("manifest_digest"),
@@ -87,8 +99,28 @@ def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
         "models_skipped": site.get("models_skipped", []) if site else [],
         "authorizations": [{"id": a.get("id"), "expires": a.get("expires"), "expired": _expired(a.get("expires"), now)}
                            for a in auths if isinstance(a, dict)],
-        "expires": site.get("expires") if site else None,
+        "expires": authorization_expires,  # kept: the earliest authorization expiry, as before
     }
+
+
+def _bundle_expiry(path: Path, receipt: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """``bundle_expires`` (the manifest's ``expires``; null: it does not expire) and ``bundle_expired``,
+    from the receipt, or, for a receipt written before it recorded them, from the kept manifest copy;
+    when that cannot be read either, both are null and ``bundle_expires_problem`` says why."""
+    if BUNDLE_EXPIRES in receipt:
+        stamp = receipt[BUNDLE_EXPIRES]
+    else:
+        try:
+            data = read_bounded(path / MANIFEST, cap=MAX_MANIFEST_BYTES, refuse=_receipt_problem, follow_symlinks=True)
+            manifest = parse_json(data, source=MANIFEST, error=Malformed, invalid="{detail}")
+            if not isinstance(manifest, dict):
+                raise ValueError("not an object")
+            stamp = manifest.get("expires")
+        except (OSError, ValueError) as e:
+            return {BUNDLE_EXPIRES: None, "bundle_expired": None, "bundle_expires_problem": f"{MANIFEST} unreadable: {e}"}
+    if stamp is not None and not isinstance(stamp, str):
+        return {BUNDLE_EXPIRES: None, "bundle_expired": None, "bundle_expires_problem": f"expires {stamp!r} is not a time"}
+    return {BUNDLE_EXPIRES: stamp, "bundle_expired": _expired(stamp, now) if stamp is not None else None}
 
 
 def _receipt_problem(r: Refusal) -> Exception:
@@ -113,6 +145,11 @@ def _line(v: dict[str, Any]) -> str:
         text += f"  site {v['site']}"
     if v["models_skipped"]:
         text += f"  (left out: {', '.join(v['models_skipped'])})"
+    if v.get("bundle_expires_problem"):
+        text += f"\n     bundle expiry unknown ({v['bundle_expires_problem']})"
+    elif v.get(BUNDLE_EXPIRES):
+        state = "EXPIRED" if v["bundle_expired"] else "valid until"
+        text += f"\n     bundle {state} {v[BUNDLE_EXPIRES]}"
     for a in v["authorizations"]:
         state = "EXPIRED" if a["expired"] else "valid until"
         text += f"\n     authorization {str(a['id'])[:23]} {state} {a['expires']}"

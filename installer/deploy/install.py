@@ -327,6 +327,7 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
     receipt: dict[str, object] = {
         "receipt_version": 1,
         "bundle": {"name": m.name, "version": m.version},
+        "bundle_expires": m.expires,  # the manifest's own expiry (null: it does not expire); `status` shows it
         "manifest_digest": verified.digest,
         "signers": list(verified.signers),
         "installed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

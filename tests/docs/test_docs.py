@@ -610,6 +610,10 @@ def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: Ke
     broken = prefix / "demo" / "0.9.0"
     broken.mkdir()
     (broken / "receipt.json").write_text("{")  # listed with a problem
+    old = prefix / "demo" / "0.8.0"  # a receipt from before bundle_expires, and no manifest.json beside it
+    old.mkdir()
+    receipt = json.loads((prefix / "demo" / "current" / "receipt.json").read_bytes())
+    (old / "receipt.json").write_text(json.dumps({k: v for k, v in receipt.items() if k != "bundle_expires"}))
     runs["status"] = [_json("status", "--prefix", prefix, "--site-config", site)]
     runs["trust show"] = [_json("trust", "show", "--trust", authority, "--prefix", prefix),
                           _json("trust", "show", "--trust", legacy_trust)]

@@ -20,6 +20,7 @@ import pytest
 from gapship.installer.bundle.files import read_raw_bundle
 from gapship.installer.errors import IntegrityError, PolicyError, TrustError, UsageError
 from gapship.installer.formats.authorization import Authorization, BundleSelector
+from gapship.installer.formats.root import LEGACY_VERSION, ROLE_AUTHORIZE, ROLE_RELEASE, Role, Root
 from gapship.installer.formats.site import parse_site
 from gapship.installer.safeguards import read_bundled_policy
 from gapship.installer.trust import AuthorizeKeys, TrustStore, verify_authorization, verify_manifest
@@ -369,7 +370,7 @@ def test_rejects_authorization_signed_by_release_key(env) -> None:  # type: igno
     auth = authorization(env["tmp"] / "auth", env["release"], manifest_digest=digest_of(env["bundle"]))
     code, out = install_authorized(env, "--authorization", auth)
     assert code == 4
-    assert f"{env['release'].keyid[:16]}: not an authorize key" in out["error"]["message"]
+    assert f"{env['release'].keyid}.ed25519.sig: untrusted (key is not in the authorize role)" in out["error"]["message"]
     assert tree(env["prefix"]) == {}
 
 
@@ -380,7 +381,7 @@ def test_rejects_authorization_edited_after_signing(env) -> None:  # type: ignor
     doc.write_bytes(doc.read_bytes().replace(b'"agency-y"', b'"agency-x"'))
     code, out = install_authorized(env, "--authorization", auth)
     assert code == 4
-    assert f"{env['authorizer'].keyid[:16]}: invalid" in out["error"]["message"]
+    assert f"{env['authorizer'].keyid}.ed25519.sig: invalid" in out["error"]["message"]
     assert tree(env["prefix"]) == {}
 
 
@@ -390,7 +391,7 @@ def test_rejects_unsigned_authorization(env) -> None:  # type: ignore[no-untyped
         sig.unlink()
     code, out = install_authorized(env, "--authorization", auth)
     assert code == 4
-    assert "no signatures" in out["error"]["message"]
+    assert "carries no signature" in out["error"]["message"]
 
 
 def test_rejects_key_holding_both_roles(env) -> None:  # type: ignore[no-untyped-def]
@@ -412,8 +413,12 @@ def test_rejects_explicit_authorization_that_does_not_apply_even_at_a_plain_site
 # -- the document and the pure verification --------------------------------------------------------
 
 
-def authorize_keys(*keys) -> AuthorizeKeys:  # type: ignore[no-untyped-def]
-    return AuthorizeKeys(keys={k.key.public.keyid: k.key.public for k in keys}, threshold=1, source="test")
+def authorize_keys(*keys, threshold: int = 1) -> AuthorizeKeys:  # type: ignore[no-untyped-def]
+    """The authorize role of a (legacy-form) root holding just these keys."""
+    role = Role(keyids=tuple(k.keyid for k in keys), threshold=threshold)
+    root = Root(version=LEGACY_VERSION, expires=None, keys={k.keyid: k.key.public for k in keys},
+                roles={ROLE_RELEASE: Role(keyids=(), threshold=1), ROLE_AUTHORIZE: role})
+    return AuthorizeKeys.from_root(root, source="test")
 
 
 def signed(doc: bytes, *keys) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
@@ -429,8 +434,8 @@ def sample() -> Authorization:
 def test_rejects_below_authorize_threshold(make_key) -> None:  # type: ignore[no-untyped-def]
     a, b = make_key("a"), make_key("b")
     doc = sample().to_bytes()
-    keys = AuthorizeKeys(keys=authorize_keys(a, b).keys, threshold=2, source="test")
-    with pytest.raises(TrustError, match="lacks 2 valid signature"):
+    keys = authorize_keys(a, b, threshold=2)
+    with pytest.raises(TrustError, match="needs 2 valid signatures from distinct authorize keys, found 1"):
         verify_authorization(doc, signed(doc, a), keys=keys, source="auth")
     verified = verify_authorization(doc, signed(doc, a, b), keys=keys, source="auth")
     assert verified.signers == tuple(sorted([a.keyid, b.keyid]))
