@@ -1,5 +1,5 @@
-"""The mark a site leaves on its prefix: ``PREFIX/.gapship/site.json`` (docs/site-admin.md, "A prefix
-stays a site").
+"""The mark a site leaves on its prefix: ``PREFIX/.gapship/site.json``
+(docs/site-admin.md, "A prefix stays a site").
 
 The site file says which site a host is; if it goes missing (deleted, a dangling link, a volume not
 mounted), the host would silently stop being a site: no policy, no authorization, no audit record. So
