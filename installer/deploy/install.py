@@ -5,7 +5,9 @@
 private ``.staging-*`` directory that becomes the version directory by one rename, after every chunk
 and file hash matched and the data reached the disk; ``current`` is then switched by another rename.
 A lock (``PREFIX/<name>/.lock``) keeps a second install of the same bundle name out, and the next
-install removes whatever staging litter an interrupted one left behind.
+install removes whatever staging litter an interrupted one left behind. Before any of it, the prefix is checked
+like ssh's StrictModes (:mod:`..host.strict`); a version directory that is already there is adopted
+only once :mod:`.adopt` found it to be exactly what this install writes.
 
 A bundle with Python dependencies also gets ``PREFIX/<name>/<version>/venv`` (docs/dependencies.md).
 Venvs are not relocatable (``pyvenv.cfg`` and every script hold absolute paths), so the venv cannot

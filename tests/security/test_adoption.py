@@ -444,3 +444,23 @@ def test_planted_venv_is_not_adopted(deps_install: tuple[Path, Path, Path], tmp_
     assert code == 3, out
     assert out["error"]["subject"] == str(bad) and words in out["error"]["message"], out
     assert snapshot(prefix) == before
+
+
+@pytest.mark.slow  # creates a venv and pip-installs into it
+def test_venv_made_under_umask_000_is_not_world_writable(deps_install: tuple[Path, Path, Path],
+                                                         tmp_path: Path) -> None:
+    """Under umask 000 the venv used to be made world-writable (anyone could then add a .pth to the
+    serving Python); now venv and pip run under umask 022, and the venv is adopted on a reinstall."""
+    bundle, trust, _ = deps_install
+    prefix = tmp_path / "prefix"
+    old = os.umask(0)
+    try:
+        code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix)
+    finally:
+        os.umask(old)
+    assert code == 0, out
+    venv = prefix / "demo" / "1.0.0" / "venv"
+    loose = [p for p in [venv, *venv.rglob("*")] if not p.is_symlink() and p.lstat().st_mode & 0o022]
+    assert loose == []
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
+    assert code == 0 and out["status"] == "already-installed", out
