@@ -9,13 +9,15 @@ whatever raised. Commands tell it what they learnt with :meth:`HostContext.note`
 and :meth:`HostContext.decide` (the site decision).
 
 Where the log goes: ``--audit-log FILE`` if given; otherwise :data:`~gapship.installer.host.audit.DEFAULT_LOG` when this host
-is a site (``--site-config`` given or ``/etc/gapship/site.toml`` present); otherwise nowhere (a
+is a site (``--site-config`` given, anything at ``/etc/gapship/site.toml``, even a broken file, or an
+install into a prefix marked as a site's); otherwise nowhere (a
 developer machine or a transfer host is not a site, and ``verify`` there must not need root).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,7 @@ class HostContext:
 
 
 _OPTIONS = (
-    click.option("--site-config", type=click.Path(path_type=Path),
+    click.option("--site-config", type=click.Path(path_type=Path, readable=False),  # the kit says why, on the log
                  help="This host's site file (default: /etc/gapship/site.toml when it exists)."),
     click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
                  help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
@@ -101,7 +103,7 @@ def host_options(f: F) -> F:
     def run(*args: Any, site_config: Path | None, authorization_paths: tuple[Path, ...],
             audit_log: Path | None, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        site_host = site_config is not None or site_module.DEFAULT_SITE_CONFIG.exists()
+        site_host = site_config is not None or site_module.site_file_present() or _marked(kwargs.get("prefix"))
         path = audit_log or (audit.DEFAULT_LOG if site_host else None)
         log = audit.AuditLog.open(path) if path else None  # before anything else: no log, no action
         host = HostContext(command=ctx.command_path.partition(" ")[2] or ctx.info_name or "?",
@@ -129,6 +131,16 @@ def host_options(f: F) -> F:
     for option in reversed(_OPTIONS):
         run = option(run)
     return run  # type: ignore[return-value]
+
+
+def _marked(prefix: object) -> bool:
+    """A prefix once installed as a site stays one (host/sitemark.py): its installs are logged even
+    when the site file is gone, and refused by the install itself."""
+    if not isinstance(prefix, Path):
+        return False
+    from ..host.sitemark import marker_path  # install only
+
+    return os.path.lexists(marker_path(prefix))
 
 
 def _finish(host: HostContext, decision: str, reason: dict[str, object]) -> None:

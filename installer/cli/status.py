@@ -35,7 +35,7 @@ BUNDLE_EXPIRES = "bundle_expires"  # in the receipt (since it recorded it) and i
 
 @cli.command()
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
-@click.option("--site-config", type=click.Path(path_type=Path),
+@click.option("--site-config", type=click.Path(path_type=Path, readable=False),
               help="This host's site file (default: /etc/gapship/site.toml when it exists).")
 @json_option
 def status(prefix: Path, site_config: Path | None, as_json: bool) -> None:
@@ -77,7 +77,7 @@ def _order(text: str) -> tuple[int, Version | str]:
 def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
     out: dict[str, Any] = {"version": path.name, "active": path.name == active, "path": str(path)}
     try:
-        data = read_bounded(path / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=_receipt_problem, follow_symlinks=True)
+        data = read_bounded(path / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=_receipt_problem)  # never a link
         receipt = parse_json(data, source=RECEIPT, error=Malformed, invalid="{detail}")
         if not isinstance(receipt, dict):
             raise ValueError("not an object")

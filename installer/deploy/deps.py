@@ -367,8 +367,10 @@ def create_venv(version_dir: Path, plan: DependencyPlan) -> Path:
 
 def _run(argv: list[str], *, what: str, error: type[HostError] | type[PolicyError]) -> None:
     try:
+        # umask 022: under the caller's 000 the venv would be world-writable (and refused when adopted),
+        # under 077 unreadable by the serving user
         done = subprocess.run(argv, env=pip_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace", check=False)
+                              stderr=subprocess.STDOUT, text=True, errors="replace", check=False, umask=0o022)
     except OSError as e:
         raise HostError(f"cannot {what}: {e.strerror}", subject=argv[0]) from None
     if done.returncode == 0:

@@ -5,7 +5,9 @@
 private ``.staging-*`` directory that becomes the version directory by one rename, after every chunk
 and file hash matched and the data reached the disk; ``current`` is then switched by another rename.
 A lock (``PREFIX/<name>/.lock``) keeps a second install of the same bundle name out, and the next
-install removes whatever staging litter an interrupted one left behind.
+install removes whatever staging litter an interrupted one left behind. Before any of it, the prefix is checked
+like ssh's StrictModes (:mod:`..host.strict`); a version directory that is already there is adopted
+only once :mod:`.adopt` found it to be exactly what this install writes.
 
 A bundle with Python dependencies also gets ``PREFIX/<name>/<version>/venv`` (docs/dependencies.md).
 Venvs are not relocatable (``pyvenv.cfg`` and every script hold absolute paths), so the venv cannot
@@ -44,11 +46,14 @@ from ..host.fs import remove_tree
 from ..host.audit import who as audit_who
 from ..bundle.files import SIGNATURES
 from .deps import DependencyPlan, create_venv, plan_dependencies
-from ..errors import HostError, PolicyError
+from ..errors import HostError, IntegrityError, PolicyError
 from ..crypto.hashing import Progress, no_progress
 from ..kit import Malformed, canonical_json, parse_json, read_bounded
 from ..safeguards import SiteDecision, write_site_records
-from ..host.state import HostState, StateSnapshot
+from ..host.state import STATE_DIR, HostState, StateSnapshot
+from ..host.sitemark import check_site_marker, mark_site
+from ..host.strict import check_dir, check_prefix, make_dirs
+from .adopt import check_version_dir
 from ..trust import VerifiedManifest, installed_record, recheck_floor
 from ..bundle.verify import check_chunk_names
 
@@ -104,9 +109,11 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
+    check_prefix(prefix, home=home, state_dir=prefix / STATE_DIR)  # StrictModes, before any read or write
     fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)
     with _locked(home, forget_on_error=fresh), _as_host_error(home):
+        check_site_marker(prefix, site.site if site else None)
         _remove_staging_litter(home)
         snapshot = state.load() if state else None
         overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
@@ -114,7 +121,9 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         _remove_incomplete_versions(home, previous)
         target = home / m.version
         if target.exists() or target.is_symlink():
-            _check_same_bundle(target, verified)
+            receipt = _check_same_bundle(target, verified)
+            check_version_dir(target, verified, site=site, deps=deps, receipt=receipt, progress=progress)
+            mark_site(prefix, site.site if site else None)
             _switch_current(home, m.version)
             _record(state, snapshot, verified, overrides)
             return _result(verified, target, "already-installed", previous, overrides, deps)
@@ -131,6 +140,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             raise
         if deps is not None:
             _finish_dependencies(target, verified, deps, record)
+        mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
         _record(state, snapshot, verified, overrides)
     return _result(verified, target, "installed", previous, overrides, deps)
@@ -169,12 +179,9 @@ def _record(state: HostState | None, snapshot: StateSnapshot | None, verified: V
 
 
 def _make_dirs(home: Path) -> None:
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise HostError(f"cannot create {home}: permission denied", subject=str(home)) from None
-    except OSError as e:
-        raise HostError(f"cannot create {home}: {e.strerror}", subject=str(home)) from None
+    """The prefix and ``home`` as needed, 0755 whatever the umask, then checked (host/strict.py)."""
+    make_dirs(home)
+    check_dir(home, what="bundle home")
 
 
 @contextmanager
@@ -267,21 +274,26 @@ def _active_version(home: Path) -> str | None:
     return os.readlink(link)
 
 
-def _check_same_bundle(target: Path, verified: VerifiedManifest) -> None:
+def _check_same_bundle(target: Path, verified: VerifiedManifest) -> dict[str, object]:
     """The receipt is written last, so a version directory without one (and not removed as incomplete
-    litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it."""
+    litter by :func:`_remove_incomplete_versions`) is someone else's: refuse rather than replace it.
+    Return the receipt; :func:`~.adopt.check_version_dir` then checks the rest before adopting it."""
     m = verified.manifest
+    if target.is_symlink() or not target.is_dir():
+        raise IntegrityError(f"{target} is a symlink or not a directory, not a version directory gapship made; "
+                             "refusing to adopt it", subject=str(target))
     try:
-        data = read_bounded(target / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=lambda r: Malformed(r.strerror),
-                            follow_symlinks=True)
-        digest = parse_json(data, source=RECEIPT, error=Malformed)["manifest_digest"]
+        data = read_bounded(target / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=lambda r: Malformed(r.strerror))
+        receipt = parse_json(data, source=RECEIPT, error=Malformed)
+        digest = receipt["manifest_digest"] if isinstance(receipt, dict) else None
     except (OSError, ValueError, KeyError, TypeError):
-        digest = None
-    if digest != verified.digest:
+        receipt, digest = None, None
+    if digest != verified.digest or not isinstance(receipt, dict):
         raise PolicyError(
             f"{m.name} {m.version} is already installed at {target} from a different manifest; refusing to replace it",
             subject=str(target),
         )
+    return receipt
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ could never match the policy is refused here already.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ def parse_site(data: bytes, *, source: str) -> Site:
     """Parse and validate a site file; raise :class:`UsageError` naming the problem."""
     if len(data) > MAX_SITE_FILE_BYTES:
         raise UsageError(f"{source}: site file over {MAX_SITE_FILE_BYTES} bytes", subject=source)
+    if not data.strip():
+        raise UsageError(f"{source}: site file is empty (it needs site_id and safeguards)", subject=source)
     raw = parse_toml(data, source=source, error=UsageError)
     problem = _problem(raw)
     if problem:
@@ -71,17 +74,44 @@ def load_site(path: Path | None) -> Site | None:
     """The site file at ``path`` (an explicit ``--site-config``: it must exist), or, when ``path`` is
     None, the default file if this host has one; None when the host is not a site.
 
-    The one read in this otherwise pure module, kept here because the CLI and the tests find the
-    default path and this function on this module (``site_module.DEFAULT_SITE_CONFIG``); the reading
-    itself is the kit's. A symlink is followed: the site file is the administrator's, often placed by
-    configuration management, and whoever can plant a link there could write the file instead. A
-    FIFO, device or directory is refused (a FIFO used to hang the command)."""
+    The host is not a site only when nothing at all is at the default path (:func:`site_file_present`):
+    a dangling symlink, a symlink loop, a directory, a FIFO, a device, an unreadable, empty or invalid
+    file there is refused like a bad ``--site-config``, never taken as "not a site" (docs/safeguards.md,
+    "The site file"). The one read in this otherwise pure module, kept here because the CLI and the
+    tests find the default path and this function on this module (``site_module.DEFAULT_SITE_CONFIG``);
+    the reading itself is the kit's. A symlink is followed: the site file is the administrator's, often
+    placed by configuration management, and whoever can plant a link there could write the file
+    instead. A FIFO, device or directory is refused (a FIFO used to hang the command)."""
     if path is None:
-        if not DEFAULT_SITE_CONFIG.exists():
+        if not site_file_present():
             return None
         path = DEFAULT_SITE_CONFIG
     data = read_bounded(path, cap=MAX_SITE_FILE_BYTES, refuse=_refuse_site_file, follow_symlinks=True)
     return parse_site(data, source=str(path))
+
+
+def site_file_present(path: Path | None = None) -> bool:
+    """Whether anything is at the site file's path (default: :data:`DEFAULT_SITE_CONFIG`), usable or
+    not. False only when the path provably holds nothing: ``lstat`` says it does not exist and no
+    directory on the way is a dangling symlink (``/etc/gapship`` linked to an unmounted volume is a
+    broken site configuration, not a host without one). Any other answer, a permission error on
+    the way included, means "present": :func:`load_site` then reads it and says what is wrong."""
+    path = DEFAULT_SITE_CONFIG if path is None else path
+    try:
+        os.lstat(path)
+        return True
+    except FileNotFoundError:
+        return _dangling_on_the_way(path) is not None
+    except OSError:  # ENOTDIR, ELOOP, EACCES on the way: something is there that cannot be seen past
+        return True
+
+
+def _dangling_on_the_way(path: Path) -> Path | None:
+    """The nearest existing entry above a missing ``path``, if it is a symlink that leads nowhere."""
+    for ancestor in path.parents:
+        if os.path.lexists(ancestor):
+            return ancestor if os.path.islink(ancestor) and not os.path.exists(ancestor) else None
+    return None
 
 
 def _refuse_site_file(r: Refusal) -> Exception:
@@ -89,7 +119,7 @@ def _refuse_site_file(r: Refusal) -> Exception:
     misplaced file, environment (exit 7) for one the host cannot read."""
     shown = str(r.path)
     if r.reason == "missing":
-        return UsageError(f"site file {shown!r} does not exist", subject=shown)
+        return UsageError(f"site file {shown!r} {_why_missing(r.path)}", subject=shown)
     if r.kind == "directory":
         return UsageError(f"site file {shown!r} is a directory", subject=shown)
     if r.reason == "not-regular":
@@ -97,3 +127,12 @@ def _refuse_site_file(r: Refusal) -> Exception:
     if r.reason == "too-large":
         return UsageError(f"{shown}: site file over {MAX_SITE_FILE_BYTES} bytes", subject=shown)
     return HostError(f"cannot read site file {r.path}: {r.strerror}", subject=shown)
+
+
+def _why_missing(path: Path) -> str:
+    if os.path.islink(path):
+        return f"is a symlink to {os.readlink(path)!r}, which does not exist"
+    dangling = _dangling_on_the_way(path)
+    if dangling is not None:
+        return f"cannot be reached: {dangling} is a symlink to {os.readlink(dangling)!r}, which does not exist"
+    return "does not exist"
