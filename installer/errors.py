@@ -7,6 +7,7 @@ act, carries a one-line message that names the bad thing, and maps to exactly on
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 
@@ -31,6 +32,15 @@ class GapshipError(Exception):
             "subject": self.subject,
             "hint": self.hint,
         }
+
+    def details(self) -> dict[str, object]:
+        """Fields the ``--json`` failure object carries beside ``error`` (docs/cli.md): none, unless the
+        error stands for several problems found in one pass (``verify``'s ``problems``)."""
+        return {}
+
+    def detail_lines(self) -> Iterable[str]:
+        """The text mode's lines for :meth:`details`, printed after the error and its hint."""
+        return ()
 
 
 class UsageError(GapshipError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +26,99 @@ class ChunkReport:
     bytes: int
 
 
+# What can be wrong with a chunk (docs/cli.md, `verify`, "problems"). A file the manifest lists may be
+# missing, shorter or longer than declared, not a regular file, or hold other bytes; a file it does
+# not list is extra.
+MISSING, TRUNCATED, OVERSIZED, DAMAGED, NOT_REGULAR, EXTRA = (
+    "missing", "truncated", "oversized", "damaged", "not-regular", "extra")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkProblem:
+    """One bad chunk, as ``verify --json`` lists it under ``problems``. Plain data, so that what a
+    later check adds (whether parity can rebuild the chunk) is one more key. Small on purpose (the
+    message is made when asked for): a transfer that lost every chunk makes 100,000 of them."""
+
+    chunk: str  # "chunks/00003.bin"
+    problem: str  # one of MISSING, TRUNCATED, OVERSIZED, DAMAGED, NOT_REGULAR, EXTRA
+    index: int | None = None  # its place in the manifest's chunk list; None for an extra file
+    expected_size: int | None = None
+    size: int | None = None  # the bytes found, when a regular file was there
+    expected_hash: str | None = None
+    hash: str | None = None  # the hash of the bytes found, for a damaged chunk
+    algorithm: str = ""  # the manifest's hash algorithm, for a damaged chunk's message
+    detail: str = ""  # the refusal's own message, for a file that is not a regular file
+
+    @property
+    def message(self) -> str:
+        """What an error about this chunk alone says (the words verify and install always used)."""
+        if self.problem == MISSING:
+            return f"{self.chunk} is missing"
+        if self.problem == EXTRA:
+            return f"{self.chunk} is not part of this bundle (extra chunk)"
+        if self.problem == TRUNCATED:
+            return f"{self.chunk} is truncated: {self.size} of {self.expected_size} bytes"
+        if self.problem == OVERSIZED:
+            return f"{self.chunk} is longer than the {self.expected_size} bytes the manifest declares"
+        if self.problem == DAMAGED:
+            return f"{self.chunk} does not match its {self.algorithm} hash in the manifest"
+        return self.detail
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``problems`` entry. The message is left out: the first is ``error.message``, and the
+        text mode prints them all."""
+        return {"chunk": self.chunk, "problem": self.problem, "index": self.index, "expected_size": self.expected_size,
+                "size": self.size, "expected_hash": self.expected_hash, "hash": self.hash}
+
+    def error(self) -> IntegrityError:
+        return IntegrityError(self.message, subject=self.chunk)
+
+
+class ChunkProblems(IntegrityError):
+    """Every bad chunk :func:`verify_chunks` found, in one pass. Message and subject are those of the
+    first problem, the one error ``verify`` reported before it listed them all, so the exit code and
+    the ``error`` object are unchanged; the list is :meth:`details` (docs/cli.md)."""
+
+    def __init__(self, problems: Sequence[ChunkProblem]) -> None:
+        first = problems[0]
+        super().__init__(first.message, subject=first.chunk)
+        self.problems = tuple(problems)
+
+    def details(self) -> dict[str, object]:
+        # The problems themselves: the CLI's JSON writer asks each for its to_dict() as it writes it,
+        # so 100,000 missing chunks never exist as 100,000 dicts at once.
+        return {"problems": list(self.problems)}
+
+    def detail_lines(self) -> Iterator[str]:
+        n = len(self.problems)
+        if n < 2:
+            return  # the error line says it all
+        for i, p in enumerate(self.problems, 1):
+            yield f"bad chunk {i} of {n}: {p.message}"
+
+
 def check_chunk_fd(fd: int, chunk: Chunk, algorithm: str, *, subject: str,
                    buffer: bytearray | None = None, progress: Progress = no_progress) -> None:
     """Raise :class:`IntegrityError` unless ``fd`` holds exactly ``chunk``'s bytes."""
+    problem = chunk_fd_problem(fd, chunk, algorithm, subject=subject, buffer=buffer, progress=progress)
+    if problem is not None:
+        raise problem.error()
+
+
+def chunk_fd_problem(fd: int, chunk: Chunk, algorithm: str, *, subject: str, index: int | None = None,
+                     buffer: bytearray | None = None, progress: Progress = no_progress) -> ChunkProblem | None:
+    """What is wrong with the bytes of ``fd`` as ``chunk`` (its size, then its hash), or None."""
     digest, seen = hash_fd(fd, algorithm, limit=chunk.size, buffer=buffer, progress=progress)
     if seen < chunk.size:
-        raise IntegrityError(f"{subject} is truncated: {seen} of {chunk.size} bytes", subject=subject)
-    if seen > chunk.size:
-        raise IntegrityError(f"{subject} is longer than the {chunk.size} bytes the manifest declares", subject=subject)
-    if digest != chunk.hash:
-        raise IntegrityError(f"{subject} does not match its {algorithm} hash in the manifest", subject=subject)
+        kind, size = TRUNCATED, seen
+    elif seen > chunk.size:  # found by reading one byte past the size; the whole size is only reported
+        kind, size = OVERSIZED, max(seen, os.fstat(fd).st_size)
+    elif digest != chunk.hash:
+        kind, size = DAMAGED, seen
+    else:
+        return None
+    return ChunkProblem(subject, kind, index=index, expected_size=chunk.size, size=size, expected_hash=chunk.hash,
+                        hash=digest if kind == DAMAGED else None, algorithm=algorithm)
 
 
 def verify_chunk_file(path: Path, verified: VerifiedManifest) -> Chunk:
@@ -55,9 +138,13 @@ def verify_chunk_file(path: Path, verified: VerifiedManifest) -> Chunk:
 
 def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress = no_progress,
                   workers: int | None = None) -> ChunkReport:
-    """Check that ``chunks/`` holds exactly the manifest's chunks, each with its size and hash."""
+    """Check that ``chunks/`` holds exactly the manifest's chunks, each with its size and hash, and
+    raise :class:`ChunkProblems` naming every bad chunk: one pass finds them all, so a transfer can
+    ask again for all of them at once. Missing and extra files come first (the order in which
+    :func:`check_chunk_names` refuses them), then the others in the manifest's order."""
     m = verified.manifest
-    check_chunk_names(root, m)
+    problems = chunk_name_problems(root, m)
+    absent = {p.index for p in problems if p.problem == MISSING}
     local = threading.local()
     lock = threading.Lock()
 
@@ -65,37 +152,55 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
         with lock:
             progress(n)
 
-    def one(chunk: Chunk) -> None:
+    def one(index: int) -> ChunkProblem | None:
+        if index in absent:
+            return None
+        chunk, subject = m.chunks[index], f"chunks/{m.chunks[index].name}"
         if not hasattr(local, "buf"):
             local.buf = bytearray(READ_SIZE)
-        fd = open_nofollow(chunk_path(root, chunk.name))
+        path = chunk_path(root, chunk.name)
         try:
-            check_chunk_fd(fd, chunk, m.hash_algorithm, subject=f"chunks/{chunk.name}", buffer=local.buf, progress=report)
+            fd = open_nofollow(path)
+        except IntegrityError as e:  # a symlink, a directory, a FIFO... (HostError, e.g. EACCES, stops)
+            kind = NOT_REGULAR if os.path.lexists(path) else MISSING
+            return ChunkProblem(subject, kind, index=index, expected_size=chunk.size, expected_hash=chunk.hash,
+                                detail=e.message)
+        try:
+            return chunk_fd_problem(fd, chunk, m.hash_algorithm, subject=subject, index=index, buffer=local.buf,
+                                    progress=report)
         finally:
             os.close(fd)
 
     count = workers or min(len(m.chunks), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="gapship-verify") as pool:
         try:
-            for _ in pool.map(one, m.chunks):
-                pass
+            problems += [p for p in pool.map(one, range(len(m.chunks))) if p is not None]
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if problems:
+        raise ChunkProblems(problems)
     return ChunkReport(chunks=len(m.chunks), bytes=m.payload_size)
 
 
 def check_chunk_names(root: Path, manifest: Manifest) -> None:
     """Refuse missing and extra chunk files before hashing anything: ``chunks/`` must hold exactly
-    the manifest's chunks (docs/format.md, "Chunks"). ``verify`` and ``install`` both call it."""
+    the manifest's chunks (docs/format.md, "Chunks"). ``install`` calls it, and stops at the first
+    (it streams); ``verify`` lists them all (:func:`chunk_name_problems`)."""
+    problems = chunk_name_problems(root, manifest)
+    if problems:
+        raise problems[0].error()
+
+
+def chunk_name_problems(root: Path, manifest: Manifest) -> list[ChunkProblem]:
+    """The manifest's chunks missing from ``chunks/`` (in the manifest's order), then the files there
+    that it does not list (sorted by name)."""
     present = set(list_chunk_files(root))
-    expected = [c.name for c in manifest.chunks]
-    for name in expected:
-        if name not in present:
-            raise IntegrityError(f"chunks/{name} is missing", subject=f"chunks/{name}")
-    extra = sorted(present - set(expected))
-    if extra:
-        raise IntegrityError(f"chunks/{extra[0]} is not part of this bundle (extra chunk)", subject=f"chunks/{extra[0]}")
+    problems = [ChunkProblem(f"chunks/{c.name}", MISSING, index=i, expected_size=c.size, expected_hash=c.hash)
+                for i, c in enumerate(manifest.chunks) if c.name not in present]
+    present.difference_update(c.name for c in manifest.chunks)
+    problems += [ChunkProblem(f"chunks/{name}", EXTRA) for name in sorted(present)]
+    return problems
 
 
 def read_small_files(bundle: Path, m: Manifest, entries: Sequence[FileEntry], *, cap: int) -> dict[str, bytes]:

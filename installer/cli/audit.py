@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..host.audit import DEFAULT_HOST_KEY, DEFAULT_LOG, export_log, host_key, verify_export, verify_log
+from ..host.audit import (
+    DEFAULT_HOST_KEY, DEFAULT_LOG, check_export_target, export_log, host_key, verify_export, verify_log,
+)
 from .group import cli, emit, json_option
 from ..errors import UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey
@@ -70,6 +72,7 @@ def _refuse_pubkey(r: Refusal) -> Exception:
 @json_option
 def export_command(out: Path, log: Path | None, host_key_path: Path | None, as_json: bool) -> None:
     """Write a signed copy of the audit log that can travel back across the gap."""
+    check_export_target(out)  # a bad --out is refused before the host key is made
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)
     source = log or DEFAULT_LOG
     result = export_log(source, out, key=key)

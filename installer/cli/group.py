@@ -6,6 +6,11 @@ one library function and renders the result as text or, with ``--json``, as one 
 Errors are caught once, in :class:`GapshipGroup`, and mapped to the exit codes of
 :data:`~gapship.installer.errors.EXIT_CODES`. ``python -m gapship.installer`` runs this group alone,
 which is all a site needs (docs/cli.md).
+
+Every line meant for a person leaves through this module, and through :func:`escape` on its way:
+:func:`emit`, :func:`warn`, the error printer and the progress bar. Names read from a bundle, a trust
+directory or a prefix are attacker's text, and a terminal obeys what it is sent; so no command calls
+``click.echo`` itself (tests/security/test_terminal_output.py checks that).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,16 +71,19 @@ class GapshipGroup(click.Group):
         # be reported as JSON to a script that asked for JSON.
         if "--json" in args:
             ctx.meta[JSON_KEY] = True
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _escaped_usage(e) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GapshipError as e:
-            _fail(ctx, e.to_dict(), e.exit_code)
+            _fail(ctx, e.to_dict(), e.exit_code, details=e.details(), lines=e.detail_lines())
         except click.UsageError as e:
             if not _wants_json(ctx):
-                raise
+                raise _escaped_usage(e) from None
             _fail(ctx, {"code": 2, "kind": "usage", "message": e.format_message(), "subject": None, "hint": None}, 2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -83,19 +91,37 @@ class GapshipGroup(click.Group):
             _fail(ctx, {"code": 130, "kind": "interrupted", "message": "interrupted", "subject": None, "hint": None}, 130)
         except Exception as e:  # a bug: say so, keep the traceback for the report
             if os.environ.get("GAPSHIP_DEBUG"):
-                traceback.print_exc()
+                for line in traceback.format_exc().splitlines():  # escaped too: it quotes the values
+                    _write_line(line, err=True, backslashes=False)
             message = f"internal error: {type(e).__name__}: {e} (set GAPSHIP_DEBUG=1 for a traceback)"
             _fail(ctx, {"code": 1, "kind": "internal", "message": message, "subject": None, "hint": None}, 1)
 
 
-def _fail(ctx: click.Context, error: dict[str, Any], code: int) -> None:
+def _fail(ctx: click.Context, error: dict[str, Any], code: int, *, details: dict[str, object] | None = None,
+          lines: Iterable[str] = ()) -> None:
+    """Report an error, escaped: its message and hint are the same one line in text and in ``--json``
+    (docs/cli.md); ``subject`` and ``details`` keep the original strings, which JSON escapes."""
+    error = {**error, "message": escape(error["message"], backslashes=False),
+             "hint": escape(error["hint"], backslashes=False) if error.get("hint") else error.get("hint")}
     if _wants_json(ctx):
-        click.echo(json.dumps({"ok": False, "error": error}, sort_keys=True))
+        _write_json({**(details or {}), "ok": False, "error": error})
     else:
-        click.echo(f"gapship: error: {error['message']}", err=True)
-        if error.get("hint"):
-            click.echo(f"gapship: hint: {error['hint']}", err=True)
+        _write_line(f"gapship: error: {error['message']}", err=True, backslashes=False)
+        if error["hint"]:
+            _write_line(f"gapship: hint: {error['hint']}", err=True, backslashes=False)
+        for line in lines:
+            _write_line(f"gapship: {line}", err=True, backslashes=False)
     ctx.exit(code)
+
+
+def _escaped_usage(e: click.UsageError) -> click.UsageError:
+    """``e`` with its message escaped, for click to print as usual (a command line can name a bundle's
+    file, or be pasted from one); a help screen (``NoArgsIsHelpError``) stays as it is."""
+    message = e.format_message()
+    safe = escape(message, backslashes=False)
+    if safe == message or isinstance(e, click.exceptions.NoArgsIsHelpError):
+        return e
+    return click.UsageError(safe, ctx=e.ctx)
 
 
 def _wants_json(ctx: click.Context) -> bool:
@@ -127,7 +153,7 @@ def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Progr
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=escape(label), file=sys.stderr,
               leave=False) as bar:
 
         def update(n: int) -> None:
@@ -137,11 +163,85 @@ def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Progr
 
 
 def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
+    """A command's result: ``payload`` as one JSON line with ``--json`` (the original strings, which
+    JSON escapes), else ``lines`` on stdout, each through :func:`escape` (one entry, one line)."""
     if as_json:
-        click.echo(json.dumps({"ok": True, **payload}, sort_keys=True))
+        _write_json({"ok": True, **payload})
     else:
         for line in lines:
-            click.echo(line)
+            _write_line(line)
+
+
+def warn(text: str) -> None:
+    """A ``gapship: warning: ...`` line on stderr, escaped (docs/cli.md, section 2)."""
+    _write_line(f"gapship: warning: {text}", err=True)
+
+
+def _write_line(line: str, *, err: bool = False, backslashes: bool = True) -> None:
+    """The one writer of human text: every line goes through :func:`escape` here."""
+    click.echo(escape(line, backslashes=backslashes), err=err)
+
+
+def _write_json(payload: dict[str, Any]) -> None:
+    """The one writer of ``--json``: one line, sorted keys; JSON escapes every string in it.
+
+    Written as it is encoded, and an object with a ``to_dict()`` (verify's problems) is turned into
+    its dict only when its turn comes: a failure that lists 100,000 chunks costs neither 100,000 dicts
+    nor a copy of the whole line."""
+    pieces: list[str] = []
+    size = 0
+    for piece in _JSON.iterencode(payload):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= _JSON_BLOCK:
+            click.echo("".join(pieces), nl=False)
+            pieces, size = [], 0
+    click.echo("".join(pieces))
+
+
+def _as_json(value: object) -> object:
+    to_dict = getattr(value, "to_dict", None)
+    if to_dict is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return to_dict()
+
+
+_JSON = json.JSONEncoder(sort_keys=True, default=_as_json)
+_JSON_BLOCK = 64 * 1024
+
+
+def escape(text: str, *, backslashes: bool = True) -> str:
+    """``text`` made safe to show on a terminal: the one function every human line goes through.
+
+    A terminal obeys what it is sent: an escape sequence in a file name can erase a refusal and draw a
+    fake ``OK ... signed by ...`` over it, and a bidi override can make a line read backwards
+    (CVE-2021-42574). So every character Python does not call printable (``str.isprintable``) is
+    written out in its string-literal notation: C0 and C1 controls and DEL (``\\x1b``, ``\\n``,
+    ``\\x9b``), the format characters (``Cf``: bidi overrides and isolates such as ``\\u202e``,
+    zero-width spaces and joiners), line and paragraph separators, spaces other than the ASCII space,
+    lone surrogates (a file name that is not UTF-8: ``\\udcff``), private-use and unassigned code
+    points. Letters of every script stay readable. A backslash becomes ``\\\\``, so the escaping
+    can be undone: a name that holds the four characters ``\\x1b`` shows as ``\\\\x1b``.
+
+    ``backslashes=False`` is for error messages and hints: the error hierarchy quotes the values it
+    names with ``repr``, which has escaped them in this same notation already; doubling their
+    backslashes would show a newline in a name as ``\\\\n``. Their other characters are escaped
+    all the same, so a value a message names without ``repr`` reaches the terminal escaped too."""
+    if text.isprintable() and not (backslashes and "\\" in text):
+        return text  # the usual line, in one C-speed check
+    return "".join(_escape_char(c, backslashes) for c in text)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str, backslashes: bool) -> str:
+    if c.isprintable():
+        return "\\\\" if backslashes and c == "\\" else c
+    if c in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[c]
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def human_size(n: int) -> str:

@@ -13,7 +13,7 @@ from ..deploy.install import install as install_bundle
 from ..trust import Allowances, TrustStore, verify_manifest
 from ._host import HostContext, host_options
 from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
-    trust_lines, trust_option
+    trust_lines, trust_option, warn
 
 
 @cli.command()
@@ -50,7 +50,7 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:
         for override in result.overrides:
-            click.echo(f"gapship: warning: --allow-{override} was needed; logged in {state.path}", err=True)
+            warn(f"--allow-{override} was needed; logged in {state.path}")
     venv = [f"dependencies in {result.venv}"] if result.venv is not None else []
     emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",

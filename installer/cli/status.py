@@ -51,7 +51,7 @@ def status(prefix: Path, site_config: Path | None, as_json: bool) -> None:
     lines = [f"prefix {prefix}" + (f" (site {site.site_id})" if site else "")]
     for b in bundles:
         lines.append(f"{b['name']}: active {b['active'] or 'none'}")
-        lines += [_line(v) for v in b["versions"]]
+        lines += [line for v in b["versions"] for line in _lines(v)]
     if not bundles:
         lines.append("nothing installed")
     emit(as_json, payload, lines)
@@ -135,22 +135,23 @@ def _expired(stamp: object, now: datetime) -> bool | None:
         return None
 
 
-def _line(v: dict[str, Any]) -> str:
+def _lines(v: dict[str, Any]) -> list[str]:
     mark = "*" if v["active"] else " "
     if "problem" in v:
-        return f" {mark} {v['version']}: {v['problem']}"
+        return [f" {mark} {v['version']}: {v['problem']}"]
     signers = ", ".join(s[:16] for s in v["signers"]) or "none"
     text = f" {mark} {v['version']}  installed {v['installed_at']}  signed by {signers}"
     if v["site"]:
         text += f"  site {v['site']}"
     if v["models_skipped"]:
         text += f"  (left out: {', '.join(v['models_skipped'])})"
+    lines = [text]
     if v.get("bundle_expires_problem"):
-        text += f"\n     bundle expiry unknown ({v['bundle_expires_problem']})"
+        lines.append(f"     bundle expiry unknown ({v['bundle_expires_problem']})")
     elif v.get(BUNDLE_EXPIRES):
         state = "EXPIRED" if v["bundle_expired"] else "valid until"
-        text += f"\n     bundle {state} {v[BUNDLE_EXPIRES]}"
+        lines.append(f"     bundle {state} {v[BUNDLE_EXPIRES]}")
     for a in v["authorizations"]:
         state = "EXPIRED" if a["expired"] else "valid until"
-        text += f"\n     authorization {str(a['id'])[:23]} {state} {a['expires']}"
-    return text
+        lines.append(f"     authorization {str(a['id'])[:23]} {state} {a['expires']}")
+    return lines

@@ -48,6 +48,7 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
         "chunks_checked": count,
         "chunks_total": len(m.chunks),
         "bytes_checked": size,
+        "problems": [],  # on failure (exit 3), every bad chunk: ChunkProblem.to_dict
         "site": host.summary(),
         **trust_fields(verified),
     }, [

@@ -362,8 +362,7 @@ def export_log(log: Path, out: Path, *, key: HostKey) -> ExportSummary:
     """Write a signed copy of ``log`` to ``out``: a header line (counts, head and body hashes), a
     signature line over the header's exact bytes, then the log's lines verbatim. A log whose chain
     is broken is not exported: signing it would vouch for it."""
-    if out.exists() or out.is_symlink():
-        raise UsageError(f"{out} already exists; refusing to overwrite it", subject=str(out))
+    check_export_target(out)
     with _locked_reader(log) as f:
         summary = verify_lines(f, source=str(log))
         header = canonical_json({
@@ -377,9 +376,36 @@ def export_log(log: Path, out: Path, *, key: HostKey) -> ExportSummary:
     return ExportSummary(header=parse_json(header, source=str(out), error=HostError), log=summary)
 
 
+def check_export_target(out: Path) -> None:
+    """Refuse an export target that cannot become a new file: one that exists (a file, a folder, a
+    link), or whose folder is missing, not a folder or not writable (docs/cli.md, ``audit export``).
+    The CLI calls it before it makes the host key, so a mistyped ``--out`` leaves nothing behind."""
+    folder = out.parent
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        raise UsageError(f"{folder} is not a folder (--out {out})", subject=str(folder)) from None
+    except OSError as e:
+        raise HostError(f"cannot write {out}: {e.strerror}", subject=str(out)) from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{out} is a folder; --out names the export file to write in it", subject=str(out))
+        raise UsageError(f"{out} already exists; refusing to overwrite it", subject=str(out))
+    if not folder.is_dir():
+        raise UsageError(f"folder {folder} does not exist (--out {out}); make it first", subject=str(folder))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise HostError(f"cannot write into folder {folder}: permission denied or a read-only filesystem",
+                        subject=str(folder))
+
+
 def _write_export(out: Path, head: bytes, log: IO[bytes], summary: LogSummary) -> None:
     """Copy exactly the bytes that were checked, hashing them again as they are written."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as e:  # the folder went away or became read-only after check_export_target
+        raise HostError(f"cannot write {out}: {e.strerror}", subject=str(out)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(head)
