@@ -15,8 +15,8 @@ working when the installer's internals are reorganised; no environment variable 
 - ``replace-after-first-read CHUNK:SOURCE``  after the first read from CHUNK, rename SOURCE over it
 - ``rlimit-fsize BYTES``     RLIMIT_FSIZE: writes past BYTES fail with EFBIG (a full quota)
 - ``umask OCTAL``            run with this umask (the installed tree must not depend on it)
-- ``fail-call FUNC:NEEDLE:ERRNO``  the first ``os.FUNC`` call about a path containing NEEDLE (a path
-  argument, or the file behind a descriptor) raises OSError(ERRNO) instead of running
+- ``fail-call FUNC:NEEDLE:ERRNO[:N]``  the first (or the Nth) ``os.FUNC`` call about a path containing
+  NEEDLE (a path argument, or the file behind a descriptor) raises OSError(ERRNO) instead of running
 - ``short-write NEEDLE``     the first ``os.write`` to a file whose path contains NEEDLE writes only half
   of its bytes and returns that count (a disk that fills up half-way through a write)
 - ``kill-after-call FUNC:NEEDLE``  SIGKILL right after the first such ``os.FUNC`` call returned
@@ -99,15 +99,17 @@ def _about(args: tuple[Any, ...], needle: str) -> bool:
     return False
 
 
-def _once(name: str, needle: str, action: Callable[..., Any], *, after: bool = False) -> None:
-    """Run ``action(real, *args)`` in place of (or, ``after``, once after) the first matching call."""
+def _once(name: str, needle: str, action: Callable[..., Any], *, after: bool = False, nth: int = 1) -> None:
+    """Run ``action(real, *args)`` in place of (or, ``after``, once after) the ``nth`` matching call."""
     real = getattr(os, name)
-    done: list[bool] = []
+    seen: list[bool] = []
 
     def hooked(*args: Any, **kwargs: Any) -> Any:
-        if done or not _about(args, needle):
+        if len(seen) >= nth or not _about(args, needle):
             return real(*args, **kwargs)
-        done.append(True)
+        seen.append(True)
+        if len(seen) < nth:
+            return real(*args, **kwargs)
         if after:
             result = real(*args, **kwargs)
             action(real, *args)
@@ -160,8 +162,8 @@ def install_fault(fault: str, arg: str | None) -> None:
         os.umask(int(arg, 8))
     elif fault == "fail-call":
         assert arg is not None
-        name, needle, code = arg.split(":")
-        _once(name, needle, _raise(getattr(errno, code)))
+        name, needle, code, *nth = arg.split(":")
+        _once(name, needle, _raise(getattr(errno, code)), nth=int(nth[0]) if nth else 1)
     elif fault == "short-write":
         assert arg is not None
         _once("write", arg, _half_write)

@@ -208,6 +208,20 @@ def test_install_killed_after_its_intent_is_finished_by_a_plain_rerun(site: Site
     assert str((site.home / "current").readlink()) == "3.0.0" and litter(site.home) == []
 
 
+def test_outcome_lost_after_a_recorded_install_warns_and_keeps_the_intent(site: Site, tmp_path: Path) -> None:
+    """The log fails after the intent was durable and 3.0.0 became current (the outcome's fsync, EIO):
+    the install is on record by its intent, so the command succeeds with a warning naming it, and the
+    log holds no half-written outcome."""
+    log = logged_site(site, tmp_path)
+    result = harness("fail-call", "fsync:audit.jsonl:EIO:2", site, site.next_bundle, log)
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["ok"] is True and len(result.stdout.splitlines()) == 1
+    assert "warning: cannot append to the audit log" in result.stderr and f"{log} line 2" in result.stderr
+    assert [r["decision"] for r in records(log)] == ["accepted", "intent"]
+    assert str((site.home / "current").readlink()) == "3.0.0"
+    assert_log_intact(log)
+
+
 def test_full_log_filesystem_leaves_previous_version_current(site: Site, tmp_path: Path) -> None:
     """The audit log's filesystem is full (a real tmpfs, run in a user+mount namespace): exit 7, 1.0.0
     current, the log byte for byte as it was; with room again, the same install succeeds."""
