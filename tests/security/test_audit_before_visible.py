@@ -273,3 +273,16 @@ def test_audit_log_option_cannot_replace_an_unwritable_site_log(site: Site, tmp_
     assert code == 7 and str(isolated_host.default_log) in out["error"]["message"], out
     assert_not_installed(site, before)
     assert not other.exists()
+
+
+def test_audit_log_option_naming_the_site_log_writes_each_record_once(site: Site, tmp_path: Path, isolated_host) -> None:  # type: ignore[no-untyped-def]
+    """`--audit-log` given the site's own log (through another path): one intent and one outcome, not two."""
+    isolated_host.default_log.parent.mkdir(parents=True)
+    alias = tmp_path / "alias"
+    alias.symlink_to(isolated_host.default_log.parent)
+    code, out = install(site, site.next_bundle, alias / isolated_host.default_log.name, "--site-config",
+                        site_file(tmp_path, "test-site", "inference-audit-log"))
+    assert code == 0, out
+    assert [r["decision"] for r in records(isolated_host.default_log)] == ["intent", "accepted"]
+    receipt = json.loads((site.home / "3.0.0" / "receipt.json").read_bytes())
+    assert [ref["log"] for ref in receipt["audit"]] == [str(isolated_host.default_log)]
