@@ -454,23 +454,64 @@ def check_floor(manifest: Manifest, *, floor: str | None, allow: Allowances) -> 
                       f"pass --allow-downgrade to do it anyway", subject=what)
 
 
-def recheck_floor(verified: VerifiedManifest, state: StateSnapshot) -> tuple[str, ...]:
+def recheck_floor(verified: VerifiedManifest, state: StateSnapshot, *, kept: str | None = None,
+                  resuming: bool = False) -> tuple[str, ...]:
     """The same floor rule, again under the install lock with a fresh state (closes the window between
-    :func:`verify_manifest` and the install)."""
+    :func:`verify_manifest` and the install), against the higher of the state's floor and ``kept``: the
+    highest version whose signed manifest the prefix still holds (:func:`kept_version`), so deleting or
+    editing the state file re-opens no rollback (docs/trust.md, "Anti-rollback").
+
+    ``resuming``: the state's entry for this bundle was written by this very install (its receipt), which
+    was stopped before ``current`` switched; its own floor does not count against finishing it."""
     m = verified.manifest
-    floor, _ = effective_floor(m.name, state.floor(m.name), verified.root)
+    floor, _ = prefix_floor(m.name, state, kept=kept, root=verified.root)
+    if resuming and floor is not None and Version(floor) == Version(m.version):
+        floor = None
     return check_floor(m, floor=floor, allow=verified.allow)
 
 
+def prefix_floor(name: str, state: StateSnapshot, *, kept: str | None, root: Root | None) -> tuple[str | None, str | None]:
+    """``(floor, replaced)``: the state's floor after any root-signed reset (:func:`effective_floor`),
+    raised to ``kept`` when the prefix holds a verified manifest of a higher version."""
+    floor, replaced = effective_floor(name, state.floor(name), root)
+    if kept is not None and (floor is None or Version(kept) > Version(floor)):
+        floor = kept
+    return floor, replaced
+
+
+def kept_version(raw: RawBundle, *, trust: TrustStore, name: str) -> str:
+    """The version of the manifest an installed version directory keeps (``manifest.json`` and
+    ``signatures/``, docs/format.md "Install layout"), once its signatures meet the release role's
+    threshold under ``trust``; raise otherwise. Expiry is not checked: an expired version still counts
+    toward the floor. Planted or damaged copies raise and count for nothing."""
+    verify_release(raw.manifest_bytes, raw.signatures, trust)  # the one release decision (verify_role)
+    manifest = Manifest.from_bytes(raw.manifest_bytes)
+    if manifest.name != name:
+        raise TrustError(f"{raw.root}: the kept manifest is of {manifest.name!r}, not {name!r}", subject=str(raw.root))
+    return manifest.version
+
+
+def counts_for_floor(name: str, version: str, root: Root | None) -> bool:
+    """False for a version at or above the ``from`` of a floor reset the root carries for ``name``:
+    the root has disowned that floor, so a directory of such a version left in the prefix must not
+    bring it back (docs/trust.md, "Fast-forward recovery")."""
+    if root is None:
+        return True
+    return not any(r.bundle == name and Version(version) >= Version(r.from_version) for r in root.floor_resets)
+
+
 def installed_record(verified: VerifiedManifest, state: StateSnapshot, *, overrides: tuple[str, ...], at: datetime,
-                     by: str) -> Installed:
+                     by: str, kept: str | None = None, receipt: str | None = None,
+                     audit: tuple[Mapping[str, object], ...] = ()) -> Installed:
     """What to record after an install: the floor only ever goes up (a downgrade keeps it), except
-    through a root-signed reset."""
+    through a root-signed reset; a floor lost from the state but held by the prefix (``kept``) is
+    recorded again."""
     m = verified.manifest
-    floor, replaced = effective_floor(m.name, state.floor(m.name), verified.root)
+    floor, replaced = prefix_floor(m.name, state, kept=kept, root=verified.root)
     new_floor = m.version if floor is None or Version(m.version) > Version(floor) else floor
     return Installed(name=m.name, version=m.version, floor=new_floor, manifest_digest=verified.digest,
-                     created=m.created, at=format_time(at), by=by, overrides=overrides, floor_reset=replaced)
+                     created=m.created, at=format_time(at), by=by, overrides=overrides, floor_reset=replaced,
+                     receipt=receipt, audit=audit)
 
 
 # -- time: a clock set back, then expiry -----------------------------------------------------------

@@ -8,10 +8,17 @@ The decisions themselves are library code: the site decision is
 whatever raised. Commands tell it what they learnt with :meth:`HostContext.note` (the verified manifest)
 and :meth:`HostContext.decide` (the site decision).
 
-Where the log goes: ``--audit-log FILE`` if given; otherwise :data:`~gapship.installer.host.audit.DEFAULT_LOG` when this host
-is a site (``--site-config`` given, anything at ``/etc/gapship/site.toml``, even a broken file, or an
-install into a prefix marked as a site's); otherwise nowhere (a
-developer machine or a transfer host is not a site, and ``verify`` there must not need root).
+Where the log goes: on a site host (``--site-config`` given, anything at ``/etc/gapship/site.toml``,
+even a broken file, or an install into a prefix marked as a site's) always the site's log,
+:data:`~gapship.installer.host.audit.DEFAULT_LOG`, and also ``--audit-log FILE`` if given (an extra log
+never takes a command off the site's record); elsewhere ``--audit-log FILE`` if given, else nowhere (a
+developer machine or a transfer host is not a site, and ``verify`` there must not need root). Every
+log is opened, and its tail checked, before the command does anything.
+
+An install that makes a version visible first appends an intent record (:meth:`HostContext.intent`,
+called by the install before anything becomes visible); the outcome record then names it. If the
+outcome cannot be appended after a successful install, the intent already records it: the command
+warns and succeeds.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from ..formats import site as site_module
 from ..errors import GapshipError, UsageError
 from ..formats.site import Site
 from ..trust import VerifiedManifest
+from .group import warn
 
 if TYPE_CHECKING:  # imported where used: only a site host needs it (and packaging.specifiers with it)
+    from ..deploy.install import Intent
     from ..safeguards import SiteDecision
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,7 +52,7 @@ class HostContext:
     command: str
     site_config: Path | None
     authorization_paths: tuple[Path, ...]
-    log: audit.AuditLog | None
+    log: audit.Journal | None
     site: Site | None = None
     verified: VerifiedManifest | None = None
     decision: SiteDecision | None = None
@@ -84,6 +93,14 @@ class HostContext:
         return audit.decision_record(command=self.command, params=self.params, verified=self.verified,
                                      site=self.site, decision=self.decision, outcome=decision, reason=reason)
 
+    def intent(self, intent: Intent) -> tuple[audit.AuditRef, ...]:
+        """Append the install's intent record to every log, durably; return where it landed (the
+        receipt and the host state keep it). No log: nothing to return."""
+        if self.log is None:
+            return ()
+        record = self.record("intent", {"code": None, "kind": "intent", "message": intent.message})
+        return self.log.intent({**record, "install": intent.to_dict()})
+
 
 _OPTIONS = (
     click.option("--site-config", type=click.Path(path_type=Path, readable=False),  # the kit says why, on the log
@@ -91,7 +108,7 @@ _OPTIONS = (
     click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
                  help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
     click.option("--audit-log", type=click.Path(path_type=Path),
-                 help="Append the audit record here (default: /var/log/gapship/audit.jsonl on a site host)."),
+                 help="Also append the audit records here (a site host always writes /var/log/gapship/audit.jsonl)."),
 )
 
 
@@ -104,8 +121,7 @@ def host_options(f: F) -> F:
             audit_log: Path | None, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         site_host = site_config is not None or site_module.site_file_present() or _marked(kwargs.get("prefix"))
-        path = audit_log or (audit.DEFAULT_LOG if site_host else None)
-        log = audit.AuditLog.open(path) if path else None  # before anything else: no log, no action
+        log = _open_logs(site_host, audit_log)  # before anything else: no log, no action
         host = HostContext(command=ctx.command_path.partition(" ")[2] or ctx.info_name or "?",
                            site_config=site_config, authorization_paths=authorization_paths, log=log,
                            params=_params(ctx.params))
@@ -125,7 +141,13 @@ def host_options(f: F) -> F:
             kind = "interrupted" if isinstance(e, KeyboardInterrupt) else "internal"
             _finish(host, "refused", {"code": 1, "kind": kind, "message": f"{type(e).__name__}: {e}"})
             raise
-        _finish(host, "accepted", {"code": 0, "kind": "ok", "message": f"{host.command} completed"})
+        try:
+            _finish(host, "accepted", {"code": 0, "kind": "ok", "message": f"{host.command} completed"})
+        except GapshipError as lost:
+            if host.log is None or not host.log.intents:
+                raise
+            where = ", ".join(f"{r.log} line {r.seq}" for r in host.log.intents)
+            warn(f"{lost.message}; the install is on record by its intent record ({where})")
         return result
 
     for option in reversed(_OPTIONS):
@@ -141,6 +163,12 @@ def _marked(prefix: object) -> bool:
     from ..host.sitemark import marker_path  # install only
 
     return os.path.lexists(marker_path(prefix))
+
+
+def _open_logs(site_host: bool, extra: Path | None) -> audit.Journal | None:
+    """The site's log on a site host, plus ``--audit-log``; None when there is neither."""
+    paths = ([audit.DEFAULT_LOG] if site_host else []) + ([extra] if extra is not None else [])
+    return audit.Journal.open(paths) if paths else None
 
 
 def _finish(host: HostContext, decision: str, reason: dict[str, object]) -> None:

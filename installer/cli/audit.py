@@ -1,4 +1,7 @@
-"""``gapship audit verify`` and ``gapship audit export`` (docs/safeguards.md, "The audit log")."""
+"""``gapship audit verify``, ``gapship audit export`` and ``gapship audit seal`` (docs/safeguards.md,
+"The audit log"). Both ``verify`` (of a log) and ``export`` cross-check the log against the audit
+references the prefixes keep (installer/deploy/evidence.py): those its install records name, and any
+``--prefix``."""
 
 from __future__ import annotations
 
@@ -7,17 +10,38 @@ from pathlib import Path
 import click
 
 from ..host.audit import (
-    DEFAULT_HOST_KEY, DEFAULT_LOG, check_export_target, export_log, host_key, verify_export, verify_log,
+    DEFAULT_HOST_KEY, DEFAULT_LOG, Gather, RefCheck, check_export_target, cross_check_log, export_log, host_key,
+    seal_log, verify_export,
 )
 from .group import cli, emit, json_option
-from ..errors import UsageError
+from ..errors import IntegrityError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey
 from ..kit import Refusal, read_bounded
 
 
 @cli.group(name="audit")
 def audit_group() -> None:
-    """Check the host's hash-chained audit log, or export a signed copy of it."""
+    """Check the host's hash-chained audit log, export a signed copy of it, or seal a torn last line."""
+
+
+_PREFIX_OPTION = click.option(
+    "--prefix", "prefixes", multiple=True, type=click.Path(path_type=Path),
+    help="Also cross-check this install root's receipts and host state (repeatable; the prefixes the "
+         "log's install records name are always checked).")
+
+
+def _gather(prefixes: tuple[Path, ...]) -> Gather:
+    from ..deploy.evidence import gather_references  # the prefix layout: only when a log is checked
+
+    return lambda named: gather_references(named, prefixes)
+
+
+def _reference_lines(check: RefCheck | None) -> list[str]:
+    if check is None or not check.checked:
+        return []
+    head = check.highest
+    return [f"OK {check.checked} audit reference(s) in {', '.join(check.prefixes)} match the log"
+            + (f" (newest: line {head.ref.seq}, {head.source})" if head else "")]
 
 
 @audit_group.command(name="verify")
@@ -27,20 +51,26 @@ def audit_group() -> None:
 @click.option("--pubkey", type=click.Path(path_type=Path), help="The host's public key (HOST.pub) for --export.")
 @click.option("--previous", type=click.Path(path_type=Path),
               help="With --export: an earlier export of the same log, which this one must extend.")
+@_PREFIX_OPTION
 @json_option
 def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | None, previous: Path | None,
-                   as_json: bool) -> None:
-    """Check that no line of the audit log was edited, deleted, inserted or reordered (exit 3 names the line)."""
+                   prefixes: tuple[Path, ...], as_json: bool) -> None:
+    """Check that no line of the audit log was edited, deleted, inserted or reordered (exit 3 names the line),
+    and that it holds every record the prefixes' receipts and host state name."""
     if export_file is None:
         if pubkey is not None or previous is not None:
             raise UsageError("--pubkey and --previous go with --export")
         path = log or DEFAULT_LOG
-        summary = verify_log(path)
-        emit(as_json, {"log": str(path), **summary.to_dict()},
-             [f"OK {path}: {summary.lines} line(s), hash chain intact, head {summary.head}"])
+        summary, check = cross_check_log(path, gather=_gather(prefixes))
+        sealed = [f"sealed line(s): {', '.join(map(str, summary.sealed))} (see `gapship audit seal`)"] if summary.sealed else []
+        emit(as_json, {"log": str(path), **summary.to_dict(), "sealed": list(summary.sealed),
+                       "references": check.to_dict()},
+             [f"OK {path}: {summary.lines} line(s), hash chain intact, head {summary.head}", *sealed,
+              *_reference_lines(check)])
         return
-    if pubkey is None or log is not None:
-        raise UsageError("--export needs --pubkey HOST.pub, and no --log")
+    if pubkey is None or log is not None or prefixes:
+        raise UsageError("--export needs --pubkey HOST.pub, and no --log or --prefix (the export carries its "
+                         "own cross-check)")
     if not pubkey.is_file():
         raise UsageError(f"public key {str(pubkey)!r} does not exist", subject=str(pubkey))
     data = read_bounded(pubkey, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_pubkey, follow_symlinks=True)
@@ -54,8 +84,12 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
     ]
     if previous is not None and before is not None:
         lines.append(f"OK it extends {previous} ({before.log.lines} line(s))")
+    refs = result.header.get("references")
+    if isinstance(refs, dict) and refs.get("checked"):
+        lines.append(f"OK the {refs.get('checked')} audit reference(s) the prefixes held when it was exported "
+                     "are in it")
     emit(as_json, {"export": str(export_file), "previous": str(previous) if previous else None,
-                   **result.to_dict()}, lines)
+                   **result.to_dict(), "references": refs if isinstance(refs, dict) else None}, lines)
 
 
 def _refuse_pubkey(r: Refusal) -> Exception:
@@ -69,17 +103,42 @@ def _refuse_pubkey(r: Refusal) -> Exception:
 @click.option("--log", type=click.Path(path_type=Path), help=f"The audit log to export (default: {DEFAULT_LOG}).")
 @click.option("--host-key", "host_key_path", type=click.Path(path_type=Path),
               help=f"The host's signing key, made at first use (default: {DEFAULT_HOST_KEY}).")
+@_PREFIX_OPTION
 @json_option
-def export_command(out: Path, log: Path | None, host_key_path: Path | None, as_json: bool) -> None:
-    """Write a signed copy of the audit log that can travel back across the gap."""
+def export_command(out: Path, log: Path | None, host_key_path: Path | None, prefixes: tuple[Path, ...],
+                   as_json: bool) -> None:
+    """Write a signed copy of the audit log that can travel back across the gap, with its cross-check
+    against the prefixes (an export of a log cut short is still written, and says what was cut: exit 3)."""
     check_export_target(out)  # a bad --out is refused before the host key is made
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)
     source = log or DEFAULT_LOG
-    result = export_log(source, out, key=key)
+    result = export_log(source, out, key=key, gather=_gather(prefixes))
+    check = result.references
+    if check is not None and check.problems:
+        error = check.error(str(source))
+        raise IntegrityError(f"{error.message}; exported anyway to {out}, whose signed header records it",
+                             subject=error.subject)
     made = f"made host key {key.path} (public: {key.public_path}); " if created else ""
     emit(as_json, {"out": str(out), "log": str(source), "host_key_created": created,
-                   "pubkey": str(key.public_path), **result.to_dict()}, [
+                   "pubkey": str(key.public_path), **result.to_dict(),
+                   "references": check.to_dict() if check else None}, [
         f"exported {result.log.lines} line(s) of {source} to {out}, head {result.log.head}",
+        *_reference_lines(check),
         f"{made}signed by host key {key.public.keyid[:16]}; check it with "
         f"`gapship audit verify --export {out.name} --pubkey HOST.pub`",
     ])
+
+
+@audit_group.command(name="seal")
+@click.option("--log", type=click.Path(path_type=Path), help=f"The audit log to seal (default: {DEFAULT_LOG}).")
+@json_option
+def seal_command(log: Path | None, as_json: bool) -> None:
+    """Seal a torn or damaged last line so the log can be appended to again: its bytes stay, a record names their hash."""
+    path = log or DEFAULT_LOG
+    result = seal_log(path)
+    if result.line is None:
+        lines = [f"OK {path}: its last line is a complete record; nothing to seal"]
+    else:
+        lines = [f"sealed line {result.line} of {path} ({result.size} bytes, {result.sha256}) with record "
+                 f"{result.record.seq if result.record else '?'}; the bytes stay in the log"]
+    emit(as_json, {"log": str(path), **result.to_dict()}, lines)

@@ -40,12 +40,15 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix)
     allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
-    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust, state=state.load(), allow=allow,
-                                         persist_root=trust.persist))
+    # The clock is checked now; the floor under the install lock, against the state and the versions the
+    # prefix holds, where an install interrupted between raising the floor and switching can be told
+    # from a finished one (installer/deploy/install.py).
+    verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust, state=state.load().time_only(),
+                                         allow=allow, persist_root=trust.persist))
     decision = host.decide(bundle, verified, trust_dir=trust_dir)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
         result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
-                                python=python)
+                                python=python, record_intent=host.intent)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:

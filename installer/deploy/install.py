@@ -23,17 +23,33 @@ A version directory is complete exactly when it holds ``receipt.json``. One that
 and no receipt is an interrupted install: the next run removes it under the lock (it can never be the
 target of ``current``, which is switched only after the receipt exists). If the venv cannot be made,
 the version directory is removed at once and the previous ``current`` stays.
+
+Nothing becomes visible before it is on record (docs/safeguards.md, "The audit log"; docs/trust.md,
+"Anti-rollback"). The order, for every install:
+
+1. stage and flush the files (and, with dependencies, rename and make the venv);
+2. append the audit *intent* record, durably (``record_intent``; the CLI's audit log);
+3. write ``receipt.json``, which keeps the intent's reference (sequence number and line hash);
+4. rename the staging directory into place;
+5. raise the floor in the host state, which keeps the receipt's hash and the same reference;
+6. switch ``current``; the CLI then appends the outcome record.
+
+A failure up to 5 leaves the previous ``current`` active and removes the new version directory; a
+failure of 6 leaves the floor raised and the complete version beside ``current``, and a plain rerun
+finishes it (the state's entry names its receipt). The state directory is checked writable before
+step 1, so a read-only one refuses before any work.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,18 +59,19 @@ from .. import __version__
 from .extract import extract_payload
 from ..host.atomic import fsync_dir
 from ..host.fs import remove_tree
-from ..host.audit import who as audit_who
+from ..host.audit import AuditRef, who as audit_who
 from ..bundle.files import SIGNATURES
 from .deps import DependencyPlan, create_venv, plan_dependencies
 from ..errors import HostError, IntegrityError, PolicyError
 from ..crypto.hashing import Progress, no_progress
-from ..kit import Malformed, canonical_json, parse_json, read_bounded
+from ..kit import Malformed, canonical_json, parse_json, read_bounded, read_optional
 from ..safeguards import SiteDecision, write_site_records
 from ..host.state import STATE_DIR, HostState, StateSnapshot
 from ..host.sitemark import check_site_marker, mark_site
 from ..host.strict import check_dir, check_prefix, make_dirs
 from .adopt import check_version_dir
-from ..trust import VerifiedManifest, installed_record, recheck_floor
+from ..trust import VerifiedManifest, installed_record, prefix_floor, recheck_floor
+from .floor import kept_floor
 from ..bundle.verify import check_chunk_names
 
 CURRENT = "current"
@@ -94,15 +111,45 @@ class InstallResult:
         }
 
 
+@dataclass(frozen=True)
+class Intent:
+    """What an install is about to make visible: the audit intent record is written from it, and
+    must be durable before anything becomes visible (the module docstring, step 2)."""
+
+    name: str
+    version: str
+    manifest_digest: str
+    prefix: str  # absolute
+    previous: str | None  # what ``current`` points at now
+    floor: str | None  # the floor before (the state's or the prefix's, the higher)
+    new_floor: str | None
+    overrides: tuple[str, ...]
+    status: str  # "installed" | "already-installed"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"bundle": {"name": self.name, "version": self.version}, "manifest_digest": self.manifest_digest,
+                "prefix": self.prefix, "previous": self.previous, "floor": self.floor, "new_floor": self.new_floor,
+                "overrides": list(self.overrides), "status": self.status}
+
+    @property
+    def message(self) -> str:
+        return (f"about to make {self.name} {self.version} current under {self.prefix}"
+                f" (was {self.previous or 'none'}; floor {self.floor or 'none'} -> {self.new_floor or 'none'})")
+
+
+RecordIntent = Callable[[Intent], Sequence[AuditRef]]
+
+
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
             state: HostState | None = None, site: SiteDecision | None = None,
-            python: str | None = None) -> InstallResult:
+            python: str | None = None, record_intent: RecordIntent | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
 
-    With ``state``, the anti-rollback floor is checked again under the lock and raised only after
-    ``current`` was switched: an install interrupted before that is finished by a plain rerun, while a
-    completed one makes the same version "already installed" (docs/trust.md, "Anti-rollback").
+    With ``state``, the anti-rollback floor is checked again under the lock, against the state and the
+    versions the prefix holds (:func:`~.floor.kept_floor`), and raised before ``current`` switches
+    (docs/trust.md, "Anti-rollback"). ``record_intent`` is called once, before anything becomes visible,
+    and returns the audit references the receipt and the state keep (the module docstring).
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
@@ -115,23 +162,31 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     with _locked(home, forget_on_error=fresh), _as_host_error(home):
         check_site_marker(prefix, site.site if site else None)
         _remove_staging_litter(home)
+        if state is not None:
+            state.check_writable()  # a floor that cannot be raised refuses before any work
         snapshot = state.load() if state else None
-        overrides = recheck_floor(verified, snapshot) if snapshot is not None else ()
         previous = _active_version(home)
         _remove_incomplete_versions(home, previous)
         target = home / m.version
+        plan = _plan_floor(home, verified, snapshot, previous, target)
+        overrides = plan.overrides
+        intend = _intender(record_intent, verified, prefix, previous, plan)
         if target.exists() or target.is_symlink():
             receipt = _check_same_bundle(target, verified)
             check_version_dir(target, verified, site=site, deps=deps, receipt=receipt, progress=progress)
+            refs = intend("already-installed")
+            _record(state, snapshot, verified, plan, receipt=_receipt_digest(target), audit=refs)
             mark_site(prefix, site.site if site else None)
             _switch_current(home, m.version)
-            _record(state, snapshot, verified, overrides)
             return _result(verified, target, "already-installed", previous, overrides, deps)
         staging = Path(_mkdtemp(home))
         record = _ReceiptFacts(overrides=overrides, site=site)
         try:
             extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
-            _write_records(staging, verified, record, receipt=deps is None)
+            _write_records(staging, verified, record, marker=deps is not None)
+            if deps is None:
+                refs = intend("installed")
+                _write_receipt(staging, verified, None, record, refs)
             _sync(staging)
             os.rename(staging, target)
             fsync_dir(home)
@@ -139,25 +194,69 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             remove_tree(staging)
             raise
         if deps is not None:
-            _finish_dependencies(target, verified, deps, record)
+            refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"))
+        _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
-        _record(state, snapshot, verified, overrides)
     return _result(verified, target, "installed", previous, overrides, deps)
 
 
+@dataclass(frozen=True)
+class _FloorPlan:
+    """The floor decision taken under the lock: the overrides it needed, the highest version the
+    prefix holds a verified manifest of, and whether this run finishes an interrupted install."""
+
+    overrides: tuple[str, ...] = ()
+    kept: str | None = None
+    resuming: bool = False
+    floor: str | None = None
+    new_floor: str | None = None
+
+
+def _plan_floor(home: Path, verified: VerifiedManifest, snapshot: StateSnapshot | None, previous: str | None,
+                target: Path) -> _FloorPlan:
+    """Check the floor again under the lock (docs/trust.md, "Anti-rollback"). The version's own
+    directory counts only once it is current: until then it may be this very install, interrupted."""
+    if snapshot is None:
+        return _FloorPlan()
+    m = verified.manifest
+    entry = snapshot.bundles.get(m.name)
+    resuming = (previous != m.version and entry is not None and entry.receipt is not None
+                and entry.receipt == _receipt_digest(target))
+    above, _ = prefix_floor(m.name, snapshot, kept=None, root=verified.root)
+    kept = kept_floor(home, verified, above=above, skip=None if previous == m.version else m.version)
+    overrides = recheck_floor(verified, snapshot, kept=kept, resuming=resuming)
+    floor, _ = prefix_floor(m.name, snapshot, kept=kept, root=verified.root)
+    new = installed_record(verified, snapshot, overrides=overrides, at=datetime.now(timezone.utc), by="", kept=kept)
+    return _FloorPlan(overrides=overrides, kept=kept, resuming=resuming, floor=floor, new_floor=new.floor)
+
+
+def _intender(record_intent: RecordIntent | None, verified: VerifiedManifest, prefix: Path, previous: str | None,
+              plan: _FloorPlan) -> Callable[[str], tuple[AuditRef, ...]]:
+    def intend(status: str) -> tuple[AuditRef, ...]:
+        if record_intent is None:
+            return ()
+        m = verified.manifest
+        return tuple(record_intent(Intent(
+            name=m.name, version=m.version, manifest_digest=verified.digest, prefix=os.path.abspath(prefix),
+            previous=previous, floor=plan.floor, new_floor=plan.new_floor, overrides=plan.overrides, status=status)))
+    return intend
+
+
 def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan,
-                         record: _ReceiptFacts) -> None:
+                         record: _ReceiptFacts, intend: Callable[[], tuple[AuditRef, ...]]) -> tuple[AuditRef, ...]:
     """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
     try:
         create_venv(target, deps)
         _sync(target)
-        _write_receipt(target, verified, deps, record)
+        refs = intend()
+        _write_receipt(target, verified, deps, record, refs)
         (target / INCOMPLETE).unlink()
         fsync_dir(target)
     except BaseException:
         remove_tree(target)
         raise
+    return refs
 
 
 def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
@@ -171,11 +270,43 @@ def _result(verified: VerifiedManifest, target: Path, status: str, previous: str
     )
 
 
-def _record(state: HostState | None, snapshot: StateSnapshot | None, verified: VerifiedManifest,
-            overrides: tuple[str, ...]) -> None:
-    """Raise the floor last, after ``current`` points at the new version (see :func:`install`)."""
+def _record(state: HostState | None, snapshot: StateSnapshot | None, verified: VerifiedManifest, plan: _FloorPlan,
+            *, receipt: str | None, audit: tuple[AuditRef, ...]) -> None:
+    """Raise the floor, durably, before ``current`` points at the new version (see :func:`install`)."""
     if state is not None and snapshot is not None:
-        state.record(installed_record(verified, snapshot, overrides=overrides, at=datetime.now(timezone.utc), by=_who()))
+        state.record(installed_record(verified, snapshot, overrides=plan.overrides, at=datetime.now(timezone.utc),
+                                      by=_who(), kept=plan.kept, receipt=receipt,
+                                      audit=tuple(r.to_dict() for r in audit)))
+
+
+def _raise_floor(state: HostState | None, snapshot: StateSnapshot | None, verified: VerifiedManifest,
+                 plan: _FloorPlan, target: Path, audit: tuple[AuditRef, ...]) -> None:
+    """Step 5 for a version this run made: if the floor cannot be raised, the version directory goes
+    again (it was never current), unless the state did get written after all."""
+    receipt = _receipt_digest(target)
+    try:
+        _record(state, snapshot, verified, plan, receipt=receipt, audit=audit)
+    except BaseException:
+        if not _state_names(state, verified.manifest.name, receipt):
+            remove_tree(target)
+        raise
+
+
+def _state_names(state: HostState | None, name: str, receipt: str | None) -> bool:
+    try:
+        entry = state.load().bundles.get(name) if state is not None else None
+    except Exception:  # the state that just failed to write may not read either: then it does not name us
+        return False
+    return entry is not None and receipt is not None and entry.receipt == receipt
+
+
+def _receipt_digest(target: Path) -> str | None:
+    """sha256 of ``target/receipt.json``, or None when there is none that can be read."""
+    try:
+        data = read_optional(target / RECEIPT, cap=MAX_RECEIPT_BYTES, refuse=lambda r: Malformed(r.strerror))
+    except (OSError, ValueError):
+        return None
+    return None if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _make_dirs(home: Path) -> None:
@@ -304,37 +435,38 @@ class _ReceiptFacts:
     site: SiteDecision | None
 
 
-def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, receipt: bool) -> None:
-    """The exact manifest and signatures, so the install can be re-verified later, the site records
-    (read-only), and the receipt; or, when a venv must still be made, the ``.incomplete`` marker in
-    its place."""
+def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, marker: bool) -> None:
+    """The exact manifest and signatures, so the install can be re-verified later, and the site
+    records (read-only); when a venv must still be made, the ``.incomplete`` marker. The receipt comes
+    later (:func:`_write_receipt`), after the intent record whose reference it keeps."""
     (staging / "manifest.json").write_bytes(verified.manifest_bytes)
     sigdir = staging / SIGNATURES
     sigdir.mkdir()
     for name, data in verified.signature_files.items():
         (sigdir / name).write_bytes(data)
-    if receipt:
-        (staging / RECEIPT).write_bytes(_receipt(verified, None, record))
-    else:
+    if marker:
         (staging / INCOMPLETE).write_bytes(b"")
     _settle_modes(staging)
     write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))  # read-only, so last
 
 
-def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan, record: _ReceiptFacts) -> None:
+def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
+                   audit: Sequence[AuditRef]) -> None:
     """Atomically, and flushed: its presence is what marks the version directory complete."""
     tmp = target / f".{RECEIPT}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, _receipt(verified, deps, record))
+        os.write(fd, _receipt(verified, deps, record, audit))
         os.fchmod(fd, 0o644)  # not left to the umask (see _settle_modes)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, target / RECEIPT)
+    fsync_dir(target)
 
 
-def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts) -> bytes:
+def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
+             audit: Sequence[AuditRef]) -> bytes:
     m = verified.manifest
     receipt: dict[str, object] = {
         "receipt_version": 1,
@@ -350,6 +482,7 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
         "gapship_version": __version__,
         "overrides": list(record.overrides),
         "site": record.site.summary() if record.site else None,
+        "audit": [ref.to_dict() for ref in audit],  # the intent record(s) of this install (docs/format.md)
     }
     if deps is not None:
         receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}

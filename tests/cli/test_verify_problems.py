@@ -21,6 +21,7 @@ from gapship.bundler.build import build
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
 from gapship_testing import noise, run, run_json, write_spec
+from safeguards_testing import isolated_host  # noqa: F401  (fixture)
 
 CHUNK = 1024
 
@@ -157,8 +158,10 @@ def test_verify_chunk_still_checks_the_chunks_it_is_given(bundle: Path, trust: P
     assert out["error"]["message"] == f"chunks/00006.bin is truncated: 100 of {CHUNK} bytes"  # type: ignore[index]
 
 
-def test_verify_of_bad_chunks_on_a_site_host_logs_the_first(bundle: Path, trust: Path, tmp_path: Path) -> None:
-    """The audit record keeps the error object it always had."""
+def test_verify_of_bad_chunks_on_a_site_host_logs_the_first(bundle: Path, trust: Path, tmp_path: Path,
+                                                           isolated_host) -> None:  # type: ignore[no-untyped-def]
+    """The audit record keeps the error object it always had (a site host also writes its default log,
+    which isolated_host keeps in tmp_path)."""
     damage_everything(bundle)
     site = tmp_path / "site.toml"
     site.write_text('site_id = "test-site"\nsafeguards = ["inference-audit-log"]\n')

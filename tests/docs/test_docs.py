@@ -27,6 +27,7 @@ from gapship.installer.formats import paths as paths_module
 from gapship.installer import trust as trust_module
 from gapship.installer.errors import EXIT_CODES
 from gapship_testing import KeyPair, run, run_json
+from safeguards_testing import isolated_host  # noqa: F401  (a site host's default log goes to tmp_path)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -513,7 +514,7 @@ def _json(*args: str | Path) -> dict[str, object]:
 
 
 def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_trust, make_spec,
-                                               offline_sigstore_signing: None) -> None:
+                                               offline_sigstore_signing: None, isolated_host) -> None:  # type: ignore[no-untyped-def]
     key, second = make_key("release"), make_key("second")
     trust = make_trust(key)
     bundle = tmp_path / "bundle"
@@ -625,6 +626,7 @@ def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: Ke
                                       "--host-key", host_key))
     runs["audit verify"].append(_json("audit", "verify", "--export", tmp_path / "export-2", "--pubkey",
                                       host_key.with_suffix(".pub"), "--previous", tmp_path / "export-1"))
+    runs["audit seal"] = [_json("audit", "seal", "--log", log)]
 
 
 def test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore(tmp_path: Path) -> None:

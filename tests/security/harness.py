@@ -15,11 +15,17 @@ working when the installer's internals are reorganised; no environment variable 
 - ``replace-after-first-read CHUNK:SOURCE``  after the first read from CHUNK, rename SOURCE over it
 - ``rlimit-fsize BYTES``     RLIMIT_FSIZE: writes past BYTES fail with EFBIG (a full quota)
 - ``umask OCTAL``            run with this umask (the installed tree must not depend on it)
+- ``fail-call FUNC:NEEDLE:ERRNO[:N]``  the first (or the Nth) ``os.FUNC`` call about a path containing
+  NEEDLE (a path argument, or the file behind a descriptor) raises OSError(ERRNO) instead of running
+- ``short-write NEEDLE``     the first ``os.write`` to a file whose path contains NEEDLE writes only half
+  of its bytes and returns that count (a disk that fills up half-way through a write)
+- ``kill-after-call FUNC:NEEDLE``  SIGKILL right after the first such ``os.FUNC`` call returned
 - ``none``                   no fault
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -81,6 +87,49 @@ def _is_staging_rename(src: Any, *_: Any) -> bool:
     return os.path.basename(os.fspath(src)).startswith(".staging-")
 
 
+def _about(args: tuple[Any, ...], needle: str) -> bool:
+    """Whether a call's path arguments (or the files behind its descriptors) contain ``needle``."""
+    for value in args[:2]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if needle in _fd_path(value):
+                return True
+        elif isinstance(value, (str, bytes, os.PathLike)):
+            if needle in os.fsdecode(os.fspath(value)):
+                return True
+    return False
+
+
+def _once(name: str, needle: str, action: Callable[..., Any], *, after: bool = False, nth: int = 1) -> None:
+    """Run ``action(real, *args)`` in place of (or, ``after``, once after) the ``nth`` matching call."""
+    real = getattr(os, name)
+    seen: list[bool] = []
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if len(seen) >= nth or not _about(args, needle):
+            return real(*args, **kwargs)
+        seen.append(True)
+        if len(seen) < nth:
+            return real(*args, **kwargs)
+        if after:
+            result = real(*args, **kwargs)
+            action(real, *args)
+            return result
+        return action(real, *args)
+
+    setattr(os, name, hooked)
+
+
+def _raise(code: int) -> Callable[..., Any]:
+    def fail(_real: Any, *_args: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def _half_write(real: Any, fd: int, data: Any, *_: Any) -> int:
+    view = memoryview(data)
+    return int(real(fd, view[:max(1, len(view) // 2)]))
+
+
 def install_fault(fault: str, arg: str | None) -> None:
     if fault == "kill-first-write":
         def after_write(fd: int, *_: Any) -> None:
@@ -111,6 +160,17 @@ def install_fault(fault: str, arg: str | None) -> None:
     elif fault == "umask":
         assert arg is not None
         os.umask(int(arg, 8))
+    elif fault == "fail-call":
+        assert arg is not None
+        name, needle, code, *nth = arg.split(":")
+        _once(name, needle, _raise(getattr(errno, code)), nth=int(nth[0]) if nth else 1)
+    elif fault == "short-write":
+        assert arg is not None
+        _once("write", arg, _half_write)
+    elif fault == "kill-after-call":
+        assert arg is not None
+        name, needle = arg.split(":")
+        _once(name, needle, lambda *_: _die(), after=True)
     elif fault != "none":
         raise SystemExit(f"unknown fault {fault!r}")
 

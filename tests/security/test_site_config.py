@@ -141,7 +141,13 @@ def test_site_directory_that_is_a_dangling_symlink_refuses(site: Site, isolated_
     assert len(_refused_records(isolated_host.default_log)) == 2
 
 
-def test_unreadable_site_config_refuses(site: Site) -> None:
+# The installer's CLI with the site's default audit log moved: a site host always writes it (on top of
+# --audit-log), and a subprocess does not see isolated_host's monkeypatch.
+_CLI_WITH_LOG = ("import sys; from pathlib import Path; import gapship.installer.host.audit as a; "
+                 "a.DEFAULT_LOG = Path(sys.argv.pop(1)); from gapship.installer.cli.group import main; main()")
+
+
+def test_unreadable_site_config_refuses(site: Site, isolated_host: Host) -> None:
     """Mode 000, run without CAP_DAC_OVERRIDE (tests run as root): exit 7 naming the file, and on the
     log (click's own "is not readable" check, exit 2 before any log was open, no longer runs first).
     The default path's case runs in the namespace test below."""
@@ -151,15 +157,16 @@ def test_unreadable_site_config_refuses(site: Site) -> None:
     path.write_bytes(GOOD_SITE)
     path.chmod(0)
     log = site.tmp / "audit.jsonl"
-    argv = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-m",
-            "gapship.installer", *map(str, site.args("install", site.next_bundle)), "--site-config", str(path),
-            "--audit-log", str(log), "--json"]
+    argv = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-c", _CLI_WITH_LOG,
+            str(isolated_host.default_log), *map(str, site.args("install", site.next_bundle)), "--site-config",
+            str(path), "--audit-log", str(log), "--json"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 7, result
     error = json.loads(result.stdout)["error"]
     assert error["kind"] == "environment" and "Permission denied" in error["message"], error
     assert str(path) in error["message"] and "\n" not in error["message"]
     assert [r["decision"] for r in log_lines(log)] == ["refused"]
+    assert [r["decision"] for r in log_lines(isolated_host.default_log)] == ["refused"]  # the site's own log too
     site.assert_previous_intact()
 
 
@@ -279,5 +286,5 @@ def test_broken_site_file_at_the_real_default_path_refuses(site: Site, tmp_path:
         assert got["logged"] == ["refused"], (form, got)
         assert got["unchanged"], form
     assert report["good"]["code"] == 0, report["good"]
-    assert report["good"]["logged"] == ["accepted"]
+    assert report["good"]["logged"] == ["intent", "accepted"]  # the intent before anything became visible
     assert report["marked"]["code"] == 5 and report["marked"]["logged"] == ["refused"], report["marked"]

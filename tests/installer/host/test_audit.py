@@ -46,9 +46,13 @@ def test_every_command_appends_one_record(tmp_path: Path, make_key, make_trust) 
                              "--site-config", site_file(tmp_path, "elsewhere"))
     assert code == 5
     lines = log_lines(log)
+    # an install that makes a version visible records its intent first, then the outcome, which names it
     assert [(r["command"], r["decision"]) for r in lines] == [
-        ("verify", "accepted"), ("install", "accepted"), ("install", "refused")]
-    first, _, last = lines
+        ("verify", "accepted"), ("install", "intent"), ("install", "accepted"), ("install", "refused")]
+    first, intent, accepted, last = lines
+    assert intent["install"]["prefix"] == str(tmp_path / "p") and intent["install"]["status"] == "installed"
+    assert accepted["intent"] == {"seq": 2, "record": line_hash(json.dumps(intent, sort_keys=True,
+                                                                              separators=(",", ":")).encode())}
     assert first["seq"] == 1 and first["prev"] == GENESIS
     assert first["bundle"] == {"name": "demo", "version": "1.0.0"}
     assert first["manifest_digest"].startswith("sha256:")
@@ -61,7 +65,7 @@ def test_every_command_appends_one_record(tmp_path: Path, make_key, make_trust) 
     assert last["params"]["prefix"] == str(tmp_path / "q")
     code, out = audit_verify(log)
     assert code == 0, out
-    assert out["lines"] == 3
+    assert out["lines"] == 4
 
 
 def test_records_a_trust_refusal(tmp_path: Path, make_key, make_trust) -> None:  # type: ignore[no-untyped-def]
