@@ -499,7 +499,9 @@ class AuthorizeKeys:
 
 
 def _read_pubs(folder: Path) -> dict[str, PublicKey]:
-    pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub") and p.is_file())
+    # Every *.pub is read: a FIFO, device or directory under that name is refused, not skipped, as
+    # read_legacy_keys does for the release keys (the kit never blocks on one).
+    pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub"))
     if len(pubs) > MAX_AUTHORIZE_KEYS:
         raise TrustError(f"{folder} holds over {MAX_AUTHORIZE_KEYS} keys", subject=str(folder))
     keys = {}

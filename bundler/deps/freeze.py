@@ -39,7 +39,7 @@ from packaging.utils import (
 
 from ...installer.deploy.deps import BOOTSTRAP_LOCK, LOCK, TARGET, WHEELS, Pin, Target, pip_env, render_lock
 from ...installer.errors import HostError, UsageError
-from ...installer.kit import read_bounded
+from ...installer.kit import open_regular, read_bounded, refuse_as
 from .pylock import is_pylock, pylock_requirements
 from .selfwheel import wheel_from_installed
 from ..spec import DependencySpec
@@ -146,8 +146,10 @@ def _pins(wheels: Sequence[Path]) -> tuple[Pin, ...]:
 
 
 def _sha256(path: Path) -> str:
+    """A wheel's hash, streamed; opened by the kit, so a FIFO in pip's output is refused, not waited on."""
+    fd, _ = open_regular(path, refuse=refuse_as(UsageError, "cannot read wheel {path}: {why}"))
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with os.fdopen(fd, "rb") as f:
         for block in iter(lambda: f.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
