@@ -31,11 +31,12 @@ from .formats.root import (
     LEGACY_VERSION, ROLE_AUTHORIZE, ROLE_RELEASE, ROLE_ROOT, Envelope, Role, Root, SignedRoot, TrustedKey,
 )
 from .formats.timestamps import format_time, parse_time, utc_now
+from .host.atomic import read_small
 from .host.trustdir import (
     HISTORY_DIR, ROOT_FILE, check_trust_dir, parse_root_file_name, read_anchor, read_history,
     read_legacy_keys, root_file_name, write_root,
 )
-from .bundle.files import SIGNATURES, RawBundle, read_capped
+from .bundle.files import SIGNATURES, RawBundle
 from .errors import PolicyError, TrustError
 from .crypto.hashing import new_hasher
 from .crypto.keys import MAX_KEY_FILE_BYTES, AlgorithmUnavailable, PublicKey, parse_signature_file_name
@@ -499,15 +500,17 @@ class AuthorizeKeys:
 
 
 def _read_pubs(folder: Path) -> dict[str, PublicKey]:
-    # Every *.pub is read: a FIFO, device or directory under that name is refused, not skipped, as
-    # read_legacy_keys does for the release keys (the kit never blocks on one).
+    # Every *.pub is read as the trust directory's other files are (read_legacy_keys): a FIFO, device
+    # or directory under that name is refused, not skipped, and the kit never blocks on one.
     pubs = sorted(p for p in folder.iterdir() if p.name.endswith(".pub"))
     if len(pubs) > MAX_AUTHORIZE_KEYS:
         raise TrustError(f"{folder} holds over {MAX_AUTHORIZE_KEYS} keys", subject=str(folder))
     keys = {}
     for pub in pubs:
-        key = PublicKey.from_pem(read_capped(pub, MAX_KEY_FILE_BYTES, missing=TrustError), source=str(pub))
-        keys[key.keyid] = key
+        data = read_small(pub, MAX_KEY_FILE_BYTES, what="key file")
+        if data is not None:
+            key = PublicKey.from_pem(data, source=str(pub))
+            keys[key.keyid] = key
     return keys
 
 

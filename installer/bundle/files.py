@@ -140,7 +140,7 @@ def _refusal(missing: type[IntegrityError] | type[TrustError], *, own_cap: int |
         rel = _rel(r.path)
         if r.reason == "too-large" and own_cap is not None and r.cap is not None and r.cap < own_cap \
                 and (r.size or 0) <= own_cap:
-            return missing(f"{rel} takes the bundle's unverified files (signatures/, roots/, authorizations/) "
+            return missing(f"{r.path} takes the bundle's unverified files (signatures/, roots/, authorizations/) "
                            f"over their {MAX_UNVERIFIED_BYTES}-byte budget", subject=rel)
         if r.reason == "missing":
             return missing(f"{rel} is missing", subject=rel)
