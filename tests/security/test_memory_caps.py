@@ -2,8 +2,8 @@
 
 Each test runs the real ``gapship`` command on a bundle at one of the format's caps and measures the
 peak RSS of that process (tests/support/cap_bundles.py says how). The bound is a resource bound, not a
-timing: it holds on any machine. Before issue 13 the same commands peaked at 241 to 577 MB (a
-manifest at the chunk cap or the file cap, a non-canonical one, 6.7 million short strings, 64 carried
+timing: it holds on any machine. Before issue 13 the same commands peaked at 212 to 577 MB (a
+manifest at the chunk cap or the file cap, 200,000 files installed, a non-canonical one, 6.7 million short strings, 64 carried
 authorizations at their caps, roots and signatures at theirs); now at 43 to 158 MB.
 """
 
