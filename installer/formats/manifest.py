@@ -727,10 +727,10 @@ class _Streams:
 def _check_container_counts(data: bytes) -> None:
     """Refuse, before parsing, bytes that hold more objects or lists than the caps allow.
 
-    The count caps are otherwise checked on parsed lists, after json.loads has built every element:
-    ``[{},{},...]`` declares 11 million files in 32 MiB and would cost gigabytes first. Braces inside
-    strings are not structure, so strings are removed before counting; this is an upper bound for
-    everything json.loads would build before it stops at an error (docs/format.md, "Limits").
+    The count caps are otherwise checked as the lists stream in, one parsed element at a time:
+    ``[{},{},...]`` declares 11 million files in 32 MiB, each of which would be parsed and counted
+    first. Braces inside strings are not structure, so strings are removed before counting; this is
+    an upper bound for the containers the parser would meet (docs/format.md, "Limits").
     """
     if data.count(b"{") <= MAX_OBJECTS and data.count(b"[") <= MAX_LISTS:
         return  # raw counts bound the structural ones: the usual case costs two fast scans
@@ -738,8 +738,8 @@ def _check_container_counts(data: bytes) -> None:
     objects, lists = bare.count(b"{"), bare.count(b"[")
     if objects > MAX_OBJECTS or lists > MAX_LISTS:
         raise UnsafeContentError(
-            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files and "
-            f"{MAX_CHUNKS} chunks", subject="manifest.json",
+            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files, "
+            f"{MAX_CHUNKS} chunks and {MAX_COMPONENTS} components", subject="manifest.json",
         )
 
 
