@@ -362,12 +362,12 @@ def test_deeply_nested_last_audit_line_refuses_the_append(tmp_path: Path) -> Non
     it is a damaged log (exit 7), not RecursionError. (When the append happens is class 3's.)"""
     log = tmp_path / "audit.jsonl"
     log.write_bytes(deep_json(30_000) + b"\n")
-    opened = AuditLog.open(log)
-    try:
-        with pytest.raises(HostError, match="last line is not a gapship audit record"):
+    with pytest.raises(HostError, match="last line is not a gapship audit record"):
+        opened = AuditLog.open(log)  # the tail may be read here already, or at the append
+        try:
             opened.append({"command": "verify"})
-    finally:
-        opened.close()
+        finally:
+            opened.close()
 
 
 def test_deeply_nested_signed_authorization_refuses(world: World, tmp_path: Path) -> None:
