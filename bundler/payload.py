@@ -24,6 +24,7 @@ from ..installer.deploy.pipeline import Block, Flusher, Pipeline
 from ..installer.errors import UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
+from ..installer.kit import Refusal, open_regular
 
 
 def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
@@ -234,6 +235,15 @@ class _ChunkFiles:
         self.fd = -1
 
 
+def _refuse_source(r: Refusal) -> Exception:
+    """A model source that is no longer a regular file: the words collect_sources uses."""
+    if r.reason == "symlink":
+        return UsageError(f"{r.path} is a symlink; bundles carry regular files only", subject=str(r.path))
+    if r.reason == "not-regular":
+        return UsageError(f"{r.path} is not a regular file", subject=str(r.path))
+    return UsageError(f"cannot read {r.path}: {r.strerror}", subject=str(r.path))
+
+
 class PayloadWriter:
     """Produces the stream: ``add`` each file in payload order, then ``finish``. On an error, call
     ``abort`` and discard the folder."""
@@ -260,10 +270,9 @@ class PayloadWriter:
         self._put(member_header(path, size, mode, self.mtime))
         self._offsets.append(self.position)
         self._spans.append((self.position, self.position + size))
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise UsageError(f"cannot read {source}: {e.strerror}", subject=str(source)) from None
+        # Through the kit: a source swapped for a FIFO since it was walked is refused at once instead
+        # of blocking the build on a writer that never comes (a symlink is refused too, as walked).
+        fd, _ = open_regular(Path(source), refuse=_refuse_source)
         try:
             seen, more = self._read(fd, size)
         finally:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..installer.errors import GapshipError, UsageError
-from ..installer.formats.manifest import check_name, check_version
+from ..installer.formats.manifest import MAX_COMPONENTS, check_name, check_version
 from ..installer.kit import Fields, Refusal, first_key, parse_toml, read_bounded
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few lines; anything near this is not one
+MAX_MODELS = MAX_COMPONENTS - 2  # docs/format.md, "Limits": the policy and the dependencies are components too
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
     models_raw = raw.get("model")
     if not isinstance(models_raw, list) or not models_raw:
         raise UsageError("the spec needs at least one [[model]]")
+    if len(models_raw) > MAX_MODELS:  # each is a component; the policy and dependencies are two more
+        raise UsageError(f"the spec lists {len(models_raw)} [[model]] entries, over the cap of {MAX_MODELS}")
     models = []
     for i, entry in enumerate(models_raw):
         where = f"model[{i}]"

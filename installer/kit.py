@@ -20,6 +20,7 @@ earns depends on what the file is (docs/cli.md, "Exit codes"). It imports nothin
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
@@ -195,6 +196,21 @@ def read_optional(path: Path, *, cap: int, refuse: Refuse, follow_symlinks: bool
         return None
 
 
+def list_bounded(folder: Path, *, cap: int, too_many: Callable[[int], Exception]) -> list[str]:
+    """The names in ``folder``, sorted; raise ``too_many(cap)`` as soon as it holds more than ``cap``.
+
+    ``os.listdir`` builds the whole list before a caller can count it, so a directory of a million
+    entries costs a million strings; this reads at most ``cap + 1`` names. OSError (a missing folder,
+    a file in its place) propagates for the caller to word."""
+    names: list[str] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if len(names) == cap:
+                raise too_many(cap)
+            names.append(entry.name)
+    return sorted(names)
+
+
 _BLOCK = 64 * 1024
 
 
@@ -263,23 +279,235 @@ def parse_json(data: bytes | str, *, source: str, error: ErrorClass,
     return value
 
 
+class ArraySink(Protocol):
+    """Where :func:`parse_json_streamed` hands the elements of one streamed array, one at a time.
+
+    A sink may also offer ``fast``, a compiled bytes pattern of its usual element written exactly
+    (no whitespace, no escapes), and ``add_match(match)``: an element that pattern matches is handed
+    over as the match instead of being parsed. The pattern must match only text whose JSON value the
+    sink reads off the groups exactly (the manifest's canonical chunk and file entries)."""
+
+    def add(self, value: Any) -> None: ...
+
+
+# The path of a value in a document: object keys, and "*" for any index of an array.
+Pattern = tuple[str, ...]
+Path_ = tuple[str | int, ...]
+OpenSink = Callable[[Path_], ArraySink]
+# What parse_json_streamed builds whole: one value of an element or member, and the objects on the way
+# to a streamed array. A canonical manifest's largest element is a few kilobytes (a path is at most 1024
+# bytes, docs/format.md "Limits"); the caps keep a hostile one from costing more than a few megabytes.
+MAX_STREAMED_VALUE = 64 * 1024  # bytes of one value parsed whole
+MAX_WALKED_MEMBERS = 256  # members of one object on the way to a streamed array
+_FIRST_SLICE = 2048  # most values fit: parse from a slice this long first, then from the whole cap
+_NUMBER_TAIL = 8  # a number this close to a slice's end may have been cut short: parse a longer slice
+_WS = re.compile(rb"[ \t\n\r]*")
+_UTF8_BLOCK = 1024 * 1024
+
+
+def _skip(data: bytes, at: int) -> int:
+    """The first byte at or after ``at`` that is not JSON whitespace."""
+    match = _WS.match(data, at)
+    return match.end() if match else at
+
+
+def _bytes_in(text: str, chars: int) -> int:
+    """How many UTF-8 bytes the first ``chars`` characters of ``text`` take."""
+    return chars if text.isascii() else len(text[:chars].encode("utf-8"))
+
+
+def parse_json_streamed(data: bytes, *, streams: Mapping[Pattern, OpenSink], source: str, error: ErrorClass,
+                        invalid: str = "{source} is not valid JSON: {detail}", number: str | None = None,
+                        deep: str = "{source} is nested too deeply to parse",
+                        large: str = "{source} is too large to parse", subject: str | None = None) -> Any:
+    """:func:`parse_json` for a large document whose bulk is a few long arrays, without building them.
+
+    Each array at a path in ``streams`` (keys, ``"*"`` for an array index: ``("components", "*",
+    "files")``) is handed, element by element, to the sink ``streams[pattern](path)`` opens, and the
+    sink stands in the tree where the list would have been; objects on the way to a streamed array are
+    walked member by member, and every other value is parsed whole. So memory is the document's bytes
+    and what the sinks keep, never the tree; the text is never decoded whole either (a single
+    character outside the BMP makes a str four bytes per character). Semantics are json.loads':
+    the same values, the last of two equal keys wins, the same errors with the same words, in
+    document order; UTF-8 is checked over the whole document first, as decoding it would. Beyond
+    json.loads, a value parsed whole may be at most :data:`MAX_STREAMED_VALUE` bytes and an
+    object walked at most :data:`MAX_WALKED_MEMBERS` members: more is refused as ``invalid``."""
+    fail = _failer(error, source=source, subject=subject)
+    decoder = json.JSONDecoder(parse_float=_refuse_number, parse_constant=_refuse_number) if number is not None \
+        else json.JSONDecoder()
+    try:
+        _check_utf8(data)
+        return _Walker(data, getattr(decoder, "scan_once"), streams).document()  # the C scanner json.loads uses
+    except _Number as e:
+        raise fail((number or "").format(source=source, text=e.text)) from None
+    except RecursionError:
+        raise fail(deep.format(source=source)) from None
+    except MemoryError:
+        raise fail(large.format(source=source)) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise fail(invalid.format(source=source, detail=e)) from None
+
+
+def _check_utf8(data: bytes) -> None:
+    """Raise the UnicodeDecodeError ``data.decode("utf-8")`` would, decoding a block at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for start in range(0, len(data), _UTF8_BLOCK):
+        pending = len(decoder.getstate()[0])
+        try:
+            decoder.decode(data[start:start + _UTF8_BLOCK], final=start + _UTF8_BLOCK >= len(data))
+        except UnicodeDecodeError as e:
+            at = start - pending
+            raise UnicodeDecodeError("utf-8", data, at + e.start, at + e.end, e.reason) from None
+
+
+class _Walker:
+    """The structure json.decoder's JSONObject and JSONArray parse, over bytes, with the C scanner
+    parsing each value from a decoded slice; errors carry the words and positions json.loads gives."""
+
+    def __init__(self, data: bytes, scan: Callable[[str, int], tuple[Any, int]],
+                 streams: Mapping[Pattern, OpenSink]) -> None:
+        self.data, self.scan, self.streams = data, scan, streams
+        self.prefixes = {pattern[:i] for pattern in streams for i in range(len(pattern))}
+
+    def document(self) -> Any:
+        if self.data.startswith(codecs.BOM_UTF8):
+            raise self.error("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0)
+        value, end = self.value(_skip(self.data, 0), (), ())
+        end = _skip(self.data, end)
+        if end != len(self.data):
+            raise self.error("Extra data", end)
+        return value
+
+    def value(self, at: int, path: Path_, pattern: Pattern) -> tuple[Any, int]:
+        head = self.data[at:at + 1]
+        if head == b"[" and pattern in self.streams:
+            return self.array(at + 1, path, pattern, self.streams[pattern](path))
+        if head == b"{" and pattern in self.prefixes:
+            return self.object(at + 1, path, pattern)
+        return self.whole(at)
+
+    def object(self, end: int, path: Path_, pattern: Pattern) -> tuple[dict[str, Any], int]:
+        data, members = self.data, dict[str, Any]()
+        end = _skip(data, end)
+        if data[end:end + 1] == b"}":
+            return members, end + 1
+        while True:
+            if data[end:end + 1] != b'"':
+                raise self.error("Expecting property name enclosed in double quotes", end)
+            key, end = self.whole(end)
+            end = _skip(data, end)
+            if data[end:end + 1] != b":":
+                raise self.error("Expecting ':' delimiter", end)
+            value, end = self.value(_skip(data, end + 1), (*path, key), (*pattern, key))
+            members[key] = value
+            if len(members) > MAX_WALKED_MEMBERS:
+                raise self.error(f"Object has more than {MAX_WALKED_MEMBERS} members", end)
+            end = _skip(data, end)
+            nextchar = data[end:end + 1]
+            end += 1
+            if nextchar == b"}":
+                return members, end
+            if nextchar != b",":
+                raise self.error("Expecting ',' delimiter", end - 1)
+            end = _skip(data, end)
+
+    def array(self, end: int, path: Path_, pattern: Pattern, sink: ArraySink) -> tuple[ArraySink, int]:
+        data = self.data
+        fast: re.Pattern[bytes] | None = getattr(sink, "fast", None)
+        inner = (*pattern, "*")
+        walked = inner in self.streams or inner in self.prefixes
+        end = _skip(data, end)
+        if data[end:end + 1] == b"]":
+            return sink, end + 1
+        index = 0
+        while True:
+            match = fast.match(data, end) if fast is not None else None
+            if match is not None:
+                getattr(sink, "add_match")(match)
+                end = match.end()
+            else:
+                value, end = self.value(end, (*path, index), inner) if walked else self.whole(end)
+                sink.add(value)
+            index += 1
+            if data[end:end + 1] == b",":  # the usual separator, without whitespace before it
+                end = _skip(data, end + 1)
+                continue
+            end = _skip(data, end)
+            nextchar = data[end:end + 1]
+            end += 1
+            if nextchar == b"]":
+                return sink, end
+            if nextchar != b",":
+                raise self.error("Expecting ',' delimiter", end - 1)
+            end = _skip(data, end)
+
+    def whole(self, at: int) -> tuple[Any, int]:
+        """The value at byte ``at``, parsed whole by the C scanner from a slice of the text: first a
+        short one, then one of MAX_STREAMED_VALUE bytes. A value the slice may have cut (an error at
+        its very end or an unterminated string, or a number that ends too near it) is parsed again
+        from the longer slice; one that does not fit that either is refused."""
+        for width in (_FIRST_SLICE, MAX_STREAMED_VALUE):
+            piece, _ = codecs.utf_8_decode(self.data[at:at + width], "strict", False)
+            cut = at + width < len(self.data)
+            try:
+                value, end = self.scan(piece, 0)
+            except StopIteration as e:  # no value where one must be; e.value is where (json's words for it)
+                message, pos = "Expecting value", int(e.value)
+            except json.JSONDecodeError as e:
+                message, pos = e.msg, e.pos
+            else:
+                if cut and end > len(piece) - _NUMBER_TAIL:
+                    continue
+                return value, at + _bytes_in(piece, end)
+            if cut and (pos >= len(piece) - _NUMBER_TAIL or message.startswith("Unterminated string")):
+                continue
+            raise self.error(message, at + _bytes_in(piece, pos))
+        raise self.error(f"Value longer than {MAX_STREAMED_VALUE} bytes", at)
+
+    def error(self, message: str, at: int) -> json.JSONDecodeError:
+        """json's error at byte ``at``, with the line, column and character position it would give."""
+        before = self.data[:at].decode("utf-8", "replace")
+        return json.JSONDecodeError(message, before, len(before))
+
+
 def parse_toml(data: bytes, *, source: str, error: ErrorClass, invalid: str = "{source}: not valid TOML: {detail}",
                deep: str = "{source} is nested too deeply to parse", large: str = "{source} is too large to parse",
-               detail: Callable[[BaseException], str] = str, subject: str | None = None) -> dict[str, Any]:
+               detail: Callable[[BaseException], str] = str, subject: str | None = None,
+               max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     """The table in the UTF-8 TOML ``data``, or ``error(message, subject=...)``: never another exception.
 
     tomllib recurses in Python for each nested inline array or table, so a deep enough document ends in
-    RecursionError; that, MemoryError, bad UTF-8 and bad TOML all become ``error``. ``detail`` renders
-    the parser's exception for ``{detail}``."""
+    RecursionError; that, MemoryError, bad UTF-8 and bad TOML all become ``error``. A document that
+    parses but nests deeper than ``max_depth`` is refused with ``deep`` too, as :func:`parse_json`
+    does, so no later walk over the value can exhaust the stack. ``detail`` renders the parser's
+    exception for ``{detail}``."""
     fail = _failer(error, source=source, subject=subject)
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        value = tomllib.loads(data.decode("utf-8"))
     except RecursionError:
         raise fail(deep.format(source=source)) from None
     except MemoryError:
         raise fail(large.format(source=source)) from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise fail(invalid.format(source=source, detail=detail(e))) from None
+    if _value_deeper_than(value, max_depth):
+        raise fail(deep.format(source=source))
+    return value
+
+
+def _value_deeper_than(value: object, limit: int) -> bool:
+    """Whether a parsed value nests more than ``limit`` containers deep; iterative, so it cannot
+    itself run out of stack."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _failer(error: ErrorClass, *, source: str, subject: str | None) -> Callable[[str], Exception]:

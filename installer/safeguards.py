@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, read_capped
+from .bundle.files import (
+    MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, MAX_UNVERIFIED_BYTES, SIGNATURES, Budget, list_entries, read_capped,
+    unverified_bytes,
+)
 from .bundle.verify import read_small_files
 from .errors import GapshipError, PolicyError, TrustError, UsageError
 from .formats.authorization import AUTHORIZATIONS, DOCUMENT, MAX_AUTHORIZATIONS, MAX_DOCUMENT_BYTES
@@ -196,29 +199,35 @@ class RawAuthorization:
     explicit: bool  # named with --authorization (must apply) rather than carried in the bundle
 
 
-def read_authorization(path: Path, *, explicit: bool) -> RawAuthorization:
-    """Read an authorization directory (or its ``authorization.json``), with caps."""
+def read_authorization(path: Path, *, explicit: bool, budget: Budget | None = None) -> RawAuthorization:
+    """Read an authorization directory (or its ``authorization.json``), with caps; what a bundle
+    carries is also charged to ``budget``, the bundle's one budget for unverified files."""
     folder = path.parent if path.name == DOCUMENT and path.is_file() else path
     if not folder.is_dir():
         raise UsageError(f"authorization {str(path)!r} is not a directory holding {DOCUMENT}", subject=str(path))
-    document = read_capped(folder / DOCUMENT, MAX_DOCUMENT_BYTES, missing=TrustError)
+
+    def read(file: Path, cap: int) -> bytes:
+        return budget.read(file, cap) if budget else read_capped(file, cap, missing=TrustError)
+
+    document = read(folder / DOCUMENT, MAX_DOCUMENT_BYTES)
     sigdir = folder / SIGNATURES
-    names = sorted(os.listdir(sigdir)) if sigdir.is_dir() else []
-    if len(names) > MAX_SIGNATURE_FILES:
-        raise TrustError(f"{sigdir} holds over {MAX_SIGNATURE_FILES} files", subject=str(sigdir))
-    signatures = {n: read_capped(sigdir / n, MAX_SIGNATURE_BYTES, missing=TrustError) for n in names}
+    if not explicit and sigdir.is_symlink():
+        raise TrustError(f"{sigdir} is a symlink; bundles hold regular files only", subject=str(sigdir))
+    names = list_entries(sigdir, MAX_SIGNATURE_FILES, shown=str(sigdir)) if sigdir.is_dir() else []
+    signatures = {n: read(sigdir / n, MAX_SIGNATURE_BYTES) for n in names}
     return RawAuthorization(source=str(folder), document=document, signatures=signatures, explicit=explicit)
 
 
 def carried_authorizations(bundle: Path) -> list[RawAuthorization]:
-    """The authorizations a bundle directory carries under ``authorizations/*/`` (none is fine)."""
+    """The authorizations a bundle directory carries under ``authorizations/*/`` (none is fine), read
+    under what is left of the bundle's budget for unverified files after its signatures and roots."""
     folder = bundle / AUTHORIZATIONS
     if not folder.is_dir() or folder.is_symlink():
         return []
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    if len(entries) > MAX_AUTHORIZATIONS:
-        raise TrustError(f"{folder} holds over {MAX_AUTHORIZATIONS} entries", subject=str(folder))
-    return [read_authorization(p, explicit=False) for p in entries if p.is_dir() and not p.is_symlink()]
+    entries = [folder / name for name in list_entries(folder, MAX_AUTHORIZATIONS, shown=str(folder))
+               if not name.startswith(".")]
+    budget = Budget(max(0, MAX_UNVERIFIED_BYTES - unverified_bytes(bundle)))
+    return [read_authorization(p, explicit=False, budget=budget) for p in entries if p.is_dir() and not p.is_symlink()]
 
 
 # -- the whole decision, as a library caller makes it -------------------------------------------------

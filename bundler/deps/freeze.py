@@ -39,7 +39,7 @@ from packaging.utils import (
 
 from ...installer.deploy.deps import BOOTSTRAP_LOCK, LOCK, TARGET, WHEELS, Pin, Target, pip_env, render_lock
 from ...installer.errors import HostError, UsageError
-from ...installer.kit import read_bounded
+from ...installer.kit import open_regular, read_bounded, refuse_as
 from .pylock import is_pylock, pylock_requirements
 from .selfwheel import wheel_from_installed
 from ..spec import DependencySpec
@@ -146,8 +146,10 @@ def _pins(wheels: Sequence[Path]) -> tuple[Pin, ...]:
 
 
 def _sha256(path: Path) -> str:
+    """A wheel's hash, streamed; opened by the kit, so a FIFO in pip's output is refused, not waited on."""
+    fd, _ = open_regular(path, refuse=refuse_as(UsageError, "cannot read wheel {path}: {why}"))
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with os.fdopen(fd, "rb") as f:
         for block in iter(lambda: f.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -382,22 +384,24 @@ def expand_platforms(platforms: Sequence[str]) -> list[str]:
 
 def _skipped_sdist(log: Path, name: str) -> str | None:
     """pip logs (at debug level, in --log) each sdist that --only-binary=:all: made it skip."""
-    try:
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:  # pip's own log, in the build's private folder: read a line at a time, not whole (it can be large)
+        with log.open(encoding="utf-8", errors="replace") as f:
+            return next((found for line in f if (found := _skipped_in(line, name))), None)
     except OSError:
         return None
-    for line in lines:
-        match = _SKIPPED_SDIST_RE.search(line)
-        if match is None:
-            continue
-        filename = urllib.parse.unquote(urllib.parse.urlsplit(match[1]).path.rsplit("/", 1)[-1])
-        try:
-            project = parse_sdist_filename(filename)[0]
-        except InvalidSdistFilename:
-            continue
-        if str(project) == name:
-            return filename
-    return None
+
+
+def _skipped_in(line: str, name: str) -> str | None:
+    """The sdist file name in one pip log line, if it is one skipped for project ``name``."""
+    match = _SKIPPED_SDIST_RE.search(line)
+    if match is None:
+        return None
+    filename = urllib.parse.unquote(urllib.parse.urlsplit(match[1]).path.rsplit("/", 1)[-1])
+    try:
+        project = parse_sdist_filename(filename)[0]
+    except InvalidSdistFilename:
+        return None
+    return filename if str(project) == name else None
 
 
 def _wheels_in(folder: Path) -> list[Path]:

@@ -1,19 +1,21 @@
 """Reading the files of a bundle directory (docs/format.md, "Layout"), with hard caps.
 
 Nothing here interprets what it reads: it returns bytes for :mod:`gapship.installer.trust` to verify, and opens chunk
-files without following symlinks.
+files without following symlinks. Every folder is listed with a cap on its entries, and what a bundle
+carries outside its manifest (``signatures/``, ``roots/``, ``authorizations/``: unverified until
+checked) is read under one total :class:`Budget`, charged before each file is read.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..formats.manifest import MAX_MANIFEST_BYTES
-from ..kit import Refusal, open_regular, read_bounded
+from ..formats.manifest import MAX_CHUNKS
+from ..kit import Refusal, list_bounded, open_regular, read_bounded
 
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures"
@@ -23,6 +25,12 @@ MAX_SIGNATURE_FILES = 64
 MAX_SIGNATURE_BYTES = 64 * 1024
 MAX_ROOT_FILES = 64
 MAX_ROOT_FILE_BYTES = 2 * 1024 * 1024
+# All the unverified files a bundle carries beside its manifest, together: 64 signatures, 64 roots
+# and 64 authorizations at their own caps came to about 390 MiB read before any was checked
+# (docs/format.md, "Limits"). A real bundle carries a few kilobytes of them.
+MAX_UNVERIFIED_BYTES = 16 * 1024 * 1024
+# chunks/ may hold a few names too many (they are reported as extra chunks); listing stops past this.
+MAX_CHUNK_ENTRIES = MAX_CHUNKS + 1000
 
 
 @dataclass(frozen=True)
@@ -35,37 +43,81 @@ class RawBundle:
     roots: dict[str, bytes] = field(default_factory=dict)  # roots/<N>.root.json, unverified
 
 
+@dataclass
+class Budget:
+    """What is left of :data:`MAX_UNVERIFIED_BYTES` for one bundle's unverified files. Each file is
+    charged its size before it is read (and refused, naming it, when that is over what is left)."""
+
+    left: int = MAX_UNVERIFIED_BYTES
+
+    def read(self, path: Path, cap: int, *, missing: type[IntegrityError] | type[TrustError] = TrustError) -> bytes:
+        """The bytes of ``path`` (at most ``cap``, its own cap), charged to this budget."""
+        data = read_bounded(path, cap=min(cap, self.left), refuse=_refusal(missing, own_cap=cap))
+        self.left -= len(data)
+        return data
+
+
 def read_raw_bundle(root: Path) -> RawBundle:
     if not root.is_dir():
         raise UsageError(f"bundle directory {str(root)!r} does not exist or is not a directory", subject=str(root))
     manifest = read_capped(root / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
-    return RawBundle(root=root, manifest_bytes=manifest, signatures=_read_signatures(root / SIGNATURES),
-                     roots=_read_roots(root / ROOTS))
+    budget = Budget()
+    return RawBundle(root=root, manifest_bytes=manifest, signatures=_read_signatures(root / SIGNATURES, budget),
+                     roots=_read_roots(root / ROOTS, budget))
 
 
-def _read_signatures(folder: Path) -> dict[str, bytes]:
+def _read_signatures(folder: Path, budget: Budget) -> dict[str, bytes]:
     try:
-        names = sorted(os.listdir(folder))
+        names = list_entries(folder, MAX_SIGNATURE_FILES)
     except FileNotFoundError:
         raise TrustError(f"bundle has no {SIGNATURES}/ directory", subject=SIGNATURES) from None
     except NotADirectoryError:
         raise TrustError(f"{SIGNATURES} is not a directory", subject=SIGNATURES) from None
-    if len(names) > MAX_SIGNATURE_FILES:
-        raise TrustError(f"{SIGNATURES}/ holds {len(names)} files, over the cap of {MAX_SIGNATURE_FILES}", subject=SIGNATURES)
-    return {name: read_capped(folder / name, MAX_SIGNATURE_BYTES, missing=TrustError) for name in names}
+    return {name: budget.read(folder / name, MAX_SIGNATURE_BYTES) for name in names}
 
 
-def _read_roots(folder: Path) -> dict[str, bytes]:
+def _read_roots(folder: Path, budget: Budget) -> dict[str, bytes]:
     """The optional ``roots/`` chain; absent means none. Interpreted only by :mod:`gapship.installer.trust`."""
     try:
-        names = sorted(os.listdir(folder))
+        names = list_entries(folder, MAX_ROOT_FILES)
     except FileNotFoundError:
         return {}
     except NotADirectoryError:
         raise TrustError(f"{ROOTS} is not a directory", subject=ROOTS) from None
-    if len(names) > MAX_ROOT_FILES:
-        raise TrustError(f"{ROOTS}/ holds {len(names)} files, over the cap of {MAX_ROOT_FILES}", subject=ROOTS)
-    return {name: read_capped(folder / name, MAX_ROOT_FILE_BYTES, missing=TrustError) for name in names}
+    return {name: budget.read(folder / name, MAX_ROOT_FILE_BYTES) for name in names}
+
+
+def list_entries(folder: Path, cap: int, *, error: type[IntegrityError] | type[TrustError] = TrustError,
+                 shown: str | None = None) -> list[str]:
+    """The sorted names in a bundle folder (``shown`` in messages; default: its name), refused
+    (``error``) past ``cap`` entries without listing the rest; a missing folder or a file in its
+    place raises FileNotFoundError or NotADirectoryError, permission problems :class:`HostError`."""
+    where = shown or folder.name
+    try:
+        return list_bounded(folder, cap=cap, too_many=lambda n: error(f"{where}/ holds more than the cap of {n} entries",
+                                                                      subject=where))
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        raise HostError(f"cannot list {folder}: {e.strerror}", subject=str(folder)) from None
+
+
+def unverified_bytes(root: Path) -> int:
+    """What ``signatures/`` and ``roots/`` of a bundle hold now, in bytes: the part of the budget
+    :func:`read_raw_bundle` spent, for a reader of the rest (the carried authorizations) to start
+    from. Sizes are those the entries have now (``lstat``); nothing is read or followed."""
+    total = 0
+    for name, cap in ((SIGNATURES, MAX_SIGNATURE_FILES), (ROOTS, MAX_ROOT_FILES)):
+        try:
+            names = list_entries(root / name, cap)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in names:
+            try:
+                total += (root / name / entry).lstat().st_size
+            except OSError:
+                continue
+    return total
 
 
 def read_capped(path: Path, cap: int, *, missing: type[IntegrityError] | type[TrustError]) -> bytes:
@@ -80,11 +132,16 @@ def open_nofollow(path: Path, *, missing: type[IntegrityError] | type[TrustError
     return fd
 
 
-def _refusal(missing: type[IntegrityError] | type[TrustError]) -> Callable[[Refusal], Exception]:
+def _refusal(missing: type[IntegrityError] | type[TrustError], *, own_cap: int | None = None) -> Callable[[Refusal], Exception]:
     """A bundle's words for a file it cannot use: ``missing`` (integrity or trust, by the file) for
-    what the bundle got wrong, :class:`HostError` for what the host cannot do."""
+    what the bundle got wrong, :class:`HostError` for what the host cannot do. ``own_cap``: the file's
+    own cap, when the cap given to the reader was lowered to what is left of a :class:`Budget`."""
     def refuse(r: Refusal) -> Exception:
         rel = _rel(r.path)
+        if r.reason == "too-large" and own_cap is not None and r.cap is not None and r.cap < own_cap \
+                and (r.size or 0) <= own_cap:
+            return missing(f"{r.path} takes the bundle's unverified files (signatures/, roots/, authorizations/) "
+                           f"over their {MAX_UNVERIFIED_BYTES}-byte budget", subject=rel)
         if r.reason == "missing":
             return missing(f"{rel} is missing", subject=rel)
         if r.reason == "symlink":
@@ -110,6 +167,6 @@ def chunk_path(root: Path, name: str) -> Path:
 
 def list_chunk_files(root: Path) -> list[str]:
     try:
-        return sorted(os.listdir(root / CHUNKS))
+        return list_entries(root / CHUNKS, MAX_CHUNK_ENTRIES, error=IntegrityError)
     except FileNotFoundError:
         raise IntegrityError(f"bundle has no {CHUNKS}/ directory", subject=CHUNKS) from None

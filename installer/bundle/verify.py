@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from ..errors import IntegrityError, UnsafeContentError
 from ..crypto.hashing import READ_SIZE, Progress, hash_fd, new_hasher, no_progress
 from ..formats.manifest import Chunk, FileEntry, Manifest
 from ..trust import VerifiedManifest
+
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,27 @@ def verify_chunks(root: Path, verified: VerifiedManifest, *, progress: Progress 
     count = workers or min(len(m.chunks), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="gapship-verify") as pool:
         try:
-            problems += [p for p in pool.map(one, range(len(m.chunks))) if p is not None]
+            problems += [p for p in bounded_map(pool, one, range(len(m.chunks)), window=4 * count)
+                         if p is not None]
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     if problems:
         raise ChunkProblems(problems)
     return ChunkReport(chunks=len(m.chunks), bytes=m.payload_size)
+
+
+def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], *, window: int) -> Iterator[R]:
+    """``pool.map(fn, items)`` with at most ``window`` calls submitted at a time, results in order.
+    ``Executor.map`` submits every call at once: at the 100,000-chunk cap its futures alone held
+    about 140 MiB (docs/format.md, "Limits")."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        if len(pending) >= window:
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 def check_chunk_names(root: Path, manifest: Manifest) -> None:

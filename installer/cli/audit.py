@@ -71,8 +71,6 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
     if pubkey is None or log is not None or prefixes:
         raise UsageError("--export needs --pubkey HOST.pub, and no --log or --prefix (the export carries its "
                          "own cross-check)")
-    if not pubkey.is_file():
-        raise UsageError(f"public key {str(pubkey)!r} does not exist", subject=str(pubkey))
     data = read_bounded(pubkey, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_pubkey, follow_symlinks=True)
     key = PublicKey.from_pem(data, source=str(pubkey))
     before = verify_export(previous, pubkey=key) if previous is not None else None
@@ -93,6 +91,8 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
 
 
 def _refuse_pubkey(r: Refusal) -> Exception:
+    if r.reason == "missing":
+        return UsageError(f"public key {str(r.path)!r} does not exist", subject=str(r.path))
     if r.reason == "too-large":  # PublicKey.from_pem's words for a key file over the cap
         return UsageError(f"{r.path}: key file over {MAX_KEY_FILE_BYTES} bytes", subject=str(r.path))
     return UsageError(f"cannot read public key {r.path}: {r.strerror}", subject=str(r.path))

@@ -18,7 +18,7 @@ from ..formats.root import MAX_ROOT_BYTES, ROLES, Envelope, Root
 from ..formats.timestamps import parse_time, utc_now
 from ..host.trustdir import HISTORY_DIR, parse_root_file_name, read_history, read_root_folder, root_file_name
 from .group import cli, emit, json_option, trust_dir_option
-from ..errors import TrustError, UsageError
+from ..errors import HostError, TrustError, UsageError
 from ..kit import Refusal, read_bounded
 from ..host.state import HostState
 from ..trust import TrustStore, apply_root_chain
@@ -123,7 +123,11 @@ def _root_files(paths: tuple[Path, ...]) -> dict[str, bytes]:
     for path in paths:
         if path.is_dir():  # a trust directory (its roots/ history) or a folder of <N>.root.json files
             folder = path / HISTORY_DIR if (path / HISTORY_DIR).is_dir() else path
-            out.update({root_file_name(v): d for v, d in read_root_folder(folder).items()})
+            try:
+                versions = read_root_folder(folder)
+            except HostError as e:  # the folder is the user's input, not this host's: exit 2, as for a file
+                raise UsageError(e.message, subject=e.subject) from None
+            out.update({root_file_name(v): d for v, d in versions.items()})
             continue
         data = read_bounded(path, cap=MAX_ROOT_BYTES, refuse=_refuse_root_file, follow_symlinks=True)
         name = path.name if parse_root_file_name(path.name) else _claimed_name(data, str(path))

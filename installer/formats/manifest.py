@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from packaging.version import InvalidVersion, Version
 
 from ..errors import UnsafeContentError
-from ..kit import JSON_STRING, Fields, canonical_json, every_repr, parse_json
+from ..kit import JSON_STRING, ArraySink, Fields, canonical_json, every_repr, parse_json_streamed
 from ..kit import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER  # one of the manifest's documented limits ("Limits")
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
 from .paths import check_no_collisions, check_relative_path
@@ -35,11 +36,14 @@ MAX_CHUNKS = 100_000  # names stay five digits (00000..99999), so `cat chunks/*`
 MIN_CHUNK_SIZE = 512
 MAX_CHUNK_SIZE = 16 * 1024**3
 MAX_HEADER_REGION = 8 * 1024  # bytes of tar headers (pax + ustar) allowed before one file's data
+# One component per model folder, plus the policy and the dependencies. It was MAX_FILES (200,000)
+# until issue 13; a component costs a table of its own, and no bundle has thousands of models.
+MAX_COMPONENTS = 4096
 # JSON containers a manifest within the caps can hold: the top object and "bundle", one object per
 # chunk, per component and per file; the "chunks" and "components" lists and one "files" list per
-# component. Counted before json.loads builds anything (see _check_container_counts).
-MAX_OBJECTS = 2 + MAX_CHUNKS + 2 * MAX_FILES
-MAX_LISTS = 2 + MAX_FILES
+# component. Counted before anything is parsed (see _check_container_counts).
+MAX_OBJECTS = 2 + MAX_CHUNKS + MAX_COMPONENTS + MAX_FILES
+MAX_LISTS = 2 + MAX_COMPONENTS
 
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
@@ -103,11 +107,15 @@ class FileEntry:
 class Component:
     kind: str
     name: str
-    files: tuple[FileEntry, ...]
+    files: Sequence[FileEntry]  # a FileTable: given any sequence of FileEntry, the constructor makes one
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.files, FileTable):
+            object.__setattr__(self, "files", FileTable.of(self.files))
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return _table(self).total_size()
 
 
 @dataclass(frozen=True)
@@ -118,15 +126,15 @@ class Manifest:
     hash_algorithm: str
     chunk_size: int
     payload_size: int
-    chunks: tuple[Chunk, ...]
+    chunks: Sequence[Chunk]  # a ChunkTable: given any sequence of Chunk, the constructor makes one
     components: tuple[Component, ...]
     expires: str | None = None
     format_version: int = FORMAT_VERSION
-    _index: Mapping[str, Chunk] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.chunks, ChunkTable):
+            object.__setattr__(self, "chunks", ChunkTable.of(self.chunks))
         _validate(self)
-        object.__setattr__(self, "_index", {c.name: c for c in self.chunks})
 
     # -- views -------------------------------------------------------------------------------
 
@@ -136,7 +144,9 @@ class Manifest:
             yield from component.files
 
     def chunk(self, name: str) -> Chunk | None:
-        return self._index.get(name)
+        """The chunk named ``name`` (its name gives its index: chunk_name), or None."""
+        index = int(name[:5]) if len(name) == 9 and name[:5].isdigit() else -1
+        return self.chunks[index] if 0 <= index < len(self.chunks) and chunk_name(index) == name else None
 
     def chunk_offset(self, index: int) -> int:
         return index * self.chunk_size
@@ -148,13 +158,14 @@ class Manifest:
     # -- bytes -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return self._head() | {"components": [
-            {"kind": comp.kind, "name": comp.name, "files": [_file_dict(f) for f in comp.files]}
-            for comp in self.components
-        ]}
+        return self._scalars() | {
+            "chunks": [_chunk_dict(c) for c in self.chunks],
+            "components": [{"kind": comp.kind, "name": comp.name, "files": [_file_dict(f) for f in comp.files]}
+                           for comp in self.components],
+        }
 
-    def _head(self) -> dict[str, Any]:
-        """Every top-level member but ``components``."""
+    def _scalars(self) -> dict[str, Any]:
+        """Every top-level member but ``chunks`` and ``components``."""
         out: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -163,7 +174,6 @@ class Manifest:
             "hash_algorithm": self.hash_algorithm,
             "chunk_size": self.chunk_size,
             "payload_size": self.payload_size,
-            "chunks": [{"name": c.name, "size": c.size, "hash": c.hash} for c in self.chunks],
         }
         if self.expires is not None:
             out["expires"] = self.expires
@@ -172,9 +182,23 @@ class Manifest:
     def to_bytes(self) -> bytes:
         """Exactly ``canonical_json(self.to_dict())``, written a piece at a time (see _write_object)."""
         out = io.BytesIO()
-        head = self._head() | {"components": None}  # written by _write_components, below
-        _write_object(out, head, "components", partial(_write_components, out, self.components))
+        self._write(out.write)
         return out.getvalue()  # BytesIO hands over its buffer: no second copy of the JSON
+
+    def encodes_to(self, data: bytes) -> bool:
+        """Whether :meth:`to_bytes` would give exactly ``data``: compared as it is written, without
+        making the bytes (at the caps, another 32 MiB), and given up at the first difference."""
+        same = _Same(data)
+        try:
+            self._write(same.write)
+        except _Differs:
+            return False
+        return same.at == len(data)
+
+    def _write(self, write: Write) -> None:
+        members: dict[str, object] = self._scalars() | {"chunks": None, "components": None}
+        _write_object(write, members, {"chunks": partial(_write_chunks, write, self.chunks),
+                                       "components": partial(_write_components, write, self.components)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -184,18 +208,17 @@ class Manifest:
                 f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES}-byte cap", subject="manifest.json"
             )
         _check_container_counts(data)
-        # No depth scan (max_depth=None): a canonical manifest nests 6 deep, from_dict refuses any other
-        # shape before walking it, and a scan of 32 MiB would cost every install. What nests deeper
-        # than the stack ends in RecursionError, which parse_json turns into the message below.
-        raw = parse_json(data, source="manifest.json", error=UnsafeContentError,
-                         invalid="manifest is not valid JSON: {detail}",
-                         number="manifest holds a non-integer number {text!r}",
-                         deep="manifest JSON is nested too deeply", max_depth=None)
-        manifest = cls.from_dict(raw)
-        # The parsed tree is dropped before the canonical bytes are made from the model: holding both
-        # it and to_dict's tree doubled the peak (about 130 MiB more at the 200,000-file cap).
-        del raw
-        if manifest.to_bytes() != data:
+        # Streamed: the chunk and file lists go, an entry at a time, straight into the model's tables,
+        # so neither json's tree of the whole manifest (about 110 MiB at the caps) nor its text is ever
+        # built. What nests deeper than the stack ends in RecursionError, turned into the message below.
+        streams = _Streams()
+        raw = parse_json_streamed(data, streams=streams.patterns(), source="manifest.json", error=UnsafeContentError,
+                                  invalid="manifest is not valid JSON: {detail}",
+                                  number="manifest holds a non-integer number {text!r}",
+                                  deep="manifest JSON is nested too deeply")
+        manifest = cls._build(raw)
+        del raw, streams
+        if not manifest.encodes_to(data):
             raise UnsafeContentError(
                 "manifest is not in canonical form (sorted keys, no whitespace, RFC 8785)", subject="manifest.json"
             )
@@ -203,6 +226,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: object) -> Manifest:
+        """The manifest in a parsed JSON value, refused with the same words as :meth:`from_bytes`."""
+        return cls._build(_Streams().feed(raw))
+
+    @classmethod
+    def _build(cls, raw: object) -> Manifest:
+        """The model from a parsed value whose chunk and file lists are already sinks (_Streams);
+        every check in the order of docs/format.md, "Rules a verifier enforces"."""
         top = _obj(raw, "manifest", required={"format", "format_version", "bundle", "created",
                                               "hash_algorithm", "chunk_size", "payload_size", "chunks",
                                               "components"}, optional={"expires"})
@@ -215,8 +245,8 @@ class Manifest:
                 subject="format_version",
             )
         bundle = _obj(top["bundle"], "bundle", required={"name", "version"})
-        chunks_raw = _list(top["chunks"], "chunks", MAX_CHUNKS)
-        comps_raw = _list(top["components"], "components", MAX_FILES)
+        chunks = _streamed(top["chunks"], "chunks", MAX_CHUNKS, _ChunkSink)
+        comps = _streamed(top["components"], "components", MAX_COMPONENTS, _ComponentSink)
         return cls(
             name=_str(bundle["name"], "bundle.name"),
             version=_str(bundle["version"], "bundle.version"),
@@ -225,8 +255,8 @@ class Manifest:
             hash_algorithm=_str(top["hash_algorithm"], "hash_algorithm"),
             chunk_size=_int(top["chunk_size"], "chunk_size"),
             payload_size=_int(top["payload_size"], "payload_size"),
-            chunks=tuple(_chunk(c, i) for i, c in enumerate(chunks_raw)),
-            components=_components(comps_raw),
+            chunks=chunks.result(),
+            components=comps.result(),
             format_version=version,
         )
 
@@ -236,44 +266,459 @@ class Manifest:
 # canonical_json(to_dict()) held the manifest as a dict tree, a str and bytes at once: for 200,000
 # files ("Limits") about 30 MB of JSON three times over, at the peak of every build and of every
 # from_bytes check. Canonical JSON composes: an object is ``{``, its ``key:value`` members in key
-# order joined by ``,``, then ``}``; a list likewise. So the same bytes are written a batch of files
-# at a time into one buffer (tests/installer/formats/test_manifest.py holds them to canonical_json(to_dict())).
-_BATCH = 1000  # files encoded per json.dumps call: small dicts in flight, few Python-level calls
+# order joined by ``,``, then ``}``; a list likewise. So the same bytes are written a batch of entries
+# at a time (tests/installer/formats/test_manifest.py holds them to canonical_json(to_dict())), into a
+# buffer (to_bytes) or against the bytes they must equal (encodes_to).
+_BATCH = 1000  # entries encoded per json.dumps call: small dicts in flight, few Python-level calls
+Write = Callable[[bytes], object]
+
+
+def _chunk_dict(c: Chunk) -> dict[str, object]:
+    return {"name": c.name, "size": c.size, "hash": c.hash}
 
 
 def _file_dict(f: FileEntry) -> dict[str, object]:
     return {"path": f.path, "size": f.size, "mode": f.mode, "hash": f.hash, "offset": f.offset}
 
 
-def _write_object(out: io.BytesIO, members: dict[str, object], key: str, write_value: Callable[[], None]) -> None:
-    """``members`` as one canonical JSON object, the value of ``key`` written by ``write_value``."""
-    out.write(b"{")
+class _Differs(Exception):
+    """encodes_to's signal: the bytes written so far already differ."""
+
+
+class _Same:
+    """A ``write`` that compares what it is given with ``data`` at the same place instead of keeping it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.at = 0
+
+    def write(self, piece: bytes) -> None:
+        end = self.at + len(piece)
+        if self.data[self.at:end] != piece:
+            raise _Differs
+        self.at = end
+
+
+def _write_object(write: Write, members: dict[str, object], writers: Mapping[str, Callable[[], None]]) -> None:
+    """``members`` as one canonical JSON object; the values of the keys in ``writers`` written by them."""
+    write(b"{")
     for i, name in enumerate(sorted(members)):
-        out.write(b"," if i else b"")
-        out.write(canonical_json(name) + b":")
-        if name == key:
-            write_value()
+        write(b"," if i else b"")
+        write(canonical_json(name) + b":")
+        if name in writers:
+            writers[name]()
         else:
-            out.write(canonical_json(members[name]))
-    out.write(b"}")
+            write(canonical_json(members[name]))
+    write(b"}")
 
 
-def _write_components(out: io.BytesIO, components: Sequence[Component]) -> None:
-    out.write(b"[")
+def _json_string(text: str) -> bytes:
+    """``canonical_json(text)``; without the encoder for the usual string, which needs no escape."""
+    return b'"' + text.encode("utf-8") + b'"' if _PLAIN.fullmatch(text) else canonical_json(text)
+
+
+_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')  # what canonical JSON writes between quotes as it is
+
+
+def _write_batches(write: Write, count: int, entry: Callable[[int], bytes]) -> None:
+    """A JSON list of ``count`` entries, ``entry(i)`` the canonical bytes of each, joined a batch at a time."""
+    write(b"[")
+    for start in range(0, count, _BATCH):
+        write(b"," if start else b"")
+        write(b",".join(entry(i) for i in range(start, min(start + _BATCH, count))))
+    write(b"]")
+
+
+def _write_chunks(write: Write, chunks: Sequence[Chunk]) -> None:
+    """The chunk list, each entry written from the table's columns in key order (hash, name, size)."""
+    table = chunks if isinstance(chunks, ChunkTable) else ChunkTable.of(chunks)
+    hashes, names, sizes = table._hashes, table._names, table._sizes
+
+    def entry(i: int) -> bytes:
+        name = names.get(i)
+        return b'{"hash":%s,"name":%s,"size":%d}' % (
+            _json_string(hashes[i]), _json_string(name) if name is not None else b'"%05d.bin"' % i, sizes[i])
+
+    _write_batches(write, len(table), entry)
+
+
+def _write_files(write: Write, files: Sequence[FileEntry]) -> None:
+    """A component's file list, written from its columns in key order (hash, mode, offset, path, size)."""
+    table = files if isinstance(files, FileTable) else FileTable.of(files)
+    hashes, paths, sizes, modes, offsets = table._hashes, table._paths, table._sizes, table._modes, table._offsets
+
+    def entry(i: int) -> bytes:
+        return b'{"hash":%s,"mode":%d,"offset":%d,"path":%s,"size":%d}' % (
+            _json_string(hashes[i]), modes[i], offsets[i], _json_string(paths[i]), sizes[i])
+
+    _write_batches(write, len(table), entry)
+
+
+def _write_components(write: Write, components: Sequence[Component]) -> None:
+    write(b"[")
     for i, comp in enumerate(components):
-        out.write(b"," if i else b"")
-        _write_object(out, {"kind": comp.kind, "name": comp.name, "files": None}, "files",
-                      partial(_write_files, out, comp.files))
-    out.write(b"]")
+        write(b"," if i else b"")
+        _write_object(write, {"kind": comp.kind, "name": comp.name, "files": None},
+                      {"files": partial(_write_files, write, comp.files)})
+    write(b"]")
 
 
-def _write_files(out: io.BytesIO, files: Sequence[FileEntry]) -> None:
-    out.write(b"[")
-    for start in range(0, len(files), _BATCH):
-        out.write(b"," if start else b"")
-        batch = [_file_dict(f) for f in files[start:start + _BATCH]]
-        out.write(canonical_json(batch)[1:-1])  # the members of the list, without its brackets
-    out.write(b"]")
+# -- the chunk and file lists as columns (docs/format.md, "Limits") -----------------------------------
+#
+# A manifest may list 100,000 chunks and 200,000 files. As objects (a Chunk or FileEntry with its own
+# strings and integers) they took about 80 MiB at those caps; as columns (sizes and offsets in arrays,
+# digests as bytes, paths as strings) about 25. A table is a read-only sequence that makes the entry
+# objects on access, so callers see the same Chunk and FileEntry values as before. A column holds only
+# what it can hold exactly: a hash that is not lower-case hex of the first hash's length, or a chunk
+# name other than the one its index gives, is kept aside as written, so the checks of _validate, run
+# after the tables are built, see every value as it was and refuse it in their own words.
+
+
+class _Hashes:
+    """Hex digests by index, kept as bytes; one that is not lower-case hex of the width is kept as written."""
+
+    __slots__ = ("width", "blob", "odd", "count")
+
+    def __init__(self) -> None:
+        self.width = 0  # bytes per digest, set by the first well-formed one
+        self.blob = bytearray()
+        self.odd: dict[int, str] = {}
+        self.count = 0
+
+    def append(self, value: str) -> None:
+        raw = _digest_bytes(value)
+        if raw is not None and not self.width:
+            self.width = len(raw)
+            self.blob = bytearray(self.width * self.count)  # room for the odd ones before it
+        if raw is None or len(raw) != self.width:
+            self.odd[self.count] = value
+            raw = bytes(self.width)
+        self.blob += raw
+        self.count += 1
+
+    def __getitem__(self, index: int) -> str:
+        odd = self.odd.get(index)
+        if odd is not None:
+            return odd
+        return self.blob[index * self.width:(index + 1) * self.width].hex()
+
+    def same(self, other: _Hashes) -> bool:
+        return (self.count == other.count and self.odd == other.odd
+                and (self.blob == other.blob or all(self[i] == other[i] for i in range(self.count))))
+
+
+def _digest_bytes(value: str) -> bytes | None:
+    """``value`` as bytes when it is exactly lower-case hex (what ``bytes.hex`` gives back), else None."""
+    if not value or len(value) % 2:
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return raw if raw.hex() == value else None
+
+
+def _position(index: int, length: int) -> int:
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError("table index out of range")
+    return index
+
+
+class ChunkTable(Sequence[Chunk]):
+    """The chunk list: sizes in an array, digests as bytes, names from their index (chunk_name)."""
+
+    __slots__ = ("_sizes", "_hashes", "_names")
+
+    def __init__(self) -> None:
+        self._sizes = array("Q")
+        self._hashes = _Hashes()
+        self._names: dict[int, str] = {}  # only names other than chunk_name(index)
+
+    @classmethod
+    def of(cls, chunks: Iterable[Chunk]) -> ChunkTable:
+        table = cls()
+        for c in chunks:
+            table.append(c.name, c.size, c.hash)
+        return table
+
+    def append(self, name: str, size: int, hash: str) -> None:
+        index = len(self._sizes)
+        if name != chunk_name(index):
+            self._names[index] = name
+        self._sizes.append(size)
+        self._hashes.append(hash)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @overload
+    def __getitem__(self, index: int) -> Chunk: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Chunk, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Chunk | tuple[Chunk, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        i = _position(index, len(self))
+        return Chunk(self._names.get(i) or chunk_name(i), self._sizes[i], self._hashes[i])
+
+    def __iter__(self) -> Iterator[Chunk]:
+        names, hashes = self._names, self._hashes
+        for i, size in enumerate(self._sizes):
+            yield Chunk(names.get(i) or chunk_name(i), size, hashes[i])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkTable):
+            return self._sizes == other._sizes and self._names == other._names and self._hashes.same(other._hashes)
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"ChunkTable({len(self)} chunks)"
+
+
+class FileTable(Sequence[FileEntry]):
+    """One component's files: paths as strings, sizes, modes and offsets in arrays, digests as bytes."""
+
+    __slots__ = ("_paths", "_sizes", "_modes", "_offsets", "_hashes")
+
+    def __init__(self) -> None:
+        self._paths: list[str] = []
+        self._sizes = array("Q")
+        self._modes = array("Q")
+        self._offsets = array("Q")
+        self._hashes = _Hashes()
+
+    @classmethod
+    def of(cls, files: Iterable[FileEntry]) -> FileTable:
+        table = cls()
+        for f in files:
+            table.append(f.path, f.size, f.mode, f.hash, f.offset)
+        return table
+
+    def append(self, path: str, size: int, mode: int, hash: str, offset: int) -> None:
+        self._paths.append(path)
+        self._sizes.append(size)
+        self._modes.append(mode)
+        self._offsets.append(offset)
+        self._hashes.append(hash)
+
+    def paths(self) -> Sequence[str]:
+        return self._paths
+
+    def total_size(self) -> int:
+        return sum(self._sizes)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, index: int) -> FileEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[FileEntry, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> FileEntry | tuple[FileEntry, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        i = _position(index, len(self))
+        return FileEntry(self._paths[i], self._sizes[i], self._modes[i], self._hashes[i], self._offsets[i])
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        hashes = self._hashes
+        for i, (path, size, mode, offset) in enumerate(zip(self._paths, self._sizes, self._modes, self._offsets)):
+            yield FileEntry(path, size, mode, hashes[i], offset)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FileTable):
+            return (self._paths == other._paths and self._sizes == other._sizes and self._modes == other._modes
+                    and self._offsets == other._offsets and self._hashes.same(other._hashes))
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"FileTable({len(self)} files)"
+
+
+def _table(comp: Component) -> FileTable:
+    """A component's files as the table its constructor made of them."""
+    assert isinstance(comp.files, FileTable)
+    return comp.files
+
+
+# -- the lists, streamed into the tables as they are parsed ------------------------------------------
+#
+# A sink stands where the parser found a list (kit.parse_json_streamed, or _Streams.feed for a value
+# parsed whole). Each takes one entry at a time and checks it with the readers below, as from_dict
+# did; it keeps the first refusal for Manifest._build to raise where from_dict raised it, and from then
+# on, or past its cap, only counts, so a hostile list costs nothing it keeps.
+
+
+# A canonical chunk or file entry, exactly: keys in order, no whitespace, strings without an escape,
+# integers without a sign, fraction or leading zero and at most 16 digits. Its value is read off the
+# groups (kit.ArraySink); anything else is parsed by json and read by _chunk and _file as before.
+_STRING = rb'"([^"\\\x00-\x1f]*)"'
+_INTEGER = rb"(0|[1-9][0-9]{0,15})"
+_CHUNK_RE = re.compile(rb'\{"hash":' + _STRING + rb',"name":' + _STRING + rb',"size":' + _INTEGER + rb"\}")
+_FILE_RE = re.compile(rb'\{"hash":' + _STRING + rb',"mode":' + _INTEGER + rb',"offset":' + _INTEGER
+                      + rb',"path":' + _STRING + rb',"size":' + _INTEGER + rb"\}")
+
+
+class _ChunkSink:
+    fast = _CHUNK_RE
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.error: UnsafeContentError | None = None
+        self.table = ChunkTable()
+
+    def add_match(self, match: re.Match[bytes]) -> None:
+        hash, name, size = match.group(1).decode(), match.group(2).decode(), int(match.group(3))
+        if size > MAX_SAFE_INTEGER or self.error is not None or self.count >= MAX_CHUNKS:
+            self.add({"hash": hash, "name": name, "size": size})
+            return
+        self.count += 1
+        self.table.append(name, size, hash)
+
+    def add(self, raw: Any) -> None:
+        i, self.count = self.count, self.count + 1
+        if self.error is not None or i >= MAX_CHUNKS:
+            return
+        try:
+            self.table.append(*_chunk(raw, i))
+        except UnsafeContentError as e:
+            self.error = e
+
+    def result(self) -> ChunkTable:
+        if self.error is not None:
+            raise self.error
+        return self.table
+
+
+class _FileSink:
+    """The files of component ``index`` of ``owner``, up to the files the caps leave it."""
+
+    fast = _FILE_RE
+
+    def __init__(self, owner: _ComponentSink, index: int) -> None:
+        self.owner, self.index = owner, index
+        self.cap = 0 if owner.error is not None or index >= MAX_COMPONENTS else MAX_FILES - owner.total
+        self.count = 0
+        self.error: UnsafeContentError | None = None
+        self.table = FileTable()
+
+    def add_match(self, match: re.Match[bytes]) -> None:
+        hash, mode, offset, path, size = match.groups()
+        numbers = int(mode), int(offset), int(size)
+        if max(numbers) > MAX_SAFE_INTEGER or self.error is not None or self.count >= self.cap:
+            self.add({"hash": hash.decode(), "mode": numbers[0], "offset": numbers[1], "path": path.decode(),
+                      "size": numbers[2]})
+            return
+        self.count += 1
+        self.table.append(path.decode(), numbers[2], numbers[0], hash.decode(), numbers[1])
+
+    def add(self, raw: Any) -> None:
+        j, self.count = self.count, self.count + 1
+        if self.error is not None or j >= self.cap:
+            return
+        try:
+            self.table.append(*_file(raw, f"components[{self.index}].files[{j}]"))
+        except UnsafeContentError as e:
+            self.error = e
+
+
+class _ComponentSink:
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0  # files in the components accepted so far
+        self.error: UnsafeContentError | None = None
+        self.components: list[Component] = []
+
+    def add(self, raw: Any) -> None:
+        k, self.count = self.count, self.count + 1
+        if self.error is not None or k >= MAX_COMPONENTS:
+            return
+        where = f"components[{k}]"
+        try:
+            obj = _obj(raw, where, required={"kind", "name", "files"})
+            files = _streamed(obj["files"], f"{where}.files", MAX_FILES - self.total, _FileSink)
+            if files.error is not None:
+                raise files.error
+            component = Component(_str(obj["kind"], f"{where}.kind"), _str(obj["name"], f"{where}.name"), files.table)
+        except UnsafeContentError as e:
+            self.error = e
+            return
+        self.total += files.count
+        self.components.append(component)
+
+    def result(self) -> tuple[Component, ...]:
+        if self.error is not None:
+            raise self.error
+        return tuple(self.components)
+
+
+Sink = TypeVar("Sink", _ChunkSink, _ComponentSink, _FileSink)
+
+
+def _streamed(raw: object, where: str, cap: int, kind: type[Sink]) -> Sink:
+    """The sink standing for the list at ``where``, refused like a list over ``cap`` entries; any
+    other value is refused as from_dict refused it (``must be a list``)."""
+    if not isinstance(raw, kind):
+        _list(raw, where, cap)
+        raise AssertionError("_Streams turns every list at this place into a sink")  # pragma: no cover
+    if raw.count > cap:
+        raise UnsafeContentError(f"manifest field {where} has {raw.count} entries, over the cap of {cap}", subject=where)
+    return raw
+
+
+class _Streams:
+    """The sinks of one manifest: the patterns for parse_json_streamed, or :meth:`feed` for a value
+    already parsed. The files of a component go to the components sink opened last (a second
+    ``components`` key replaces the first, as json does)."""
+
+    def __init__(self) -> None:
+        self.components = _ComponentSink()
+
+    def patterns(self) -> dict[tuple[str, ...], Callable[[tuple[str | int, ...]], ArraySink]]:
+        return {("chunks",): lambda path: _ChunkSink(), ("components",): lambda path: self._components(),
+                ("components", "*", "files"): lambda path: _FileSink(self.components, int(path[1]))}
+
+    def _components(self) -> _ComponentSink:
+        self.components = _ComponentSink()
+        return self.components
+
+    def feed(self, raw: object) -> object:
+        """``raw`` with its chunk and file lists replaced by sinks that took their entries."""
+        if not isinstance(raw, dict):
+            return raw
+        out = dict(raw)
+        if isinstance(out.get("chunks"), list):
+            chunks = _ChunkSink()
+            for item in out["chunks"]:
+                chunks.add(item)
+            out["chunks"] = chunks
+        if isinstance(out.get("components"), list):
+            comps = self._components()
+            for k, item in enumerate(out["components"]):
+                if isinstance(item, dict) and isinstance(item.get("files"), list):
+                    files = _FileSink(comps, k)
+                    for entry in item["files"]:
+                        files.add(entry)
+                    item = {**item, "files": files}
+                comps.add(item)
+            out["components"] = comps
+        return out
 
 
 # -- parsing helpers (raise UnsafeContentError naming the field) -----------------------------------
@@ -282,10 +727,10 @@ def _write_files(out: io.BytesIO, files: Sequence[FileEntry]) -> None:
 def _check_container_counts(data: bytes) -> None:
     """Refuse, before parsing, bytes that hold more objects or lists than the caps allow.
 
-    The count caps are otherwise checked on parsed lists, after json.loads has built every element:
-    ``[{},{},...]`` declares 11 million files in 32 MiB and would cost gigabytes first. Braces inside
-    strings are not structure, so strings are removed before counting; this is an upper bound for
-    everything json.loads would build before it stops at an error (docs/format.md, "Limits").
+    The count caps are otherwise checked as the lists stream in, one parsed element at a time:
+    ``[{},{},...]`` declares 11 million files in 32 MiB, each of which would be parsed and counted
+    first. Braces inside strings are not structure, so strings are removed before counting; this is
+    an upper bound for the containers the parser would meet (docs/format.md, "Limits").
     """
     if data.count(b"{") <= MAX_OBJECTS and data.count(b"[") <= MAX_LISTS:
         return  # raw counts bound the structural ones: the usual case costs two fast scans
@@ -293,8 +738,8 @@ def _check_container_counts(data: bytes) -> None:
     objects, lists = bare.count(b"{"), bare.count(b"[")
     if objects > MAX_OBJECTS or lists > MAX_LISTS:
         raise UnsafeContentError(
-            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files and "
-            f"{MAX_CHUNKS} chunks", subject="manifest.json",
+            f"manifest holds {objects} objects and {lists} lists, over the cap of {MAX_FILES} files, "
+            f"{MAX_CHUNKS} chunks and {MAX_COMPONENTS} components", subject="manifest.json",
         )
 
 
@@ -308,37 +753,21 @@ _str = _FIELDS.string
 _int = _FIELDS.integer
 
 
-def _chunk(raw: object, i: int) -> Chunk:
+def _chunk(raw: object, i: int) -> tuple[str, int, str]:
+    """A chunk entry's name, size and hash, each checked for its type."""
     where = f"chunks[{i}]"
     obj = _obj(raw, where, required={"name", "size", "hash"})
-    return Chunk(_str(obj["name"], f"{where}.name"), _int(obj["size"], f"{where}.size"), _str(obj["hash"], f"{where}.hash"))
-
-
-def _components(raw: list[Any]) -> tuple[Component, ...]:
-    out: list[Component] = []
-    total = 0
-    for i, item in enumerate(raw):
-        where = f"components[{i}]"
-        obj = _obj(item, where, required={"kind", "name", "files"})
-        files_raw = _list(obj["files"], f"{where}.files", MAX_FILES - total)
-        total += len(files_raw)
-        files = tuple(_file(f, f"{where}.files[{j}]") for j, f in enumerate(files_raw))
-        out.append(Component(_str(obj["kind"], f"{where}.kind"), _str(obj["name"], f"{where}.name"), files))
-    return tuple(out)
+    return _str(obj["name"], f"{where}.name"), _int(obj["size"], f"{where}.size"), _str(obj["hash"], f"{where}.hash")
 
 
 _FILE_KEYS = frozenset({"path", "size", "mode", "hash", "offset"})
 
 
-def _file(raw: object, where: str) -> FileEntry:
+def _file(raw: object, where: str) -> tuple[str, int, int, str, int]:
+    """A file entry's path, size, mode, hash and offset, each checked for its type."""
     obj = _obj(raw, where, required=_FILE_KEYS)
-    return FileEntry(
-        path=_str(obj["path"], where, ".path"),
-        size=_int(obj["size"], where, ".size"),
-        mode=_int(obj["mode"], where, ".mode"),
-        hash=_str(obj["hash"], where, ".hash"),
-        offset=_int(obj["offset"], where, ".offset"),
-    )
+    return (_str(obj["path"], where, ".path"), _int(obj["size"], where, ".size"), _int(obj["mode"], where, ".mode"),
+            _str(obj["hash"], where, ".hash"), _int(obj["offset"], where, ".offset"))
 
 
 # -- structural rules (docs/format.md, "Rules a verifier enforces") ------------------------------
@@ -368,22 +797,28 @@ def _check_hash(value: str, algorithm: str, where: str) -> None:
 
 
 def _validate_chunks(m: Manifest) -> None:
-    if not m.chunks:
+    chunks = m.chunks
+    assert isinstance(chunks, ChunkTable)
+    if not chunks:
         raise UnsafeContentError("manifest lists no chunks", subject="chunks")
-    if len(m.chunks) > MAX_CHUNKS:
-        raise UnsafeContentError(f"manifest lists {len(m.chunks)} chunks, over the cap of {MAX_CHUNKS}", subject="chunks")
-    last = len(m.chunks) - 1
-    for i, c in enumerate(m.chunks):
-        if c.name != chunk_name(i):
-            raise UnsafeContentError(f"chunk {i} is named {c.name!r}, expected {chunk_name(i)!r}", subject=c.name)
-        full = c.size == m.chunk_size
-        if not (full or (i == last and 0 < c.size < m.chunk_size)):
+    if len(chunks) > MAX_CHUNKS:
+        raise UnsafeContentError(f"manifest lists {len(chunks)} chunks, over the cap of {MAX_CHUNKS}", subject="chunks")
+    last = len(chunks) - 1
+    hashes, sizes, names = chunks._hashes, chunks._sizes, chunks._names  # the columns: read in place, not as Chunks
+    hex_length = digest_hex_length(m.hash_algorithm)
+    for i in range(len(chunks)):
+        name = names.get(i) or chunk_name(i)
+        if i in names:
+            raise UnsafeContentError(f"chunk {i} is named {name!r}, expected {chunk_name(i)!r}", subject=name)
+        size = sizes[i]
+        if not (size == m.chunk_size or (i == last and 0 < size < m.chunk_size)):
             raise UnsafeContentError(
-                f"chunk {c.name} has size {c.size}; every chunk but the last must be exactly chunk_size "
-                f"{m.chunk_size}, and the last between 1 and chunk_size", subject=c.name
+                f"chunk {name} has size {size}; every chunk but the last must be exactly chunk_size "
+                f"{m.chunk_size}, and the last between 1 and chunk_size", subject=name
             )
-        _check_hash(c.hash, m.hash_algorithm, f"chunk {c.name}")
-    total = m.chunk_size * last + m.chunks[last].size
+        if hashes.width * 2 != hex_length or i in hashes.odd:
+            _check_hash(hashes[i], m.hash_algorithm, f"chunk {name}")
+    total = m.chunk_size * last + sizes[last]
     if total != m.payload_size:
         raise UnsafeContentError(f"chunk sizes add up to {total}, not payload_size {m.payload_size}", subject="payload_size")
     if m.payload_size % BLOCK or m.payload_size < END_OF_ARCHIVE:
@@ -394,6 +829,7 @@ def _validate_files(m: Manifest) -> None:
     kinds_seen: set[tuple[str, str]] = set()
     cursor = 0  # end of the previous file's data, padded to a block
     count = 0
+    hex_length = digest_hex_length(m.hash_algorithm)
     for comp in m.components:
         where = f"component {comp.kind}/{comp.name}"
         if comp.kind not in COMPONENT_KINDS:
@@ -405,24 +841,27 @@ def _validate_files(m: Manifest) -> None:
             raise UnsafeContentError(f"{where} is listed twice", subject=where)
         kinds_seen.add((comp.kind, comp.name))
         root = _component_root(comp)
-        for f in comp.files:
+        table = _table(comp)  # the columns, read in place rather than as a FileEntry each
+        hashes = table._hashes
+        for i, (path, size, mode, offset) in enumerate(zip(table._paths, table._sizes, table._modes, table._offsets)):
             count += 1
             if count > MAX_FILES:
                 raise UnsafeContentError(f"manifest lists more than {MAX_FILES} files", subject="components")
-            check_relative_path(f.path)
-            if not f.path.startswith(root):
-                raise UnsafeContentError(f"file {f.path!r} of {where} is not under {root}", subject=f.path)
-            if f.mode not in ALLOWED_MODES:
-                raise UnsafeContentError(f"file {f.path!r} has mode {f.mode:o}; only 644 and 755 are allowed", subject=f.path)
-            _check_hash(f.hash, m.hash_algorithm, f"file {f.path!r}")
-            header = f.offset - cursor
-            if f.offset % BLOCK or not BLOCK <= header <= MAX_HEADER_REGION:
+            check_relative_path(path)
+            if not path.startswith(root):
+                raise UnsafeContentError(f"file {path!r} of {where} is not under {root}", subject=path)
+            if mode not in ALLOWED_MODES:
+                raise UnsafeContentError(f"file {path!r} has mode {mode:o}; only 644 and 755 are allowed", subject=path)
+            if hashes.width * 2 != hex_length or i in hashes.odd:
+                _check_hash(hashes[i], m.hash_algorithm, f"file {path!r}")
+            header = offset - cursor
+            if offset % BLOCK or not BLOCK <= header <= MAX_HEADER_REGION:
                 raise UnsafeContentError(
-                    f"file {f.path!r} has offset {f.offset}, which overlaps the previous file or leaves a "
+                    f"file {path!r} has offset {offset}, which overlaps the previous file or leaves a "
                     f"header region of {header} bytes (allowed: {BLOCK}..{MAX_HEADER_REGION}, block-aligned)",
-                    subject=f.path,
+                    subject=path,
                 )
-            cursor = padded(f.end)
+            cursor = padded(offset + size)
     trailer = m.payload_size - cursor
     if not END_OF_ARCHIVE <= trailer <= END_OF_ARCHIVE + RECORD:
         raise UnsafeContentError(
@@ -430,7 +869,7 @@ def _validate_files(m: Manifest) -> None:
             f"{m.payload_size} (allowed: {END_OF_ARCHIVE}..{END_OF_ARCHIVE + RECORD})",
             subject="payload_size",
         )
-    check_no_collisions(f.path for f in m.files())
+    check_no_collisions(path for comp in m.components for path in _table(comp).paths())
     _check_safeguards(m)
 
 

@@ -647,6 +647,8 @@ def host_key(path: Path) -> tuple[HostKey, bool]:
         if st.st_mode & 0o077:
             raise HostError(f"host key {path} must be a regular file of mode 0600 (it is {st.st_mode & 0o777:o})",
                             subject=str(path))
+        if st.st_size > MAX_KEY_FILE_BYTES:
+            raise HostError(f"host key {path} is larger than the {MAX_KEY_FILE_BYTES}-byte cap", subject=str(path))
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     finally:
         os.close(fd)
@@ -669,6 +671,8 @@ class _NoHostKey(Exception):
 def _refuse_host_key(r: Refusal) -> Exception:
     if r.reason == "missing":
         return _NoHostKey()
+    if r.reason == "not-regular" and r.kind != "directory":  # a FIFO or device: named as such, never opened twice
+        return HostError(f"host key {r.path} {r.strerror}; it must be a regular file of mode 0600", subject=str(r.path))
     if r.reason == "not-regular" and r.mode is not None:
         return HostError(f"host key {r.path} must be a regular file of mode 0600 (it is {r.mode & 0o777:o})",
                          subject=str(r.path))

@@ -8,7 +8,6 @@ are the release keys, any one of which may sign.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .atomic import atomic_write, fsync_dir, read_small
 from ..formats.root import MAX_ROOT_BYTES
 from ..errors import HostError, TrustError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES
+from ..kit import list_bounded
 
 ROOT_FILE = "root.json"
 HISTORY_DIR = "roots"
@@ -50,14 +50,13 @@ def read_history(path: Path) -> dict[int, bytes]:
 
 def read_root_folder(folder: Path) -> dict[int, bytes]:
     """Every ``<N>.root.json`` in ``folder`` by version; other names there are refused."""
-    try:
-        names = sorted(os.listdir(folder))
+    try:  # at most MAX_HISTORY + 1 names: `trust update` lists folders that came across the gap
+        names = list_bounded(folder, cap=MAX_HISTORY, too_many=lambda n: TrustError(
+            f"{folder} holds over {n} files", subject=str(folder)))
     except FileNotFoundError:
         return {}
     except OSError as e:
         raise HostError(f"cannot list {folder}: {e.strerror}", subject=str(folder)) from None
-    if len(names) > MAX_HISTORY:
-        raise TrustError(f"{folder} holds over {MAX_HISTORY} files", subject=str(folder))
     out: dict[int, bytes] = {}
     for name in names:
         if name.startswith("."):

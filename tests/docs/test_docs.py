@@ -20,8 +20,10 @@ import click
 import pytest
 
 from gapship.bundler.cli.main import cli
+from gapship.installer import kit as kit_module
 from gapship.installer.bundle import files as bundle_module
 from gapship.installer.crypto import keys as keys_module
+from gapship.installer.formats import authorization as auth_module
 from gapship.installer.formats import manifest as manifest_module
 from gapship.installer.formats import paths as paths_module
 from gapship.installer import trust as trust_module
@@ -734,7 +736,12 @@ def test_format_doc_limits_are_the_code_constants() -> None:
         "one signature file": [b.MAX_SIGNATURE_BYTES],
         "chunks": [m.MAX_CHUNKS],
         "files (all components together)": [m.MAX_FILES],
-        "components": [m.MAX_FILES],
+        "components": [m.MAX_COMPONENTS],
+        "`authorizations/`": [auth_module.MAX_AUTHORIZATIONS, auth_module.MAX_DOCUMENT_BYTES, b.MAX_SIGNATURE_FILES,
+                              b.MAX_SIGNATURE_BYTES],
+        "`signatures/`, `roots/` and `authorizations/` together": [b.MAX_UNVERIFIED_BYTES],
+        "entries in `chunks/`": [b.MAX_CHUNK_ENTRIES],
+        "one JSON value inside the manifest's lists": [kit_module.MAX_STREAMED_VALUE, kit_module.MAX_WALKED_MEMBERS],
         "header region before a file's data": [m.BLOCK, m.MAX_HEADER_REGION],
         "end-of-archive region": [m.END_OF_ARCHIVE, m.END_OF_ARCHIVE + m.RECORD],
         "path": [p.MAX_PATH_BYTES, p.MAX_DEPTH, p.MAX_COMPONENT_BYTES],

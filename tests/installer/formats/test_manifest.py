@@ -227,3 +227,72 @@ def test_manifest_bytes_are_to_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert manifest.components[-1].files == ()
     assert (manifest.expires is None) == (expires is None)
     assert manifest.to_bytes() == canonical_json(manifest.to_dict()) == written
+
+
+# -- the chunk and file lists as column tables --------------------------------------------------------
+
+
+def test_tables_hand_out_the_entries_they_hold(data: bytes) -> None:
+    """ChunkTable and FileTable are sequences of the same Chunk and FileEntry values from_dict reads,
+    equal to the tuples a caller would build, by index, slice and iteration."""
+    m = Manifest.from_bytes(data)
+    raw = json.loads(data)
+    chunks = tuple(manifest_module.Chunk(c["name"], c["size"], c["hash"]) for c in raw["chunks"])
+    assert isinstance(m.chunks, manifest_module.ChunkTable)
+    assert m.chunks == chunks and tuple(m.chunks) == chunks and m.chunks[-1] == chunks[-1]
+    assert m.chunks[1:] == chunks[1:]
+    files = m.components[0].files
+    assert isinstance(files, manifest_module.FileTable)
+    assert [f.path for f in files] == ["models/tiny/w.bin", "models/tiny/é.txt"]
+    assert files[0] == manifest_module.FileEntry(**raw["components"][0]["files"][0])
+    assert m.components[0].size == sum(f["size"] for f in raw["components"][0]["files"])
+    with pytest.raises(IndexError):
+        files[2]
+
+
+def test_tables_keep_a_value_they_cannot_hold_exactly_as_written(data: bytes) -> None:
+    """A hash that is not lower-case hex of the table's width, or a chunk name other than its index's,
+    is kept as written: the checks see it and refuse it in their own words."""
+    table = manifest_module.ChunkTable()
+    for name, hash in (("00000.bin", "ab" * 32), ("x.bin", "AB" * 32), ("00002.bin", "abc"), ("00003.bin", "")):
+        table.append(name, 512, hash)
+    assert [(c.name, c.hash) for c in table] == [("00000.bin", "ab" * 32), ("x.bin", "AB" * 32), ("00002.bin", "abc"),
+                                                  ("00003.bin", "")]
+    late = manifest_module.ChunkTable()
+    late.append("00000.bin", 512, "zz")  # the width comes from the first well-formed hash, wherever it is
+    late.append("00001.bin", 512, "cd" * 32)
+    assert [c.hash for c in late] == ["zz", "cd" * 32]
+
+
+def test_streamed_parse_refuses_in_from_dicts_order(data: bytes) -> None:
+    """Two faults: the one from_dict met first is reported (a top-level key before a chunk entry,
+    chunk entries before components), whatever their order in the bytes."""
+    raw = json.loads(data)
+    raw["chunks"][1]["size"] = "big"
+    raw["zzz"] = 1
+    _refused(raw, subject="manifest", words="unknown 'zzz'")
+    del raw["zzz"]
+    raw["components"][0]["files"][0]["mode"] = "rw"
+    _refused(raw, subject="chunks[1].size", words="chunks[1].size must be an integer")
+
+
+def test_rejects_more_components_than_the_cap(data: bytes) -> None:
+    """At most MAX_COMPONENTS (4096; it was the file cap, 200,000: docs/format.md, "Limits")."""
+    raw = json.loads(data)
+    empty = {"files": [], "kind": "model", "name": "m"}
+    raw["components"] = raw["components"] + [empty] * (manifest_module.MAX_COMPONENTS - 1)
+    _refused(raw, subject="manifest.json", words=f"{manifest_module.MAX_COMPONENTS} components")  # counted first
+    raw["components"] = [{**c, "files": None} for c in raw["components"]]  # no more lists than the cap allows
+    _refused(raw, subject="components", words=f"over the cap of {manifest_module.MAX_COMPONENTS}")
+
+
+def test_spec_with_more_models_than_components_allow_is_refused(tmp_path: Path) -> None:
+    from gapship.bundler.spec import MAX_MODELS
+    from gapship.installer.errors import UsageError
+
+    spec = write_spec(tmp_path, {"w.bin": b"w"})
+    text = spec.read_text()
+    models = "".join(f'[[model]]\nname = "m{i}"\nsource = "model"\n\n' for i in range(MAX_MODELS))
+    spec.write_text(text.replace("[safeguards]", models + "[safeguards]"))
+    with pytest.raises(UsageError, match=f"over the cap of {MAX_MODELS}"):
+        load_spec(spec)
