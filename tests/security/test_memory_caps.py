@@ -10,7 +10,11 @@ authorizations at their caps, roots and signatures at theirs); now at 43 to 158 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -138,8 +142,27 @@ def test_install_with_64_authorizations_at_their_caps_stays_under_200mb(signer: 
 @pytest.mark.slow
 def test_install_of_a_bundle_at_the_file_cap_stays_under_200mb(signer: tuple[KeyPair, Path], tmp_path: Path) -> None:
     """200,000 files built by gapship's own bundler and installed: the tables, the streamed extract
-    and the records of every file, end to end (about a minute: most of it is making the files)."""
+    and the records of every file, end to end. Made on a tmpfs where there is one (/dev/shm): this is a
+    memory bound, and creating 400,000 inodes on these VMs' disks took 2 minutes, on a tmpfs 35 s."""
     key, trust = signer
+    with _scratch(tmp_path) as scratch:
+        _install_at_the_file_cap(key, trust, scratch)
+
+
+@contextmanager
+def _scratch(tmp_path: Path) -> Iterator[Path]:
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="gapship-caps-", dir=shm))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _install_at_the_file_cap(key: KeyPair, trust: Path, tmp_path: Path) -> None:
     model = tmp_path / "src" / "model"
     for d in range(200):
         (model / f"d{d:03d}").mkdir(parents=True)
