@@ -426,7 +426,46 @@ def _position(index: int, length: int) -> int:
     return index
 
 
-class ChunkTable(Sequence[Chunk]):
+Row = TypeVar("Row")
+
+
+class _Rows(Sequence[Row]):
+    """What the column tables share: a row made on demand (``_row``), indexing and slicing as a
+    tuple's, and equality with any sequence of the same rows."""
+
+    __slots__ = ()
+
+    def _row(self, i: int) -> Row:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Row, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Row | tuple[Row, ...]:
+        if isinstance(index, slice):
+            return tuple(self._row(i) for i in range(*index.indices(len(self))))
+        return self._row(_position(index, len(self)))
+
+    def _same_columns(self, other: object) -> bool | None:
+        """Compare with a table of the same kind column by column; None for anything else."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        same = self._same_columns(other)
+        if same is not None:
+            return same
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+
+class ChunkTable(_Rows[Chunk]):
     """The chunk list: sizes in an array, digests as bytes, names from their index (chunk_name)."""
 
     __slots__ = ("_sizes", "_hashes", "_names")
@@ -453,16 +492,7 @@ class ChunkTable(Sequence[Chunk]):
     def __len__(self) -> int:
         return len(self._sizes)
 
-    @overload
-    def __getitem__(self, index: int) -> Chunk: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> tuple[Chunk, ...]: ...
-
-    def __getitem__(self, index: int | slice) -> Chunk | tuple[Chunk, ...]:
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(len(self))))
-        i = _position(index, len(self))
+    def _row(self, i: int) -> Chunk:
         return Chunk(self._names.get(i) or chunk_name(i), self._sizes[i], self._hashes[i])
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -470,21 +500,16 @@ class ChunkTable(Sequence[Chunk]):
         for i, size in enumerate(self._sizes):
             yield Chunk(names.get(i) or chunk_name(i), size, hashes[i])
 
-    def __eq__(self, other: object) -> bool:
+    def _same_columns(self, other: object) -> bool | None:
         if isinstance(other, ChunkTable):
             return self._sizes == other._sizes and self._names == other._names and self._hashes.same(other._hashes)
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
+        return None
 
     def __repr__(self) -> str:
         return f"ChunkTable({len(self)} chunks)"
 
 
-class FileTable(Sequence[FileEntry]):
+class FileTable(_Rows[FileEntry]):
     """One component's files: paths as strings, sizes, modes and offsets in arrays, digests as bytes."""
 
     __slots__ = ("_paths", "_sizes", "_modes", "_offsets", "_hashes")
@@ -519,16 +544,7 @@ class FileTable(Sequence[FileEntry]):
     def __len__(self) -> int:
         return len(self._paths)
 
-    @overload
-    def __getitem__(self, index: int) -> FileEntry: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> tuple[FileEntry, ...]: ...
-
-    def __getitem__(self, index: int | slice) -> FileEntry | tuple[FileEntry, ...]:
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(len(self))))
-        i = _position(index, len(self))
+    def _row(self, i: int) -> FileEntry:
         return FileEntry(self._paths[i], self._sizes[i], self._modes[i], self._hashes[i], self._offsets[i])
 
     def __iter__(self) -> Iterator[FileEntry]:
@@ -536,16 +552,11 @@ class FileTable(Sequence[FileEntry]):
         for i, (path, size, mode, offset) in enumerate(zip(self._paths, self._sizes, self._modes, self._offsets)):
             yield FileEntry(path, size, mode, hashes[i], offset)
 
-    def __eq__(self, other: object) -> bool:
+    def _same_columns(self, other: object) -> bool | None:
         if isinstance(other, FileTable):
             return (self._paths == other._paths and self._sizes == other._sizes and self._modes == other._modes
                     and self._offsets == other._offsets and self._hashes.same(other._hashes))
-        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
+        return None
 
     def __repr__(self) -> str:
         return f"FileTable({len(self)} files)"
