@@ -3,7 +3,11 @@ naming it and a documented exit code, before the host key is made (docs/cli.md, 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,13 +73,26 @@ def test_export_under_a_file_is_refused(log: Path, tmp_path: Path) -> None:
     assert_refused(log, out, code=2, subject=log, message=f"{log} is not a folder (--out {out})")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
 def test_export_into_an_unwritable_folder_is_refused(log: Path, tmp_path: Path) -> None:
+    """As root (CI), the real command runs with every capability dropped (setpriv), so the folder's
+    mode binds it as it binds any other user."""
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o555)
     out = folder / "site.export"
-    assert_refused(log, out, code=7, subject=folder,
-                   message=f"cannot write into folder {folder}: permission denied or a read-only filesystem")
+    message = f"cannot write into folder {folder}: permission denied or a read-only filesystem"
+    if os.geteuid() != 0:
+        assert_refused(log, out, code=7, subject=folder, message=message)
+        return
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv(1) is needed to drop root's capabilities (util-linux)")
+    key = tmp_path / "keys" / "host.key"
+    done = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-m",
+                           "gapship.installer", "audit", "export", "--log", str(log), "--out", str(out),
+                           "--host-key", str(key), "--json"], capture_output=True, timeout=60)
+    assert done.returncode == 7, done
+    error = json.loads(done.stdout)["error"]
+    assert error["message"] == message and error["subject"] == str(folder)
+    assert not key.exists() and not key.parent.exists()
 
 
 def test_export_into_an_existing_folder_works(log: Path, tmp_path: Path) -> None:

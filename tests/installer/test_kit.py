@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -154,12 +155,39 @@ def test_missing_file_is_refused_or_none(tmp_path: Path) -> None:
     assert read_optional(tmp_path / "absent", cap=10, refuse=Refused) is None
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+_DENIED_PROBE = """
+import sys
+from pathlib import Path
+from gapship.installer.kit import read_bounded
+
+class Refused(Exception):
+    pass
+
+def refuse(r):
+    print(r.reason, r.strerror, sep="|")
+    return Refused()
+
+try:
+    read_bounded(Path(sys.argv[1]), cap=1024, refuse=refuse)
+except Refused:
+    pass
+"""
+
+
 def test_rejects_unreadable_file_as_denied(tmp_path: Path) -> None:
+    """As root (CI), read in a child with every capability dropped (setpriv): the mode binds it."""
     (tmp_path / "secret").write_bytes(b"x")
     (tmp_path / "secret").chmod(0)
-    r = refused(tmp_path / "secret")
-    assert r.reason == "denied" and r.strerror == "Permission denied"
+    if os.geteuid() != 0:
+        r = refused(tmp_path / "secret")
+        assert r.reason == "denied" and r.strerror == "Permission denied"
+        return
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv(1) is needed to drop root's capabilities (util-linux)")
+    done = subprocess.run(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-c",
+                           _DENIED_PROBE, str(tmp_path / "secret")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "denied|Permission denied\n"
 
 
 def test_refuse_as_gives_the_plain_wording(tmp_path: Path) -> None:
