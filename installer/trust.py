@@ -263,7 +263,7 @@ def verify_role(root: Root, role_name: str, message: bytes, items: Iterable[Sign
     if sigstore and role_name != ROLE_RELEASE:
         raise ValueError("sigstore signers count for the release role only")
     if role_name in SEPARATE_ROLES:
-        check_roles_apart(root, where=f"cannot check {what}: {_root_label(root)}")
+        check_roles_apart(root, where=f"cannot check {what}: {root_label(root)}")
     checks = check_role_signatures(root, role_name, message, items) + sigstore
     return RoleVerdict(checks=checks, signers=_require_threshold(root, role_name, checks, what=what, subject=subject))
 
@@ -288,7 +288,8 @@ def check_roles_apart(root: Root, *, where: str) -> None:
                                  f"authorize a site", subject=both[0])
 
 
-def _root_label(root: Root) -> str:
+def root_label(root: Root) -> str:
+    """How messages name a root: "trust root vN", or the legacy trust directory."""
     return "the legacy trust directory" if root.legacy else f"trust root v{root.version}"
 
 
@@ -334,7 +335,7 @@ def _require_threshold(root: Root, role_name: str, checks: tuple[SignatureCheck,
     role = root.role(role_name)
     if role is None:
         where = f" (no {AUTHORIZE_ROLE_DIR}/ folder of *.pub keys)" if root.legacy and role_name == ROLE_AUTHORIZE else ""
-        raise TrustError(f"cannot check {what}: {_root_label(root)} has no {role_name} role{where}", subject=role_name)
+        raise TrustError(f"cannot check {what}: {root_label(root)} has no {role_name} role{where}", subject=role_name)
     valid = sorted({c.keyid for c in checks if c.status == "valid" and c.keyid})
     groups: tuple[str | None, ...] = role.require_algorithms or (None,)
     for algorithm in groups:

@@ -21,7 +21,7 @@ from .group import cli, emit, json_option, trust_dir_option
 from ..errors import HostError, TrustError, UsageError
 from ..kit import Refusal, read_bounded
 from ..host.state import HostState
-from ..trust import TrustStore, apply_root_chain
+from ..trust import TrustStore, apply_root_chain, check_roles_apart, root_label
 
 # `--dir` was the trust directory's name in these commands alone; it stays accepted, hidden.
 dir_option = trust_dir_option(help="Trust directory (root.json and roots/; or, legacy, *.pub files).",
@@ -87,7 +87,18 @@ def describe(store: TrustStore, *, now: datetime) -> dict[str, Any]:
     }
     if not store.legacy:
         payload["ignored_files"] = sorted(p.name for p in Path(store.source).glob("*.pub"))
+    payload["problems"] = _problems(root)
     return payload
+
+
+def _problems(root: Root) -> list[str]:
+    """What makes this root refuse every release and authorize decision (verify and install exit 4),
+    so that an admin sees it before the next install does: today, one key in two roles."""
+    try:
+        check_roles_apart(root, where=root_label(root))
+    except TrustError as e:
+        return [e.message]
+    return []
 
 
 def describe_lines(payload: dict[str, Any]) -> list[str]:
@@ -106,6 +117,7 @@ def describe_lines(payload: dict[str, Any]) -> list[str]:
         lines.append(f"  key {key['keyid'][:16]}  {key['algorithm']:<9}  {','.join(key['roles']) or '-':<20} {key['name']}")
     for reset in payload["floor_resets"]:
         lines.append(f"  floor reset: {reset['bundle']} {reset['from']} -> {reset['to']}")
+    lines += [f"  PROBLEM: {problem}" for problem in payload.get("problems", [])]
     if payload.get("ignored_files"):
         lines.append(f"  (ignored: {', '.join(payload['ignored_files'])}; root.json decides)")
     return lines

@@ -306,6 +306,26 @@ def test_verify_refuses_a_root_whose_key_holds_release_and_authorize(
     assert text.exit_code == 4 and len(text.stderr.splitlines()) == 1
 
 
+def test_trust_show_names_a_trusted_root_whose_key_holds_release_and_authorize(
+        keys: Keys, shared_key_anchor: Path) -> None:
+    """Such a root (trusted before the rule) decides nothing: trust show says so before an install does."""
+    code, data = run_json("trust", "show", "--trust", shared_key_anchor)
+    assert code == 0, data
+    assert len(data["problems"]) == 1 and "both a release key and an authorize key" in data["problems"][0]
+    text = run("trust", "show", "--trust", shared_key_anchor)
+    assert any(line.startswith("  PROBLEM: trust root v1: key " + keys.release.keyid[:16])
+               for line in text.stdout.splitlines()), text.stdout
+
+
+def test_trust_show_lists_no_problem_for_a_root_that_keeps_the_roles_apart(tmp_path: Path, keys: Keys) -> None:
+    trust = site_trust(tmp_path, craft_root(version=1, roles={
+        ROLE_ROOT: [keys.root], ROLE_RELEASE: [keys.release], ROLE_AUTHORIZE: [keys.authorize]},
+        sign_with=[keys.root]))
+    code, data = run_json("trust", "show", "--trust", trust)
+    assert code == 0 and data["problems"] == [], data
+    assert "PROBLEM" not in run("trust", "show", "--trust", trust).stdout
+
+
 def test_authorization_library_path_refuses_a_root_whose_key_holds_both_roles(keys: Keys) -> None:
     """verify_authorization called directly, with a root that breaks the rule, refuses too."""
     root = Root(version=1, expires="2099-01-01T00:00:00Z",
