@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import HostError, SigstoreSignatureError, SigstoreUnavailableError, UsageError
 from ..kit import Refusal, parse_toml, read_bounded
+from ..host.atomic import atomic_file
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -410,14 +409,6 @@ def _pin_text(identity: str, issuer: str, root_name: str) -> bytes:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically; never replace an existing file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pin-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)  # fails with FileExistsError rather than overwriting
-    finally:
-        os.unlink(tmp)
+    """Write ``path`` atomically; never replace an existing file (FileExistsError)."""
+    with atomic_file(path, replace=False) as f:
+        f.write(data)

@@ -6,35 +6,47 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import HostError
 from ..kit import Refusal, read_optional
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    folder = path.parent
+@contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644, replace: bool = True) -> Iterator[BinaryIO]:
+    """A new file for ``path``, written through the yielded file object: on a clean exit it is
+    flushed, given ``mode`` (not left to the umask), fsynced and renamed over ``path`` (or, with
+    ``replace=False``, linked to it, which fails with FileExistsError rather than overwrite), then the
+    folder is fsynced. On any error the temporary file goes and ``path`` is as it was. Raises
+    OSError: callers name the file in their own words."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.tmp-")
-    except OSError as e:
-        raise HostError(f"cannot write {path}: {e.strerror}", subject=str(path)) from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise HostError(f"cannot write {path}: {e.strerror}", subject=str(path)) from None
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(folder)
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """``data`` into ``path`` by :func:`atomic_file`; an OSError is the host's (exit 7, naming it)."""
+    try:
+        with atomic_file(path, mode=mode) as f:
+            f.write(data)
+    except OSError as e:
+        raise HostError(f"cannot write {path}: {e.strerror}", subject=str(path)) from None
 
 
 def fsync_dir(path: Path) -> None:

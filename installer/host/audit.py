@@ -31,7 +31,6 @@ import os
 import pwd
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import nacl.signing
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
 from ..kit import Malformed, Refusal, canonical_json, open_regular, parse_json
+from .atomic import atomic_file
 
 if TYPE_CHECKING:
     from ..formats.site import Site
@@ -658,7 +658,7 @@ def host_key(path: Path) -> tuple[HostKey, bool]:
     key = HostKey(seed=der[len(PKCS8_PREFIX):], path=path)
     if not key.public_path.exists():  # the public half is derived, so it can always be rewritten
         try:
-            _write_new(key.public_path, key.public.to_pem(), 0o644, replace=True)
+            _write_public(key)
         except OSError as e:
             raise HostError(f"cannot write {key.public_path}: {e.strerror}", subject=str(key.public_path)) from None
     return key, False
@@ -679,6 +679,11 @@ def _refuse_host_key(r: Refusal) -> Exception:
     return HostError(f"cannot read the host key {r.path}: {r.strerror}", subject=str(r.path))
 
 
+def _write_public(key: HostKey) -> None:
+    with atomic_file(key.public_path) as f:
+        f.write(key.public.to_pem())
+
+
 def _make_host_key(path: Path) -> HostKey:
     key = HostKey(seed=bytes(nacl.signing.SigningKey.generate()), path=path)
     try:
@@ -689,27 +694,10 @@ def _make_host_key(path: Path) -> HostKey:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _write_new(key.public_path, key.public.to_pem(), 0o644, replace=True)
+        _write_public(key)
     except OSError as e:
         raise HostError(f"cannot create the host key {path}: {e.strerror}", subject=str(path)) from None
     return key
-
-
-def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
-    """Write ``path`` atomically (temporary file, fsync, rename)."""
-    if not replace and (path.exists() or path.is_symlink()):
-        raise UsageError(f"{path} already exists; refusing to overwrite it", subject=str(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -789,13 +777,10 @@ def check_export_target(out: Path) -> None:
 
 
 def _write_export(out: Path, head: bytes, log: IO[bytes], summary: LogSummary) -> None:
-    """Copy exactly the bytes that were checked, hashing them again as they are written."""
+    """Copy exactly the bytes that were checked, hashing them again as they are written. An OSError
+    (the folder went away or became read-only after check_export_target) is the host's."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    except OSError as e:  # the folder went away or became read-only after check_export_target
-        raise HostError(f"cannot write {out}: {e.strerror}", subject=str(out)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(out) as f:
             f.write(head)
             body, left = hashlib.sha256(), summary.size
             while left:
@@ -807,16 +792,8 @@ def _write_export(out: Path, head: bytes, log: IO[bytes], summary: LogSummary) -
                 left -= len(block)
             if "sha256:" + body.hexdigest() != summary.body:
                 raise IntegrityError(f"audit log {log.name} changed while it was exported", subject=str(log.name))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise HostError(f"cannot write {out}: {e.strerror}", subject=str(out)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def verify_export(path: Path, *, pubkey: PublicKey, previous: ExportSummary | None = None) -> ExportSummary:
