@@ -24,6 +24,7 @@ from ..kit import JSON_STRING, ArraySink, Fields, canonical_json, every_repr, pa
 from ..kit import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER  # one of the manifest's documented limits ("Limits")
 from ..crypto.hashing import HASH_ALGORITHMS, digest_hex_length
 from .paths import check_no_collisions, check_relative_path
+from .policy import ID_RE as _NAME_RE  # bundle and component names are the ids a policy names models by
 from .timestamps import TIME_RE
 
 FORMAT_NAME = "gapship-bundle"
@@ -51,7 +52,6 @@ RECORD = 20 * BLOCK  # tar writers pad the archive to a whole record of this siz
 
 COMPONENT_KINDS = ("model", "safeguards", "dependencies")
 POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 ALLOWED_MODES = (0o644, 0o755)
 
 
