@@ -57,7 +57,7 @@ from pathlib import Path
 
 from .. import __version__
 from .extract import extract_payload
-from ..host.atomic import fsync_dir
+from ..host.atomic import atomic_file, fsync_dir
 from ..host.fs import remove_tree
 from ..host.audit import AuditRef, who as audit_who
 from ..bundle.files import SIGNATURES
@@ -452,17 +452,10 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
 
 def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
                    audit: Sequence[AuditRef]) -> None:
-    """Atomically, and flushed: its presence is what marks the version directory complete."""
-    tmp = target / f".{RECEIPT}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, _receipt(verified, deps, record, audit))
-        os.fchmod(fd, 0o644)  # not left to the umask (see _settle_modes)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target / RECEIPT)
-    fsync_dir(target)
+    """Atomically, and flushed: its presence is what marks the version directory complete. Mode 644,
+    not left to the umask (see _settle_modes); an OSError is the host's (_as_host_error)."""
+    with atomic_file(target / RECEIPT, mode=0o644) as f:
+        f.write(_receipt(verified, deps, record, audit))
 
 
 def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
