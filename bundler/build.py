@@ -16,7 +16,7 @@ from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import (
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, needed_format_version,
 )
 from ..installer.formats.policy import parse_policy
 from ..installer.kit import Refusal, read_bounded
@@ -214,4 +214,5 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources,
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=payload.size,
         chunks=payload.chunks, components=tuple(components),
+        format_version=needed_format_version(base=None, components=components),
     )

@@ -66,7 +66,7 @@ def plan(manifest: Manifest) -> Iterator[Segment]:
     A generator, not a list: each stage walks its own, so memory does not grow with the number of
     files (a list held three segment objects per file, 82 MiB at the 200,000-file cap)."""
     cursor = 0
-    for f in manifest.files():
+    for f in manifest.payload_files():
         yield Segment(cursor, f.offset, HEADER, f)
         if f.size:
             yield Segment(f.offset, f.end, DATA, f)

@@ -153,6 +153,9 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
+    if m.base is not None:  # until the delta install of docs/format.md, section 11.1, is here
+        raise PolicyError(f"{m.name} {m.version} is a delta of {m.base.name} {m.base.version}; "
+                          "this gapship cannot install deltas yet", subject=m.base.manifest_digest)
     check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name

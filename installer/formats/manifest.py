@@ -28,7 +28,12 @@ from .policy import ID_RE as _NAME_RE  # bundle and component names are the ids 
 from .timestamps import TIME_RE
 
 FORMAT_NAME = "gapship-bundle"
-FORMAT_VERSION = 1
+# The newest format this reader knows (docs/format.md, section 9). Version 2 adds deltas (a base and
+# files taken from it), model origins and cards, and the sbom component (section 11); a writer still
+# writes 1 when none of them is used, so that sites with an older gapship keep installing.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
+FROM_BASE = "base"  # the one value of a file's "source": its bytes come from the installed base version
 
 # Hard caps, checked before (size) or while (counts) parsing; docs/format.md "Limits".
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
@@ -50,7 +55,12 @@ BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK
 RECORD = 20 * BLOCK  # tar writers pad the archive to a whole record of this size
 
-COMPONENT_KINDS = ("model", "safeguards", "dependencies")
+COMPONENT_KINDS = ("model", "safeguards", "dependencies", "sbom")  # sbom: format v2 (section 11.3)
+CARD_FIELDS = ("license", "task", "architecture", "base_model", "description")  # a model card (11.2)
+MAX_CARD_TEXT = 4096  # characters per model card field
+HF_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # org/name
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+DIGEST_RE = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
 POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 ALLOWED_MODES = (0o644, 0o755)
 
@@ -92,15 +102,73 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:
+    """One file of the version. ``from_base`` (format v2, section 11.1): its bytes are not in the
+    payload but taken from the installed base version, by hash; its ``offset`` is then 0 and means
+    nothing."""
+
     path: str
     size: int
     mode: int
     hash: str
     offset: int
+    from_base: bool = False
 
     @property
     def end(self) -> int:
         return self.offset + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRef:
+    """The version a delta bundle was built against (format v2, section 11.1), named by the digest
+    of its manifest (``<algorithm>:<hex>``, as ``manifest_digest`` everywhere)."""
+
+    name: str
+    version: str
+    manifest_digest: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "manifest_digest": self.manifest_digest}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a model came from (format v2, section 11.2): a Hugging Face repo id and, when known, the
+    commit its files were taken at."""
+
+    hf_repo: str
+    revision: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"hf_repo": self.hf_repo}
+        if self.revision is not None:
+            out["revision"] = self.revision
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """The spec's model card (format v2, section 11.2): what an SBOM says of the model."""
+
+    license: str | None = None
+    task: str | None = None
+    architecture: str | None = None
+    base_model: str | None = None
+    description: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k in CARD_FIELDS if (v := getattr(self, k)) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """What a model's include/exclude selection left out of its source (format v2, section 11.2)."""
+
+    files: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"files": self.files, "bytes": self.bytes}
 
 
 @dataclass(frozen=True)
@@ -108,6 +176,9 @@ class Component:
     kind: str
     name: str
     files: Sequence[FileEntry]  # a FileTable: given any sequence of FileEntry, the constructor makes one
+    origin: Origin | None = None  # format v2, models only (section 11.2)
+    card: ModelCard | None = None
+    left_out: LeftOut | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.files, FileTable):
@@ -116,6 +187,14 @@ class Component:
     @property
     def size(self) -> int:
         return _table(self).total_size()
+
+    def extras(self) -> dict[str, object]:
+        """The component's optional v2 members, as they are written."""
+        out: dict[str, object] = {}
+        for key, value in (("origin", self.origin), ("card", self.card), ("left_out", self.left_out)):
+            if value is not None:
+                out[key] = value.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,7 +208,8 @@ class Manifest:
     chunks: Sequence[Chunk]  # a ChunkTable: given any sequence of Chunk, the constructor makes one
     components: tuple[Component, ...]
     expires: str | None = None
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    base: BaseRef | None = None  # format v2: the version a delta takes its unchanged files from
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunks, ChunkTable):
@@ -139,9 +219,29 @@ class Manifest:
     # -- views -------------------------------------------------------------------------------
 
     def files(self) -> Iterator[FileEntry]:
-        """Every file, in payload order."""
+        """Every file of the version, in manifest order (payload order for those in the payload)."""
         for component in self.components:
             yield from component.files
+
+    def payload_files(self) -> Iterator[FileEntry]:
+        """The files whose bytes are in the payload, in payload order: all of them but a delta's
+        files taken from its base (section 11.1)."""
+        for component in self.components:
+            table = _table(component)
+            if table.from_base_count():
+                yield from (f for f in table if not f.from_base)
+            else:
+                yield from table
+
+    def base_files(self) -> Iterator[FileEntry]:
+        """A delta's files taken from its base (section 11.1); none for a full bundle."""
+        for component in self.components:
+            if _table(component).from_base_count():
+                yield from (f for f in component.files if f.from_base)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.base is not None
 
     def chunk(self, name: str) -> Chunk | None:
         """The chunk named ``name`` (its name gives its index: chunk_name), or None."""
@@ -161,7 +261,7 @@ class Manifest:
         return self._scalars() | {
             "chunks": [_chunk_dict(c) for c in self.chunks],
             "components": [{"kind": comp.kind, "name": comp.name, "files": [_file_dict(f) for f in comp.files]}
-                           for comp in self.components],
+                           | comp.extras() for comp in self.components],
         }
 
     def _scalars(self) -> dict[str, Any]:
@@ -177,6 +277,8 @@ class Manifest:
         }
         if self.expires is not None:
             out["expires"] = self.expires
+        if self.base is not None:
+            out["base"] = self.base.to_dict()
         return out
 
     def to_bytes(self) -> bytes:
@@ -235,16 +337,22 @@ class Manifest:
         every check in the order of docs/format.md, "Rules a verifier enforces"."""
         top = _obj(raw, "manifest", required={"format", "format_version", "bundle", "created",
                                               "hash_algorithm", "chunk_size", "payload_size", "chunks",
-                                              "components"}, optional={"expires"})
+                                              "components"}, optional={"expires", "base"})
         if top["format"] != FORMAT_NAME:
             raise UnsafeContentError(f"manifest format {top['format']!r} is not {FORMAT_NAME!r}", subject="format")
         version = _int(top["format_version"], "format_version")
-        if version != FORMAT_VERSION:
+        if version not in FORMAT_VERSIONS:
+            # Worded for the admin of a site whose gapship is older than the bundle (section 9).
             raise UnsafeContentError(
-                f"manifest format_version {version} is not supported (this gapship reads {FORMAT_VERSION})",
-                subject="format_version",
+                f"manifest format v{version}: upgrade gapship (this gapship reads formats "
+                f"{', '.join(map(str, FORMAT_VERSIONS))})", subject="format_version",
             )
         bundle = _obj(top["bundle"], "bundle", required={"name", "version"})
+        base = None
+        if "base" in top:
+            raw_base = _obj(top["base"], "base", required={"name", "version", "manifest_digest"})
+            base = BaseRef(_str(raw_base["name"], "base.name"), _str(raw_base["version"], "base.version"),
+                           _str(raw_base["manifest_digest"], "base.manifest_digest"))
         chunks = _streamed(top["chunks"], "chunks", MAX_CHUNKS, _ChunkSink)
         comps = _streamed(top["components"], "components", MAX_COMPONENTS, _ComponentSink)
         return cls(
@@ -258,6 +366,7 @@ class Manifest:
             chunks=chunks.result(),
             components=comps.result(),
             format_version=version,
+            base=base,
         )
 
 
@@ -278,7 +387,8 @@ def _chunk_dict(c: Chunk) -> dict[str, object]:
 
 
 def _file_dict(f: FileEntry) -> dict[str, object]:
-    return {"path": f.path, "size": f.size, "mode": f.mode, "hash": f.hash, "offset": f.offset}
+    where: dict[str, object] = {"source": FROM_BASE} if f.from_base else {"offset": f.offset}
+    return {"path": f.path, "size": f.size, "mode": f.mode, "hash": f.hash} | where
 
 
 class _Differs(Exception):
@@ -346,8 +456,12 @@ def _write_files(write: Write, files: Sequence[FileEntry]) -> None:
     """A component's file list, written from its columns in key order (hash, mode, offset, path, size)."""
     table = files if isinstance(files, FileTable) else FileTable.of(files)
     hashes, paths, sizes, modes, offsets = table._hashes, table._paths, table._sizes, table._modes, table._offsets
+    base = table._base
 
     def entry(i: int) -> bytes:
+        if i in base:  # keys in order: hash, mode, path, size, source (section 11.1)
+            return b'{"hash":%s,"mode":%d,"path":%s,"size":%d,"source":"base"}' % (
+                _json_string(hashes[i]), modes[i], _json_string(paths[i]), sizes[i])
         return b'{"hash":%s,"mode":%d,"offset":%d,"path":%s,"size":%d}' % (
             _json_string(hashes[i]), modes[i], offsets[i], _json_string(paths[i]), sizes[i])
 
@@ -358,7 +472,7 @@ def _write_components(write: Write, components: Sequence[Component]) -> None:
     write(b"[")
     for i, comp in enumerate(components):
         write(b"," if i else b"")
-        _write_object(write, {"kind": comp.kind, "name": comp.name, "files": None},
+        _write_object(write, {"kind": comp.kind, "name": comp.name, "files": None} | comp.extras(),
                       {"files": partial(_write_files, write, comp.files)})
     write(b"]")
 
@@ -512,7 +626,7 @@ class ChunkTable(_Rows[Chunk]):
 class FileTable(_Rows[FileEntry]):
     """One component's files: paths as strings, sizes, modes and offsets in arrays, digests as bytes."""
 
-    __slots__ = ("_paths", "_sizes", "_modes", "_offsets", "_hashes")
+    __slots__ = ("_paths", "_sizes", "_modes", "_offsets", "_hashes", "_base")
 
     def __init__(self) -> None:
         self._paths: list[str] = []
@@ -520,20 +634,27 @@ class FileTable(_Rows[FileEntry]):
         self._modes = array("Q")
         self._offsets = array("Q")
         self._hashes = _Hashes()
+        self._base: set[int] = set()  # indices of the files taken from a delta's base (section 11.1)
 
     @classmethod
     def of(cls, files: Iterable[FileEntry]) -> FileTable:
         table = cls()
         for f in files:
-            table.append(f.path, f.size, f.mode, f.hash, f.offset)
+            table.append(f.path, f.size, f.mode, f.hash, f.offset, from_base=f.from_base)
         return table
 
-    def append(self, path: str, size: int, mode: int, hash: str, offset: int) -> None:
+    def append(self, path: str, size: int, mode: int, hash: str, offset: int, *, from_base: bool = False) -> None:
+        if from_base:
+            self._base.add(len(self._paths))
+            offset = 0
         self._paths.append(path)
         self._sizes.append(size)
         self._modes.append(mode)
         self._offsets.append(offset)
         self._hashes.append(hash)
+
+    def from_base_count(self) -> int:
+        return len(self._base)
 
     def paths(self) -> Sequence[str]:
         return self._paths
@@ -545,17 +666,19 @@ class FileTable(_Rows[FileEntry]):
         return len(self._paths)
 
     def _row(self, i: int) -> FileEntry:
-        return FileEntry(self._paths[i], self._sizes[i], self._modes[i], self._hashes[i], self._offsets[i])
+        return FileEntry(self._paths[i], self._sizes[i], self._modes[i], self._hashes[i], self._offsets[i],
+                         i in self._base)
 
     def __iter__(self) -> Iterator[FileEntry]:
-        hashes = self._hashes
+        hashes, base = self._hashes, self._base
         for i, (path, size, mode, offset) in enumerate(zip(self._paths, self._sizes, self._modes, self._offsets)):
-            yield FileEntry(path, size, mode, hashes[i], offset)
+            yield FileEntry(path, size, mode, hashes[i], offset, i in base)
 
     def _same_columns(self, other: object) -> bool | None:
         if isinstance(other, FileTable):
             return (self._paths == other._paths and self._sizes == other._sizes and self._modes == other._modes
-                    and self._offsets == other._offsets and self._hashes.same(other._hashes))
+                    and self._offsets == other._offsets and self._base == other._base
+                    and self._hashes.same(other._hashes))
         return None
 
     def __repr__(self) -> str:
@@ -644,7 +767,8 @@ class _FileSink:
         if self.error is not None or j >= self.cap:
             return
         try:
-            self.table.append(*_file(raw, f"components[{self.index}].files[{j}]"))
+            path, size, mode, hash, offset, from_base = _file(raw, f"components[{self.index}].files[{j}]")
+            self.table.append(path, size, mode, hash, offset, from_base=from_base)
         except UnsafeContentError as e:
             self.error = e
 
@@ -662,11 +786,12 @@ class _ComponentSink:
             return
         where = f"components[{k}]"
         try:
-            obj = _obj(raw, where, required={"kind", "name", "files"})
+            obj = _obj(raw, where, required={"kind", "name", "files"}, optional={"origin", "card", "left_out"})
             files = _streamed(obj["files"], f"{where}.files", MAX_FILES - self.total, _FileSink)
             if files.error is not None:
                 raise files.error
-            component = Component(_str(obj["kind"], f"{where}.kind"), _str(obj["name"], f"{where}.name"), files.table)
+            component = Component(_str(obj["kind"], f"{where}.kind"), _str(obj["name"], f"{where}.name"), files.table,
+                                  **_component_extras(obj, where))
         except UnsafeContentError as e:
             self.error = e
             return
@@ -771,14 +896,43 @@ def _chunk(raw: object, i: int) -> tuple[str, int, str]:
     return _str(obj["name"], f"{where}.name"), _int(obj["size"], f"{where}.size"), _str(obj["hash"], f"{where}.hash")
 
 
-_FILE_KEYS = frozenset({"path", "size", "mode", "hash", "offset"})
+_FILE_KEYS = frozenset({"path", "size", "mode", "hash"})
+_FILE_PLACES = frozenset({"offset", "source"})  # exactly one: in the payload, or from the base (11.1)
 
 
-def _file(raw: object, where: str) -> tuple[str, int, int, str, int]:
-    """A file entry's path, size, mode, hash and offset, each checked for its type."""
-    obj = _obj(raw, where, required=_FILE_KEYS)
+def _file(raw: object, where: str) -> tuple[str, int, int, str, int, bool]:
+    """A file entry's path, size, mode, hash, offset and whether it comes from the base, each checked
+    for its type."""
+    obj = _obj(raw, where, required=_FILE_KEYS, optional=_FILE_PLACES)
+    places = _FILE_PLACES & obj.keys()
+    if len(places) != 1:
+        detail = "has both offset and source" if places else "lacks offset (or, taken from a delta's base, source)"
+        raise UnsafeContentError(f"manifest field {where} {detail}", subject=where)
+    if "source" in obj:
+        if _str(obj["source"], where, ".source") != FROM_BASE:
+            raise UnsafeContentError(f"manifest field {where}.source must be {FROM_BASE!r}", subject=where)
+        offset, from_base = 0, True
+    else:
+        offset, from_base = _int(obj["offset"], where, ".offset"), False
     return (_str(obj["path"], where, ".path"), _int(obj["size"], where, ".size"), _int(obj["mode"], where, ".mode"),
-            _str(obj["hash"], where, ".hash"), _int(obj["offset"], where, ".offset"))
+            _str(obj["hash"], where, ".hash"), offset, from_base)
+
+
+def _component_extras(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A component's optional v2 members (section 11.2), each checked for its keys and types."""
+    out: dict[str, Any] = {}
+    if "origin" in obj:
+        origin = _obj(obj["origin"], f"{where}.origin", required={"hf_repo"}, optional={"revision"})
+        out["origin"] = Origin(_str(origin["hf_repo"], f"{where}.origin.hf_repo"),
+                               _str(origin["revision"], f"{where}.origin.revision") if "revision" in origin else None)
+    if "card" in obj:
+        card = _obj(obj["card"], f"{where}.card", required=frozenset(), optional=set(CARD_FIELDS))
+        out["card"] = ModelCard(**{k: _str(v, f"{where}.card.{k}") for k, v in card.items()})
+    if "left_out" in obj:
+        left = _obj(obj["left_out"], f"{where}.left_out", required={"files", "bytes"})
+        out["left_out"] = LeftOut(_int(left["files"], f"{where}.left_out.files"),
+                                  _int(left["bytes"], f"{where}.left_out.bytes"))
+    return out
 
 
 # -- structural rules (docs/format.md, "Rules a verifier enforces") ------------------------------
@@ -798,8 +952,64 @@ def _validate(m: Manifest) -> None:
         raise UnsafeContentError(
             f"chunk_size {m.chunk_size} is outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}", subject="chunk_size"
         )
+    if m.format_version not in FORMAT_VERSIONS:
+        raise UnsafeContentError(f"manifest format v{m.format_version}: upgrade gapship", subject="format_version")
+    _validate_v2(m)
     _validate_chunks(m)
     _validate_files(m)
+
+
+def needed_format_version(*, base: BaseRef | None, components: Sequence[Component]) -> int:
+    """The lowest format that can say this: 2 when anything of section 11 is used, else 1, so that a
+    bundle that needs nothing new still installs at a site whose gapship reads only v1 (section 9)."""
+    return 2 if _v2_feature(base, components) else 1
+
+
+def _v2_feature(base: BaseRef | None, components: Sequence[Component]) -> str | None:
+    """The first thing in the manifest that only format v2 has, named as a field, or None."""
+    if base is not None:
+        return "base"
+    for k, comp in enumerate(components):
+        if comp.kind == "sbom":
+            return f"components[{k}].kind sbom"
+        for key in comp.extras():
+            return f"components[{k}].{key}"
+        if _table(comp).from_base_count():
+            return f"components[{k}].files[].source"
+    return None
+
+
+def _validate_v2(m: Manifest) -> None:
+    """Section 11: what only v2 may hold, and the rules of its members."""
+    feature = _v2_feature(m.base, m.components)
+    if feature is not None and m.format_version < 2:
+        raise UnsafeContentError(f"manifest field {feature} needs format_version 2", subject=feature)
+    if m.base is not None:
+        check_name(m.base.name, "base name")
+        check_version(m.base.version)
+        match = DIGEST_RE.fullmatch(m.base.manifest_digest)
+        if not match or len(match.group(2)) != digest_hex_length(match.group(1)):
+            raise UnsafeContentError(
+                f"manifest field base.manifest_digest {m.base.manifest_digest!r} is not <sha256|sha384|sha512>:<hex>",
+                subject="base.manifest_digest")
+    for comp in m.components:
+        where = f"component {comp.kind}/{comp.name}"
+        if (comp.origin or comp.card or comp.left_out) and comp.kind != "model":
+            raise UnsafeContentError(f"{where}: only a model has an origin, a card or left_out", subject=where)
+        if comp.origin is not None:
+            if not HF_REPO_RE.fullmatch(comp.origin.hf_repo) or ".." in comp.origin.hf_repo:
+                raise UnsafeContentError(f"{where}: origin.hf_repo {comp.origin.hf_repo!r} is not an org/name repo id",
+                                         subject=where)
+            if comp.origin.revision is not None and not COMMIT_RE.fullmatch(comp.origin.revision):
+                raise UnsafeContentError(f"{where}: origin.revision {comp.origin.revision!r} is not a 40-hex commit",
+                                         subject=where)
+        if comp.card is not None:
+            for key, text in comp.card.to_dict().items():
+                assert isinstance(text, str)
+                if len(text) > MAX_CARD_TEXT:
+                    raise UnsafeContentError(f"{where}: card.{key} is over {MAX_CARD_TEXT} characters", subject=where)
+        if _table(comp).from_base_count() and m.base is None:
+            raise UnsafeContentError(f"{where} takes files from a base, but the manifest names no base", subject=where)
 
 
 def _check_hash(value: str, algorithm: str, where: str) -> None:
@@ -854,6 +1064,7 @@ def _validate_files(m: Manifest) -> None:
         root = _component_root(comp)
         table = _table(comp)  # the columns, read in place rather than as a FileEntry each
         hashes = table._hashes
+        base = table._base
         for i, (path, size, mode, offset) in enumerate(zip(table._paths, table._sizes, table._modes, table._offsets)):
             count += 1
             if count > MAX_FILES:
@@ -865,6 +1076,11 @@ def _validate_files(m: Manifest) -> None:
                 raise UnsafeContentError(f"file {path!r} has mode {mode:o}; only 644 and 755 are allowed", subject=path)
             if hashes.width * 2 != hex_length or i in hashes.odd:
                 _check_hash(hashes[i], m.hash_algorithm, f"file {path!r}")
+            if i in base:  # not in the payload: no place in it to check (section 11.1)
+                if path == POLICY_PATH:
+                    raise UnsafeContentError(f"{POLICY_PATH} must be in the payload, not taken from the base",
+                                             subject=path)
+                continue
             header = offset - cursor
             if offset % BLOCK or not BLOCK <= header <= MAX_HEADER_REGION:
                 raise UnsafeContentError(
@@ -882,6 +1098,7 @@ def _validate_files(m: Manifest) -> None:
         )
     check_no_collisions(path for comp in m.components for path in _table(comp).paths())
     _check_safeguards(m)
+    _check_sbom(m)
 
 
 def _check_safeguards(m: Manifest) -> None:
@@ -899,3 +1116,10 @@ def _component_root(comp: Component) -> str:
     if comp.kind == "model":
         return f"models/{comp.name}/"
     return f"{comp.kind}/"
+
+
+def _check_sbom(m: Manifest) -> None:
+    """At most one sbom component, named ``sbom`` (section 11.3)."""
+    sboms = [c for c in m.components if c.kind == "sbom"]
+    if len(sboms) > 1 or any(c.name != "sbom" for c in sboms):
+        raise UnsafeContentError("manifest may carry at most one sbom component, named 'sbom'", subject="components")

@@ -116,7 +116,7 @@ _DELETE = object()
 RULES = [
     # (where, new value, subject named, words)
     ("format", "zip", "format", "is not 'gapship-bundle'"),
-    ("format_version", 2, "format_version", "format_version 2 is not supported"),
+    ("format_version", 3, "format_version", "format v3: upgrade gapship"),
     ("created", _DELETE, "manifest", "lacks created"),
     ("surprise", 1, "manifest", "has unknown 'surprise'"),
     ("bundle.name", "Demo", "bundle name", "'Demo' must match"),
