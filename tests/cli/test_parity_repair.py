@@ -275,11 +275,12 @@ def test_rejects_parity_of_a_damaged_bundle(pristine: tuple[Path, Path, Path], t
 
 @pytest.mark.slow
 def test_sigkill_during_repair_then_rerun_finishes(tmp_path: Path, pristine: tuple[Path, Path, Path]) -> None:
-    spec = write_spec(tmp_path / "src", {"weights.bin": noise(48 * 256 * 1024, seed=9)})
+    spec = write_spec(tmp_path / "src", {"weights.bin": noise(64 * 1024 * 1024, seed=9)})
     base = tmp_path / "big"
-    build(load_spec(spec), out=base, key=SigningKey.load(pristine[2]), chunk_size=256 * 1024, parity=Fraction(1, 4))
+    build(load_spec(spec), out=base, key=SigningKey.load(pristine[2]), chunk_size=1024 * 1024, parity=Fraction(1, 4))
     good = {name: (base / "chunks" / name).read_bytes() for name in os.listdir(base / "chunks")}
-    for delay in (0.15, 0.3, 0.5, 0.8):
+    interrupted = 0
+    for delay in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         bundle = Path(shutil.copytree(base, tmp_path / f"b{delay}"))
         lost = sorted(good)[10:22]  # 12 consecutive chunks
         for name in lost:
@@ -291,6 +292,28 @@ def test_sigkill_during_repair_then_rerun_finishes(tmp_path: Path, pristine: tup
         proc.wait()
         for name in os.listdir(bundle / "chunks"):  # never a partial chunk under its real name
             assert (bundle / "chunks" / name).read_bytes() == good[name]
+        interrupted += (bundle / ".gapship-repair").exists()
         assert run("repair", bundle, "--trust", pristine[1]).exit_code == 0
         assert not (bundle / ".gapship-repair").exists()
         assert {n: (bundle / "chunks" / n).read_bytes() for n in os.listdir(bundle / "chunks")} == good
+    assert interrupted, "no kill landed while the repair was writing: the test did not test anything"
+
+
+def _without_zfec(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process where zfec cannot be imported (an aarch64 site without the extra)."""
+    code = ("import sys; sys.modules['zfec'] = None; from gapship.bundler.cli.main import cli; "
+            "cli(prog_name='gapship')")
+    return subprocess.run([str(Path(os.sys.executable)), "-c", code, *map(str, args)], capture_output=True, text=True)
+
+
+def test_without_zfec_verify_works_and_repair_names_the_extra(bundle: Path, trust: Path, tmp_path: Path,
+                                                               pristine: tuple[Path, Path, Path]) -> None:
+    assert _without_zfec("verify", bundle, "--trust", trust).returncode == 0
+    data(bundle, 0).unlink()
+    assert _without_zfec("verify", bundle, "--trust", trust).returncode == 3
+    result = _without_zfec("repair", bundle, "--trust", trust)
+    assert result.returncode == 7 and "install gapship[parity]" in result.stderr
+    assert not data(bundle, 0).exists() and not (bundle / ".gapship-repair").exists()
+    spec = write_spec(tmp_path / "src", {"w.bin": b"x" * 100})
+    built = _without_zfec("build", spec, "--out", tmp_path / "out", "--key", pristine[2], "--parity", "10%")
+    assert built.returncode == 7 and "gapship[parity]" in built.stderr and not (tmp_path / "out").exists()
