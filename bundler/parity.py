@@ -13,13 +13,14 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil
 from pathlib import Path
 
 from ..installer.bundle.fec import MAX_BLOCKS, codec
+from ..installer.bundle.verify import bounded_map
 from ..installer.bundle.files import CHUNKS, MANIFEST, SIGNATURES, chunk_path, open_nofollow, read_capped
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.crypto.keys import signature_file_name
@@ -112,11 +113,10 @@ def write_parity(bundle: Path, out: Path, manifest: Manifest, manifest_bytes: by
         raise UsageError(f"{groups * m} parity chunks would be over the cap of {MAX_PARITY_CHUNKS}; lower "
                          f"--parity or raise --chunk-size", subject="--parity")
     ks = group_sizes(n, groups)
-    workers = max(1, min(groups, os.cpu_count() or 1, 4))
+    workers = max(1, min(os.cpu_count() or 1, 4))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gapship-parity") as pool:
-        hashes = list(pool.map(lambda g: _encode_group(bundle, out, manifest, g, groups, ks[g], m, check=check,
-                                                        stripe=_stripe(manifest.chunk_size, ks[g], workers),
-                                                        progress=progress), range(groups)))
+        hashes = [_encode_group(bundle, out, manifest, g, groups, ks[g], m, check=check, pool=pool,
+                                window=workers + 1, progress=progress) for g in range(groups)]
     parity, first = [], 0
     for g, group_hashes in enumerate(hashes):
         parity += [ParityChunk(name=parity_name(first + j), group=g, index=j, size=manifest.chunk_size, hash=h)
@@ -161,18 +161,21 @@ def sign_parity(bundle: Path, key: SigningKey, *, manifest_bytes: bytes, algorit
     return True
 
 
-def _stripe(chunk_size: int, k: int, workers: int) -> int:
-    return max(4096, min(chunk_size, STRIPE_BUDGET // workers // k))
+def _stripe(chunk_size: int, k: int, window: int) -> int:
+    """Bytes per block per stripe: ``window`` stripes of ``k`` blocks in memory at once, together at
+    most :data:`STRIPE_BUDGET` (32 MiB / k for one stripe at a time)."""
+    return max(4096, min(chunk_size, STRIPE_BUDGET // window // k))
 
 
 def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, groups: int, k: int, m: int, *,
-                  check: bool, stripe: int, progress: Progress) -> list[str]:
-    """Write group ``group``'s m parity chunks (out/<tmp names>, renamed by the caller's order) and
-    return their hashes. Data chunk i is block i // groups of group i mod groups."""
+                  check: bool, pool: Executor, window: int, progress: Progress) -> list[str]:
+    """Write group ``group``'s m parity chunks and return their hashes. Data chunk i is block
+    i // groups of group i mod groups. Stripes are read and encoded on the pool's threads (pread and
+    zfec release the GIL), at most ``window`` at a time, and written and hashed here, in order."""
     members = range(group, len(manifest.chunks), groups)
     code = codec(k, m, what="computing parity")
-    first = group * m  # every group has the same m
-    names = [out / parity_name(first + j) for j in range(m)]
+    stripe = _stripe(manifest.chunk_size, k, window)
+    names = [out / parity_name(group * m + j) for j in range(m)]  # every group has the same m
     fds: list[int] = []
     outs = []
     try:
@@ -180,18 +183,21 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
         outs += [open(p, "xb") for p in names]
         out_hashes = [new_hasher(manifest.hash_algorithm) for _ in range(m)]
         in_hashes = [new_hasher(manifest.hash_algorithm) for _ in members] if check else []
-        for offset in range(0, manifest.chunk_size, stripe):
+
+        def one(offset: int) -> tuple[list[bytes], list[bytes]]:
             length = min(stripe, manifest.chunk_size - offset)
-            blocks = []
-            for b, fd in enumerate(fds):
-                piece = os.pread(fd, length, offset)
+            pieces = [os.pread(fd, length, offset) for fd in fds]
+            blocks = [p + bytes(length - len(p)) if len(p) < length else p for p in pieces]
+            return pieces, code.encode(blocks)
+
+        for pieces, parity in bounded_map(pool, one, range(0, manifest.chunk_size, stripe), window=window):
+            for b, piece in enumerate(pieces):
                 if check:
                     in_hashes[b].update(piece)
                 progress(len(piece))
-                blocks.append(piece + bytes(length - len(piece)) if len(piece) < length else piece)
-            for j, parity in enumerate(code.encode(blocks)):
-                outs[j].write(parity)
-                out_hashes[j].update(parity)
+            for j, block in enumerate(parity):
+                outs[j].write(block)
+                out_hashes[j].update(block)
         if check:
             _check_read(bundle, manifest, members, in_hashes, fds)
         for f in outs:

@@ -1,10 +1,11 @@
 """``gapship repair``: rebuild lost or damaged chunks from the parity (docs/format.md, section 12;
 docs/cli.md, ``repair``).
 
-One pass finds every bad chunk (:func:`.verify.scan_chunks`, data and parity); each group that lost
-no more than its m chunks is decoded from k of its good chunks, a stripe at a time (zfec, through
-:mod:`.fec`), and every chunk it lost, data or parity, is rebuilt into a temporary file outside
-``chunks/`` and ``parity/`` while it is hashed. Only when EVERY rebuilt chunk matches its hash in
+One pass over each group reads every chunk once, a stripe at a time: each is hashed (the check
+``verify`` makes) and, when the group lost no more than its m chunks, k of them are decoded at the
+same time (zfec, through :mod:`.fec`), so that every chunk it lost, data or parity, is rebuilt into a
+temporary file outside ``chunks/`` and ``parity/`` while it is hashed. A chunk that turns out damaged
+(not missing) sends its group through once more without it. Only when EVERY rebuilt chunk matches its hash in
 the signed manifest (data) or the signed layout (parity) are they fsynced and renamed under their
 real names, each by one rename: a wrong rebuild writes nothing, a good chunk is never rewritten, and a
 run killed at any point leaves at most a temporary file, which the next run removes first. An
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,8 @@ from ..host.fs import remove_tree
 from ..trust import VerifiedManifest, VerifiedParity
 from .fec import codec
 from .files import CHUNKS, MANIFEST, ROOTS, SIGNATURES, chunk_path, open_nofollow
-from .parity import DATA, Damage, GroupDamage, damage, parity_path, unrepairable_lines
-from .verify import ChunkProblem, scan_chunks
+from .parity import DATA, PARITY_KIND, Damage, GroupDamage, damage, parity_path, unrepairable_lines
+from .verify import DAMAGED, MISSING, NOT_REGULAR, OVERSIZED, TRUNCATED, ChunkProblem, bounded_map, chunk_name_problems
 
 WORK = ".gapship-repair"  # temporary files of a repair in place, beside chunks/ (never inside it)
 AUTHORIZATIONS = "authorizations"
@@ -94,9 +96,12 @@ def repair(bundle: Path, verified: VerifiedManifest, parity: VerifiedParity, *, 
     with _locked(bundle):
         work = _work_dir(bundle if out is None else out.parent, fresh=out is None, name=out.name if out else "")
         try:
-            problems = scan_chunks(bundle, verified, parity=parity, progress=progress)
+            names = chunk_name_problems(bundle, verified.manifest, parity.layout)
+            workers = max(1, min(os.cpu_count() or 1, 4))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gapship-repair") as pool:
+                problems, rebuilt = _repair_pass(bundle, work, verified, parity, names, pool=pool, window=workers + 1,
+                                                 progress=progress)
             found = damage(problems, parity.layout)
-            rebuilt = _rebuild(bundle, work, verified, parity, found, progress=progress)
             if out is None:
                 _move_into_place(bundle, rebuilt)
             elif found.repairable:
@@ -153,75 +158,155 @@ def _work_dir(parent: Path, *, fresh: bool, name: str) -> Path:
         raise HostError(f"cannot write into {parent}: {e.strerror}", subject=str(parent)) from None
 
 
-def _stripe(chunk_size: int, k: int) -> int:
-    return max(4096, min(chunk_size, STRIPE_BUDGET // k))
+def _stripe(chunk_size: int, k: int, window: int) -> int:
+    return max(4096, min(chunk_size, STRIPE_BUDGET // window // k))
 
 
-def _rebuild(bundle: Path, work: Path, verified: VerifiedManifest, parity: VerifiedParity, found: Damage, *,
-             progress: Progress) -> dict[str, Path]:
-    """Each repairable group's lost chunks into ``work``, each checked against its signed hash.
-    Returns {"chunks/00003.bin": temporary path}. A mismatch raises before anything is renamed."""
-    rebuilt: dict[str, Path] = {}
-    for g in found.groups:
-        if g.repairable:
-            rebuilt.update(_rebuild_group(bundle, work, verified, parity, g, progress=progress))
-    return rebuilt
+@dataclass
+class _Block:
+    """One block of a group's code: a data chunk (``index`` in the manifest) or a parity chunk
+    (``index`` in the layout), where it is, and what the signed documents say it is."""
+
+    number: int  # block number in the group's code: 0..k-1 data, k.. parity
+    kind: str
+    index: int
+    subject: str  # "chunks/00003.bin"
+    path: Path
+    size: int
+    hash: str
 
 
-def _rebuild_group(bundle: Path, work: Path, verified: VerifiedManifest, parity: VerifiedParity, g: GroupDamage, *,
-                   progress: Progress) -> dict[str, Path]:
+def _blocks(bundle: Path, verified: VerifiedManifest, parity: VerifiedParity, group: int) -> list[_Block]:
     m, layout = verified.manifest, parity.layout
-    members = layout.members(g.group)
-    rows = layout.parity_of(g.group)
-    lost_data = {members.index(i) for i in g.data}
-    lost_rows = {rows.index(layout.parity[j]) for j in g.parity}
-    # k good blocks: data blocks first (their rows of the matrix are the identity), then parity.
-    good = [(b, chunk_path(bundle, m.chunks[i].name)) for b, i in enumerate(members) if b not in lost_data]
-    good += [(g.k + r, parity_path(bundle, p.name)) for r, p in enumerate(rows) if r not in lost_rows]
-    good = good[:g.k]
-    code = codec(g.k, g.m, what="gapship repair")
-    targets: list[tuple[str, int, str, int | None, int | None]] = [(f"{CHUNKS}/{m.chunks[members[b]].name}", m.chunks[members[b]].size, m.chunks[members[b]].hash, b, None)
-               for b in sorted(lost_data)]
-    targets += [(f"{PARITY}/{rows[r].name}", rows[r].size, rows[r].hash, None, r) for r in sorted(lost_rows)]
-    stripe = _stripe(m.chunk_size, g.k)
-    fds: list[int] = []
+    out = [_Block(b, DATA, i, f"{CHUNKS}/{m.chunks[i].name}", chunk_path(bundle, m.chunks[i].name), m.chunks[i].size,
+                  m.chunks[i].hash) for b, i in enumerate(layout.members(group))]
+    first = sum(g.m for g in layout.groups[:group])
+    k = layout.groups[group].k
+    out += [_Block(k + r, PARITY_KIND, first + r, f"{PARITY}/{p.name}", parity_path(bundle, p.name), p.size, p.hash)
+            for r, p in enumerate(layout.parity_of(group))]
+    return out
+
+
+def _repair_pass(bundle: Path, work: Path, verified: VerifiedManifest, parity: VerifiedParity,
+                 names: list[ChunkProblem], *, pool: Executor, window: int,
+                 progress: Progress) -> tuple[list[ChunkProblem], dict[str, Path]]:
+    """Every group once: its chunks read a stripe at a time, each hashed (the check ``verify``
+    makes) and, when the group lost any, decoded at the same time, so that each surviving chunk is
+    read once. A chunk found bad in the pass makes the group go again without it, when its parity
+    still allows (rare: it means a damaged, not a missing, chunk). Returns every problem (those of
+    ``names`` first) and the rebuilt chunks, each already checked against its signed hash."""
+    missing = {(p.kind, p.index) for p in names if p.problem == MISSING}
+    problems, rebuilt = list(names), {}
+    for group, spec in enumerate(parity.layout.groups):
+        blocks = _blocks(bundle, verified, parity, group)
+        lost = {b.number for b in blocks if (b.kind, b.index) in missing}
+        while True:
+            bad, temps = _group_pass(work, verified, parity, blocks, lost, spec.k, spec.m, pool=pool, window=window,
+                                     progress=progress)
+            new = [p for p in bad if p.index is not None and _number(blocks, p) not in lost]
+            if not new:
+                break
+            lost |= {_number(blocks, p) for p in new}
+            problems += new
+        rebuilt.update(temps)
+    return problems, rebuilt
+
+
+def _number(blocks: list[_Block], p: ChunkProblem) -> int:
+    return next(b.number for b in blocks if (b.kind, b.index) == (p.kind, p.index))
+
+
+def _group_pass(work: Path, verified: VerifiedManifest, parity: VerifiedParity, blocks: list[_Block], lost: set[int],
+                k: int, m: int, *, pool: Executor, window: int, progress: Progress) -> tuple[list[ChunkProblem], dict[str, Path]]:
+    """One pass over a group: the problems of its present chunks, and (when it lost at most m) its lost
+    chunks rebuilt into ``work``. A rebuilt chunk that does not match its signed hash raises."""
+    algorithm = verified.manifest.hash_algorithm
+    chunk_size = verified.manifest.chunk_size
+    group = parity.layout.group_of(blocks[0].index)
+    present = [b for b in blocks if b.number not in lost]
+    targets = [b for b in blocks if b.number in lost] if len(lost) <= m else []
+    use = present[:k] if targets else []
+    problems: list[ChunkProblem] = []
+    fds: dict[int, int] = {}
     outs: list[BinaryIO] = []
-    temps = [work / name.replace("/", "-") for name, *_ in targets]
+    temps = [work / t.subject.replace("/", "-") for t in targets]
+    done = False
     try:
-        fds += [open_nofollow(path) for _, path in good]
+        for b in present:
+            try:
+                fds[b.number] = open_nofollow(b.path)
+            except IntegrityError as e:  # a symlink, a folder, a FIFO...
+                problems.append(ChunkProblem(b.subject, NOT_REGULAR, index=b.index, expected_size=b.size,
+                                             expected_hash=b.hash, detail=e.message, kind=b.kind, group=group))
+        if problems:
+            return problems, {}
         outs += [open(t, "xb") for t in temps]
-        hashers = [new_hasher(m.hash_algorithm) for _ in targets]
-        numbers = [b for b, _ in good]
-        for offset in range(0, m.chunk_size, stripe):
-            length = min(stripe, m.chunk_size - offset)
-            blocks = []
-            for fd in fds:
-                piece = os.pread(fd, length, offset)
+        code = codec(k, m, what="gapship repair") if targets else None
+        hashers = {b.number: new_hasher(algorithm) for b in present}
+        seen = dict.fromkeys(hashers, 0)
+        out_hashers = [new_hasher(algorithm) for _ in targets]
+        stripe = _stripe(chunk_size, k, window)
+
+        def one(offset: int) -> tuple[dict[int, bytes], list[bytes]]:
+            length = min(stripe, chunk_size - offset)
+            pieces = {b.number: os.pread(fds[b.number], max(0, min(length, b.size - offset)), offset) for b in present}
+            if code is None:
+                return pieces, []
+            data = code.decode([pieces[b.number].ljust(length, b"\0") for b in use], [b.number for b in use])
+            rows = code.encode(data) if any(t.kind == PARITY_KIND for t in targets) else []
+            return pieces, [data[t.number] if t.number < k else rows[t.number - k] for t in targets]
+
+        for offset, (pieces, rebuilt) in zip(range(0, chunk_size, stripe),
+                                             bounded_map(pool, one, range(0, chunk_size, stripe), window=window)):
+            for number, piece in pieces.items():
+                hashers[number].update(piece)
+                seen[number] += len(piece)
                 progress(len(piece))
-                blocks.append(piece + bytes(length - len(piece)) if len(piece) < length else piece)
-            data = code.decode(blocks, numbers)
-            parity_rows = code.encode(data) if lost_rows else []
-            for (name, size, _, b, r), f, h in zip(targets, outs, hashers):
-                piece = data[b] if b is not None else parity_rows[r or 0]
-                keep = piece[:max(0, min(length, size - offset))]
+            for t, f, h, piece in zip(targets, outs, out_hashers, rebuilt):
+                keep = piece[:max(0, min(len(piece), t.size - offset))]
                 f.write(keep)
                 h.update(keep)
-        for (name, size, expected, b, _), f, h in zip(targets, outs, hashers):
-            if h.hexdigest() != expected:
-                where = "manifest" if b is not None else "parity layout"
-                raise IntegrityError(f"rebuilt {name} does not match its {m.hash_algorithm} hash in the signed "
-                                     f"{where}; nothing was written", subject=name)
+        for b in present:
+            problem = _block_problem(b, fds[b.number], hashers[b.number].hexdigest(), seen[b.number], algorithm, group)
+            if problem is not None:
+                problems.append(problem)
+        if problems:
+            return problems, {}  # decoded from a bad block, perhaps: the caller goes again without it
+        for t, f, h in zip(targets, outs, out_hashers):
+            if h.hexdigest() != t.hash:
+                where = "manifest" if t.kind == DATA else "parity layout"
+                raise IntegrityError(f"rebuilt {t.subject} does not match its {algorithm} hash in the signed "
+                                     f"{where}; nothing was written", subject=t.subject)
             f.flush()
             os.fchmod(f.fileno(), 0o644)
             os.fsync(f.fileno())
+        done = True
+        return problems, {t.subject: path for t, path in zip(targets, temps)}
     except OSError as e:
-        raise HostError(f"cannot rebuild chunks of group {g.group}: {e.strerror}", subject=str(work)) from None
+        raise HostError(f"cannot repair group {group}: {e.strerror}", subject=str(work)) from None
     finally:
         for f in outs:
             f.close()
-        for fd in fds:
+        for fd in fds.values():
             os.close(fd)
-    return {name: t for (name, *_), t in zip(targets, temps)}
+        if not done:  # nothing of a failed or abandoned pass stays behind
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+
+
+def _block_problem(b: _Block, fd: int, digest: str, seen: int, algorithm: str, group: int) -> ChunkProblem | None:
+    size = os.fstat(fd).st_size
+    if seen < b.size:
+        kind = TRUNCATED
+    elif size > b.size:
+        kind = OVERSIZED
+    elif digest != b.hash:
+        kind = DAMAGED
+    else:
+        return None
+    return ChunkProblem(b.subject, kind, index=b.index, expected_size=b.size, size=max(seen, size) if kind != TRUNCATED else seen,
+                        expected_hash=b.hash, hash=digest if kind == DAMAGED else None, algorithm=algorithm,
+                        kind=b.kind, group=group)
 
 
 def _move_into_place(root: Path, rebuilt: dict[str, Path]) -> None:
