@@ -280,14 +280,20 @@ def test_sigkill_during_repair_then_rerun_finishes(tmp_path: Path, pristine: tup
     build(load_spec(spec), out=base, key=SigningKey.load(pristine[2]), chunk_size=1024 * 1024, parity=Fraction(1, 4))
     good = {name: (base / "chunks" / name).read_bytes() for name in os.listdir(base / "chunks")}
     interrupted = 0
-    for delay in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
-        bundle = Path(shutil.copytree(base, tmp_path / f"b{delay}"))
+    for when in ("writing", "writing", 0.4, 0.7):  # as soon as a rebuilt chunk is being written, or after a delay
+        bundle = Path(shutil.copytree(base, tmp_path / f"b{interrupted}-{when}"))
         lost = sorted(good)[10:22]  # 12 consecutive chunks
         for name in lost:
             (bundle / "chunks" / name).unlink()
         proc = subprocess.Popen([str(gapship_script()), "repair", str(bundle), "--trust", str(pristine[1])],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 20
+        if when == "writing":
+            work = bundle / ".gapship-repair"
+            while time.monotonic() < deadline and proc.poll() is None and not (work.is_dir() and any(work.iterdir())):
+                time.sleep(0.001)
+        else:
+            time.sleep(float(when))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for name in os.listdir(bundle / "chunks"):  # never a partial chunk under its real name
