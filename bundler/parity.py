@@ -34,10 +34,12 @@ from ..installer.host.fs import remove_tree
 from ..installer.trust import manifest_digest
 from .keys import SigningKey
 
-# The most parity chunks one group gets. Encoding costs m multiplications per data byte, so this
-# bounds the build's extra time (about 1.25x at 10%: benchmarks/parity.py) while any run of lost
-# consecutive chunks up to the parity's share of the bundle stays repairable (interleaved groups).
-GROUP_PARITY = 4
+# The parity chunks a group gets at most (more when k + m <= 256 forces it, for a tiny share).
+# Encoding costs m multiplications per data byte (zfec: about 1.6 GB/s per row per core here), so this
+# bounds the build's extra time, measured by benchmarks/parity.py against the 1.25x at 10%
+# (at 4 it was about 1.5x); any run of lost consecutive chunks up to the parity's share of the
+# bundle stays repairable however large the groups are (interleaving).
+GROUP_PARITY = 2
 STRIPE_BUDGET = 32 * 1024 * 1024  # bytes of data blocks in memory at once, over all groups being encoded
 _PERCENT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%?\s*")
 

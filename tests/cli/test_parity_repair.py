@@ -1,7 +1,7 @@
 """Parity chunks, the damage report and ``gapship repair`` (docs/format.md section 12, docs/cli.md).
 
-The fixture bundle has 41 data chunks of 1000 bytes (the last one 960) and 25% parity: 3 interleaved
-groups (k = 14, 14, 13; data chunk i in group i mod 3), m = 4 each, 12 parity chunks. Everything is real: zfec, Ed25519
+The fixture bundle has 41 data chunks of 1000 bytes (the last one 960) and 25% parity: 6 interleaved
+groups (k = 7, 7, 7, 7, 7, 6; data chunk i in group i mod 6), m = 2 each, 12 parity chunks. Everything is real: zfec, Ed25519
 signatures, chunk files on disk, the CLI in a subprocess-free CliRunner or, for SIGKILL, a real process.
 """
 
@@ -35,7 +35,7 @@ from gapship_testing import gapship_script, noise, run, run_json, tree, write_sp
 CHUNK = 1000
 WEIGHTS = 36 * 1024 + 100  # a 40960-byte payload: 41 chunks
 N = 41
-GROUPS, M = 3, 4
+GROUPS, M = 6, 2
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_build_writes_interleaved_groups_with_a_signed_layout(bundle: Path, trus
     doc = layout(bundle)
     manifest = (bundle / "manifest.json").read_bytes()
     assert doc["manifest_digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
-    assert [(g["k"], g["m"]) for g in doc["groups"]] == [(14, M), (14, M), (13, M)]
+    assert [(g["k"], g["m"]) for g in doc["groups"]] == [(7, M)] * 5 + [(6, M)]
     assert len(doc["parity"]) == GROUPS * M
     for j, p in enumerate(doc["parity"]):
         assert p["size"] == CHUNK and p["hash"] == hashlib.sha256(par(bundle, j).read_bytes()).hexdigest()
@@ -109,14 +109,12 @@ def test_each_chunk_of_a_group_lost_is_rebuilt(bundle: Path, trust: Path) -> Non
 def test_m_lost_in_one_group_are_rebuilt_and_install_byte_for_byte(bundle: Path, trust: Path, tmp_path: Path) -> None:
     reference = tmp_path / "ref"
     assert run("install", shutil.copytree(bundle, tmp_path / "copy"), "--trust", trust, "--prefix", reference).exit_code == 0
-    for i in (1, 4, 40):  # three data chunks (the last, short one too) and one parity chunk of group 1
-        data(bundle, i).unlink()
-    par(bundle, M + 2).write_bytes(b"\0" * CHUNK)
+    data(bundle, 40).unlink()  # group 4: its last data chunk (the short one) and one of its parity chunks
+    par(bundle, 4 * M + 1).write_bytes(b"\0" * CHUNK)
     code, out = run_json("verify", bundle, "--trust", trust)
     assert code == 3
     assert {(p["chunk"], p["kind"], p["group"]) for p in out["problems"]} == {  # type: ignore[union-attr]
-        ("chunks/00001.bin", "data", 1), ("chunks/00004.bin", "data", 1), ("chunks/00040.bin", "data", 1),
-        ("parity/00006.bin", "parity", 1)}
+        ("chunks/00040.bin", "data", 4), ("parity/00009.bin", "parity", 4)}
     assert out["parity"]["repairable"] is True  # type: ignore[index]
     assert out["parity"]["damaged_groups"][0]["lost"] == M  # type: ignore[index]
     prefix = tmp_path / "prefix"
@@ -129,7 +127,7 @@ def test_m_lost_in_one_group_are_rebuilt_and_install_byte_for_byte(bundle: Path,
 
 
 def test_rejects_repair_of_m_plus_one_lost_and_names_them(bundle: Path, trust: Path) -> None:
-    for i in (2, 5, 8, 11, 14):  # five of group 2, which has four parity chunks
+    for i in (2, 8, 14):  # three of group 2, which has two parity chunks
         data(bundle, i).unlink()
     data(bundle, 0).unlink()  # and one of group 0, which can be rebuilt
     code, out = run_json("verify", bundle, "--trust", trust)
@@ -140,7 +138,7 @@ def test_rejects_repair_of_m_plus_one_lost_and_names_them(bundle: Path, trust: P
     code, out = run_json("repair", bundle, "--trust", trust)
     assert code == 3
     assert out["rebuilt"] == ["chunks/00000.bin"]
-    assert out["unrepairable"] == [f"chunks/{i:05d}.bin" for i in (2, 5, 8, 11, 14)]
+    assert out["unrepairable"] == [f"chunks/{i:05d}.bin" for i in (2, 8, 14)]
     assert "chunks/00002.bin" in out["error"]["message"]  # type: ignore[index]
     text = run("repair", bundle, "--trust", trust)
     assert text.exit_code == 3 and "1 more of its chunks must arrive" in text.stderr
@@ -148,7 +146,7 @@ def test_rejects_repair_of_m_plus_one_lost_and_names_them(bundle: Path, trust: P
 
 def test_a_run_of_consecutive_chunks_lost_is_rebuilt(bundle: Path, trust: Path) -> None:
     before = snapshot(bundle)
-    for i in range(20, 20 + GROUPS * M):  # one lost volume: 12 consecutive chunks, 4 in each group
+    for i in range(20, 20 + GROUPS * M):  # one lost volume: 12 consecutive chunks, 2 in each group
         data(bundle, i).unlink()
     code, out = run_json("repair", bundle, "--trust", trust)
     assert code == 0 and len(out["rebuilt"]) == 12  # type: ignore[arg-type]
@@ -198,7 +196,7 @@ def test_rejects_parity_chunks_swapped_or_renamed(bundle: Path, trust: Path) -> 
 
 def test_rejects_a_layout_that_does_not_add_up(bundle: Path, trust: Path, pristine: tuple[Path, Path, Path]) -> None:
     doc = layout(bundle)
-    doc["groups"][0]["k"] = 13  # 40 chunks in 3 groups put 14 in group 0
+    doc["groups"][0]["k"] = 6  # 41 chunks in 6 groups put 7 in group 0
     raw = canonical_json(doc)
     (bundle / "parity" / "layout.json").write_bytes(raw)
     code, out = run_json("verify", bundle, "--trust", trust)  # unsigned change: the signature no longer holds
@@ -224,11 +222,11 @@ def test_rejects_a_rebuilt_chunk_with_the_wrong_content(bundle: Path, trust: Pat
     write_parity(bundle, bundle / "parity", Manifest.from_bytes(manifest_bytes), manifest_bytes, share=Fraction(1, 4),
                  keys=[SigningKey.load(pristine[2])], check=False)
     data(bundle, 0).write_bytes(original)
-    data(bundle, 3).unlink()  # group 0: rebuilt from chunk 0 and a parity chunk made from the other bytes
+    data(bundle, 6).unlink()  # group 0: rebuilt from chunk 0 and a parity chunk made from the other bytes
     code, out = run_json("repair", bundle, "--trust", trust)
     assert code == 3
-    assert "rebuilt chunks/00003.bin does not match its sha256 hash in the signed manifest" in out["error"]["message"]  # type: ignore[index]
-    assert not data(bundle, 3).exists()
+    assert "rebuilt chunks/00006.bin does not match its sha256 hash in the signed manifest" in out["error"]["message"]  # type: ignore[index]
+    assert not data(bundle, 6).exists()
     assert not (bundle / ".gapship-repair").exists()
 
 
@@ -249,7 +247,7 @@ def test_parity_for_an_existing_bundle_keeps_the_manifest_and_sign_signs_the_lay
     shutil.rmtree(bundle / "parity")
     manifest = (bundle / "manifest.json").read_bytes()
     code, out = run_json("parity", bundle, "--parity", "10%", "--key", pristine[2])
-    assert code == 0 and out["parity_chunks"] == 6 and out["groups"] == 2  # 41 chunks: k = 21, 20; m = 3
+    assert code == 0 and out["parity_chunks"] == 6 and out["groups"] == 3  # 41 chunks: k = 14, 14, 13; m = 2
     assert (bundle / "manifest.json").read_bytes() == manifest
     assert run("verify", bundle, "--trust", pristine[1]).exit_code == 0
     assert run("parity", bundle, "--parity", "10%", "--key", pristine[2]).exit_code == 2  # already there

@@ -68,9 +68,10 @@ def test_rejects_parity_percentage_out_of_range(text: str) -> None:
 
 @pytest.mark.parametrize("chunks, share, expected", [
     (1, Fraction(1, 10), (1, 1)),  # too small for the percentage: still one parity chunk per group
-    (41, Fraction(1, 10), (2, 3)),
-    (3000, Fraction(1, 10), (75, 4)),
-    (100_000, Fraction(1, 100), (396, 3)),  # k + m <= 256
+    (41, Fraction(1, 10), (3, 2)),
+    (3000, Fraction(1, 10), (150, 2)),
+    (100_000, Fraction(1, 100), (500, 2)),  # k = 200: k + m <= 256
+    (100, Fraction(1, 1000), (1, 1)),  # k + m <= 256
 ])
 def test_plan_groups(chunks: int, share: Fraction, expected: tuple[int, int]) -> None:
     groups, m = plan(chunks, share)
