@@ -8,7 +8,9 @@ payload is never copied on disk. ``manifest.json`` and its digest are never touc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import re
 import tempfile
@@ -180,16 +182,29 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
     names = [out / parity_name(group * m + j) for j in range(m)]  # every group has the same m
     fds: list[int] = []
     outs = []
+    maps: list[mmap.mmap | None] = []
     try:
         fds += [open_nofollow(chunk_path(bundle, manifest.chunks[i].name)) for i in members]
         outs += [open(p, "xb") for p in names]
         out_hashes = [new_hasher(manifest.hash_algorithm) for _ in range(m)]
         in_hashes = [new_hasher(manifest.hash_algorithm) for _ in members] if check else []
 
-        def one(offset: int) -> tuple[list[bytes], list[bytes]]:
+        # A build reads its own fresh chunks through mmap: zfec then reads the page cache in place (a
+        # pread copy of every byte cost as much as the encoding). An existing bundle is read with
+        # pread: a chunk truncated under an mmap would kill the process with SIGBUS, not refuse it.
+        maps = [] if check else [mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+                                 for fd, size in ((fd, os.fstat(fd).st_size) for fd in fds)]
+
+        def read(b: int, fd: int, length: int, offset: int) -> bytes | memoryview:
+            if check:
+                return os.pread(fd, length, offset)
+            view = maps[b]
+            return memoryview(view)[offset:offset + length] if view is not None else b""
+
+        def one(offset: int) -> tuple[list[bytes | memoryview], list[bytes]]:
             length = min(stripe, manifest.chunk_size - offset)
-            pieces = [os.pread(fd, length, offset) for fd in fds]
-            blocks = [p + bytes(length - len(p)) if len(p) < length else p for p in pieces]
+            pieces = [read(b, fd, length, offset) for b, fd in enumerate(fds)]
+            blocks = [bytes(p) + bytes(length - len(p)) if len(p) < length else p for p in pieces]
             return pieces, code.encode(blocks)
 
         for pieces, parity in bounded_map(pool, one, range(0, manifest.chunk_size, stripe), window=window):
@@ -209,6 +224,11 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
     finally:
         for f in outs:
             f.close()
+        pieces, parity = [], []  # the last stripe's views of the maps
+        for view in maps:
+            if view is not None:
+                with contextlib.suppress(BufferError):  # a view still held by a traceback: closed when collected
+                    view.close()
         for fd in fds:
             os.close(fd)
 
