@@ -167,8 +167,8 @@ def sign_parity(bundle: Path, key: SigningKey, *, manifest_bytes: bytes, algorit
 
 def _stripe(chunk_size: int, k: int, window: int) -> int:
     """Bytes per block per stripe: ``window`` stripes of ``k`` blocks in memory at once, together at
-    most :data:`STRIPE_BUDGET` (32 MiB / k for one stripe at a time)."""
-    return max(4096, min(chunk_size, STRIPE_BUDGET // window // k))
+    most :data:`STRIPE_BUDGET` (32 MiB / k for one stripe at a time); whole pages, for madvise."""
+    return max(mmap.PAGESIZE, min(chunk_size, STRIPE_BUDGET // window // k) // mmap.PAGESIZE * mmap.PAGESIZE)
 
 
 def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, groups: int, k: int, m: int, *,
@@ -207,7 +207,8 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
             blocks = [bytes(p) + bytes(length - len(p)) if len(p) < length else p for p in pieces]
             return pieces, code.encode(blocks)
 
-        for pieces, parity in bounded_map(pool, one, range(0, manifest.chunk_size, stripe), window=window):
+        offsets = range(0, manifest.chunk_size, stripe)
+        for offset, (pieces, parity) in zip(offsets, bounded_map(pool, one, offsets, window=window)):
             for b, piece in enumerate(pieces):
                 if check:
                     in_hashes[b].update(piece)
@@ -215,6 +216,7 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
             for j, block in enumerate(parity):
                 outs[j].write(block)
                 out_hashes[j].update(block)
+            _release(maps, offset, stripe)
         if check:
             _check_read(bundle, manifest, members, in_hashes, fds)
         for f in outs:
@@ -231,6 +233,14 @@ def _encode_group(bundle: Path, out: Path, manifest: Manifest, group: int, group
                     view.close()
         for fd in fds:
             os.close(fd)
+
+
+def _release(maps: list[mmap.mmap | None], offset: int, length: int) -> None:
+    """Unmap a stripe once encoded (MADV_DONTNEED; the page cache keeps it): mapped pages count as the
+    process's RSS, which must stay under 200 MB at any size."""
+    for view in maps:
+        if view is not None and offset < len(view):
+            view.madvise(mmap.MADV_DONTNEED, offset, min(length, len(view) - offset))
 
 
 def _check_read(bundle: Path, manifest: Manifest, members: range, hashes: list[hashlib._Hash], fds: list[int]) -> None:
