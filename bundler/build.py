@@ -9,9 +9,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 
-from ..installer.bundle.files import CHUNKS, MANIFEST, SIGNATURES
+from ..installer.bundle.files import CHUNKS, MANIFEST, PARITY, SIGNATURES
 from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
@@ -22,6 +23,7 @@ from ..installer.formats.policy import parse_policy
 from ..installer.kit import Refusal, read_bounded
 from ..installer.safeguards import MAX_POLICY_BYTES
 from .expiry import parse_expires
+from .parity import ParityResult, write_parity
 from .payload import PayloadWriter
 from .sources import Sources, collect_sources
 from .deps.freeze import FrozenDependencies, frozen_dependencies
@@ -53,6 +55,7 @@ class BuildResult:
     manifest: Manifest
     signer: str
     signers: tuple[str, ...] = ()  # every key id that signed, the first being ``signer``
+    parity: ParityResult | None = None  # with --parity
 
     def to_dict(self) -> dict[str, object]:
         m = self.manifest
@@ -66,6 +69,7 @@ class BuildResult:
             "signers": list(self.signers or (self.signer,)),
             "hash_algorithm": m.hash_algorithm,
             "expires": m.expires,
+            "parity": self.parity.to_dict() if self.parity else None,
         }
 
 
@@ -73,7 +77,8 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
           algorithm: str = "sha256", progress: Progress = no_progress, now: datetime | None = None,
           expires: str | None = None, also_sign: Sequence[SigningKey] = (),
           dependencies: FrozenDependencies | None = None, offline: bool = False,
-          include_gapship: bool = False, sources: Sources | None = None) -> BuildResult:
+          include_gapship: bool = False, sources: Sources | None = None,
+          parity: Fraction | None = None) -> BuildResult:
     """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
 
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
@@ -81,7 +86,8 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     frozen ones (see :func:`~.deps.freeze.frozen_dependencies`); when not given and the spec has
     ``[dependencies]``, they are frozen here, with ``offline`` and ``include_gapship``. ``sources`` is
     what :func:`~.sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
-    dependencies, so that a caller who already walked the source tree need not walk it again."""
+    dependencies, so that a caller who already walked the source tree need not walk it again.
+    ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12."""
     check_output_free(out)
     keys = _distinct_keys([key, *also_sign])
     policy_bytes = _read_policy(spec)
@@ -89,7 +95,7 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
         if sources is None:
             sources = collect_sources(spec, deps)
         return _build(spec, out=out, keys=keys, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
-                      now=now, expires=expires, policy_bytes=policy_bytes, groups=sources)
+                      now=now, expires=expires, policy_bytes=policy_bytes, groups=sources, parity=parity)
 
 
 def check_output_free(out: Path) -> None:
@@ -110,7 +116,7 @@ def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path,
 
 def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: int, algorithm: str,
            progress: Progress, now: datetime | None, expires: str | None, policy_bytes: bytes,
-           groups: Sources) -> BuildResult:
+           groups: Sources, parity: Fraction | None = None) -> BuildResult:
     created = _created(now).replace(microsecond=0)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
@@ -123,6 +129,10 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         (staging / MANIFEST).write_bytes(data)
         (staging / SIGNATURES).mkdir()
         keyids = tuple(write_signature(staging, data, k) for k in keys)
+        added = None
+        if parity is not None:  # the chunks were just written: read back from the page cache
+            (staging / PARITY).mkdir()
+            added = write_parity(staging, staging / PARITY, manifest, data, share=parity, keys=keys, check=False)
         os.chmod(staging, 0o755)  # mkdtemp made it 0700; a transfer pipeline may run as another user
         os.rename(staging, out)
     except OSError as e:
@@ -131,7 +141,7 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
     except BaseException:
         remove_tree(staging)
         raise
-    return BuildResult(out=out, manifest=manifest, signer=keyids[0], signers=keyids)
+    return BuildResult(out=out, manifest=manifest, signer=keyids[0], signers=keyids, parity=added)
 
 
 def _distinct_keys(keys: list[SigningKey]) -> list[SigningKey]:

@@ -25,12 +25,17 @@ if TYPE_CHECKING:
 
 
 def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
-    """Sign the exact manifest bytes of ``bundle``; refuse to sign a manifest that is not valid."""
+    """Sign the exact manifest bytes of ``bundle``, and its parity layout when it has one
+    (docs/format.md, section 12); refuse to sign a manifest or layout that is not valid."""
+    from .parity import sign_parity
+
     data = read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
     manifest = Manifest.from_bytes(data)
     try:
         (bundle / SIGNATURES).mkdir(exist_ok=True)
-        return write_signature(bundle, data, key), manifest
+        keyid = write_signature(bundle, data, key)
+        sign_parity(bundle, key, manifest_bytes=data, algorithm=manifest.hash_algorithm)
+        return keyid, manifest
     except OSError as e:
         raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None
 

@@ -41,14 +41,15 @@ from .host.trustdir import (
     read_legacy_keys, root_file_name, write_root,
 )
 from .bundle.files import RawBundle
-from .errors import PolicyError, TrustError
+from .errors import PolicyError, TrustError, UnsafeContentError
 from .crypto.hashing import new_hasher
 from .crypto.keys import AlgorithmUnavailable, PublicKey, parse_signature_file_name
 from .formats.manifest import Manifest
 from .host.state import Installed, StateSnapshot
 
-if TYPE_CHECKING:  # imported where used: only a site host reads authorizations
+if TYPE_CHECKING:  # imported where used: only a site host reads authorizations, only parity needs its layout
     from .formats.authorization import Authorization
+    from .formats.parity import ParityLayout
 
 MAX_TRUSTED_KEYS = 256
 # How far the host clock may lag a signing time before it counts as set back. Expiry periods are days;
@@ -206,11 +207,13 @@ def check_signatures(manifest_bytes: bytes, signatures: Mapping[str, bytes], tru
     return check_role_signatures(trust.root, ROLE_RELEASE, manifest_bytes, items) + sigstore
 
 
-def verify_release(manifest_bytes: bytes, signatures: Mapping[str, bytes], trust: TrustStore) -> RoleVerdict:
-    """The release role's decision over a bundle's signature files (pinned sigstore signers included)."""
+def verify_release(manifest_bytes: bytes, signatures: Mapping[str, bytes], trust: TrustStore, *,
+                   what: str = "the bundle", subject: str = "signatures") -> RoleVerdict:
+    """The release role's decision over a bundle's signature files (pinned sigstore signers included),
+    or over the parity layout's (``what``: "the parity layout", :func:`verify_parity`)."""
     items, sigstore = _release_inputs(manifest_bytes, signatures, trust)
-    return verify_role(trust.root, ROLE_RELEASE, manifest_bytes, items, what=f"the bundle (trust {trust.source})",
-                       sigstore=sigstore)
+    return verify_role(trust.root, ROLE_RELEASE, manifest_bytes, items, what=f"{what} (trust {trust.source})",
+                       sigstore=sigstore, subject=subject)
 
 
 def _release_inputs(manifest_bytes: bytes, signatures: Mapping[str, bytes],
@@ -684,3 +687,42 @@ def verify_authorization(document: bytes, signatures: Mapping[str, bytes], *, ke
         digest="sha256:" + hashlib.sha256(document).hexdigest(), signers=verdict.signers,
         signature_files=dict(signatures), source=source,
     )
+
+
+# -- the parity layout: the release role again (docs/format.md, section 12) ---------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedParity:
+    """A parity layout whose exact bytes the release role signed and that binds this very manifest.
+    Only :func:`verify_parity` makes one."""
+
+    layout: ParityLayout
+    layout_bytes: bytes
+    signers: tuple[str, ...]
+    checks: tuple[SignatureCheck, ...]
+    signature_files: dict[str, bytes]
+
+
+def verify_parity(layout_bytes: bytes, signatures: Mapping[str, bytes], verified: VerifiedManifest) -> VerifiedParity:
+    """Signatures first (:func:`verify_release`, under the trust that accepted the manifest, exit 4),
+    then parsing (exit 6), then the binding: a layout for another manifest is refused (exit 4), and one
+    whose chunk size, count or hash disagrees with the manifest it names does not add up (exit 6)."""
+    from .formats.parity import LAYOUT, PARITY, ParityLayout
+
+    where = f"{PARITY}/{LAYOUT}"
+    if verified.trust is None:
+        raise TrustError(f"cannot check {where}: no trust store", subject=where)
+    verdict = verify_release(layout_bytes, signatures, verified.trust, what=f"the parity layout {where}",
+                             subject=f"{PARITY}/signatures")
+    layout = ParityLayout.from_bytes(layout_bytes)
+    m = verified.manifest
+    if layout.manifest_digest != verified.digest or (layout.name, layout.version) != (m.name, m.version):
+        raise TrustError(f"{where} is for {layout.name} {layout.version} ({layout.manifest_digest}), not this "
+                         f"bundle's manifest {m.name} {m.version} ({verified.digest})", subject=where)
+    if (layout.hash_algorithm, layout.chunk_size, layout.chunks) != (m.hash_algorithm, m.chunk_size, len(m.chunks)):
+        raise UnsafeContentError(f"{where} does not add up: it says {layout.chunks} chunks of {layout.chunk_size} "
+                                 f"bytes ({layout.hash_algorithm}); the manifest has {len(m.chunks)} of "
+                                 f"{m.chunk_size} ({m.hash_algorithm})", subject=where)
+    return VerifiedParity(layout=layout, layout_bytes=layout_bytes, signers=verdict.signers, checks=verdict.checks,
+                          signature_files=dict(signatures))

@@ -9,7 +9,10 @@ import click
 
 from ...installer.cli.group import cli, emit, human_size, output_options, progress_bar
 from ...installer.crypto.hashing import HASH_ALGORITHMS
+from ...installer.bundle.fec import EXTRA, have_zfec
+from ...installer.errors import HostError
 from ..build import build as build_bundle, check_output_free, parse_size
+from ..parity import parse_percent
 from ..deps.freeze import frozen_dependencies
 from ..keys import SigningKey
 from ..sources import add_dependencies, collect_sources
@@ -31,11 +34,18 @@ from ..spec import load_spec
               help="Take dependency wheels only from the spec's find_links folders (pip --no-index).")
 @click.option("--include-gapship", is_flag=True,
               help="Also bundle gapship's own wheel and its dependencies for the target (bootstrap).")
+@click.option("--parity", "parity_percent", default=None,
+              help="Also write Reed-Solomon parity chunks, this share of the data chunks (e.g. 10%; needs "
+                   "gapship[parity]).")
 @output_options
 def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
-          expires: str | None, offline: bool, include_gapship: bool, as_json: bool, progress: bool | None) -> None:
+          expires: str | None, offline: bool, include_gapship: bool, parity_percent: str | None, as_json: bool,
+          progress: bool | None) -> None:
     """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
+    share = parse_percent(parity_percent) if parity_percent is not None else None
+    if share is not None and not have_zfec():
+        raise HostError(f"build --parity needs zfec: install {EXTRA}", subject="zfec")
     key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
     check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
@@ -47,11 +57,13 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         with progress_bar(total, "build", progress) as bar:
             result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
                                   algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
-                                  sources=sources)
+                                  sources=sources, parity=share)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
         f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}, {m.hash_algorithm}"
         + (f", expires {m.expires}" if m.expires else ""),
         f"signed by {', '.join(k[:16] for k in result.signers)}",
+        *([f"parity: {len(result.parity.layout.parity)} chunk(s) in {len(result.parity.layout.groups)} group(s)"]
+          if result.parity else []),
     ])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ...installer.cli.group import cli
 
-for _name in ("keygen", "build", "sign", "authorize"):
+for _name in ("keygen", "build", "sign", "authorize", "parity"):
     cli.add_lazy(_name, f"{__package__}.{_name}")
 cli.add_lazy("trust", f"{__package__}.trust")  # init, add-key, ...: the connected side of `gapship trust`
 

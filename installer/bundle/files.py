@@ -20,6 +20,7 @@ from ..kit import Refusal, list_bounded, open_regular, read_bounded
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures"
 CHUNKS = "chunks"
+PARITY = "parity"  # optional: parity chunks and their signed layout (docs/format.md, section 12)
 ROOTS = "roots"  # optional: new trust roots for the site, outside the manifest (docs/trust.md, "Rotation")
 MAX_SIGNATURE_FILES = 64
 MAX_SIGNATURE_BYTES = 64 * 1024
@@ -158,7 +159,7 @@ def _refusal(missing: type[IntegrityError] | type[TrustError], *, own_cap: int |
 
 def _rel(path: Path) -> str:
     """A short name for messages: ``chunks/00003.bin`` rather than a whole path."""
-    return f"{path.parent.name}/{path.name}" if path.parent.name in (CHUNKS, SIGNATURES, ROOTS) else path.name
+    return f"{path.parent.name}/{path.name}" if path.parent.name in (CHUNKS, SIGNATURES, ROOTS, PARITY) else path.name
 
 
 def chunk_path(root: Path, name: str) -> Path:

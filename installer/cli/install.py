@@ -8,9 +8,13 @@ from pathlib import Path
 import click
 
 from ..bundle.files import read_raw_bundle
+from ..bundle.parity import damage, load_parity
+from ..bundle.repair import NotWhole, repair
+from ..bundle.verify import scan_chunks
+from ..errors import GapshipError, IntegrityError
 from ..host.state import HostState
 from ..deploy.install import install as install_bundle
-from ..trust import Allowances, TrustStore, verify_manifest
+from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from ._host import HostContext, host_options
 from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
     trust_lines, trust_option, warn
@@ -26,10 +30,12 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
               help="Install a version older than the highest installed one (logged; the floor stays).")
 @click.option("--python", "python", metavar="PYTHON", default=None,
               help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
+@click.option("--repair", "repair_first", is_flag=True,
+              help="First rebuild lost or damaged chunks from the bundle's parity, in place (needs gapship[parity]).")
 @output_options
 @host_options
 def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
-            python: str | None, as_json: bool, progress: bool | None, host: HostContext) -> None:
+            python: str | None, repair_first: bool, as_json: bool, progress: bool | None, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
@@ -45,10 +51,18 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     # from a finished one (installer/deploy/install.py).
     verified = host.note(verify_manifest(read_raw_bundle(bundle), trust=trust, state=state.load().time_only(),
                                          allow=allow, persist_root=trust.persist))
-    decision = host.decide(bundle, verified, trust_dir=trust_dir)
-    with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
-        result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
-                                python=python, record_intent=host.intent)
+    if repair_first:
+        _repair(bundle, verified, progress)
+    try:
+        decision = host.decide(bundle, verified, trust_dir=trust_dir)
+        with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
+            result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
+                                    python=python, record_intent=host.intent)
+    except IntegrityError as e:
+        if repair_first or not _repairable(bundle, verified):
+            raise
+        raise IntegrityError(f"{e.message}; the bundle's parity can rebuild what is lost: run gapship repair "
+                             f"{bundle} (or install --repair)", subject=e.subject) from None
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:
@@ -62,3 +76,29 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
         *trust_lines(verified, persisted=True),
         *host.lines(),
     ])
+
+
+def _repair(bundle: Path, verified: VerifiedManifest, progress: bool | None) -> None:
+    """``--repair``: rebuild in place (only the lost chunks are written: no second copy of the payload)."""
+    parity = load_parity(bundle, verified)
+    if parity is None:
+        raise IntegrityError(f"{bundle} has no parity/: --repair has nothing to repair from", subject="parity")
+    with progress_bar(verified.manifest.payload_size, "repair", progress) as bar:
+        result = repair(bundle, verified, parity, progress=bar)
+    if not result.whole:
+        raise NotWhole(result)
+    for name in result.rebuilt:
+        warn(f"rebuilt {name} from the parity chunks")
+
+
+def _repairable(bundle: Path, verified: VerifiedManifest) -> bool:
+    """Whether the bundle's signed parity can rebuild every bad chunk (for install's refusal message)."""
+    try:
+        parity = load_parity(bundle, verified)
+        if parity is None:
+            return False
+        problems = scan_chunks(bundle, verified, parity=parity)
+    except GapshipError:
+        return False
+    found = damage(problems, parity.layout)
+    return bool(found.groups) and found.repairable and not found.extra

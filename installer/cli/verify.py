@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..bundle.files import read_raw_bundle
+from ..bundle.parity import load_parity
 from ..bundle.verify import verify_chunk_file, verify_chunks
 from ..trust import TrustStore, verify_manifest
 from ._host import HostContext, host_options
@@ -19,7 +20,8 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
 @bundle_argument
 @trust_option
 @click.option("--chunk", "chunk_files", multiple=True, type=click.Path(path_type=Path),
-              help="Check only this chunk file against the signed manifest (repeatable).")
+              help="Check only this chunk file against the signed manifest (repeatable); a file in a folder "
+                   "named parity (parity/00003.bin) against the signed parity layout.")
 @output_options
 @host_options
 def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None,
@@ -30,12 +32,14 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
     raw = read_raw_bundle(bundle)
     verified = host.note(verify_manifest(raw, trust=trust))
     m = verified.manifest
+    parity = load_parity(bundle, verified)
     if chunk_files:
-        checked = [verify_chunk_file(path, verified) for path in chunk_files]
+        checked = [verify_chunk_file(path, verified, parity) for path in chunk_files]
         count, size = len(checked), sum(c.size for c in checked)
     else:
-        with progress_bar(m.payload_size, "verify", progress) as bar:
-            report = verify_chunks(bundle, verified, progress=bar)
+        extra = len(parity.layout.parity) * m.chunk_size if parity else 0
+        with progress_bar(m.payload_size + extra, "verify", progress) as bar:
+            report = verify_chunks(bundle, verified, progress=bar, parity=parity)
         count, size = report.chunks, report.bytes
         host.decide(bundle, verified, trust_dir=trust_dir)
     scope = "chunk" if chunk_files else "bundle"
@@ -49,11 +53,17 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
         "chunks_total": len(m.chunks),
         "bytes_checked": size,
         "problems": [],  # on failure (exit 3), every bad chunk: ChunkProblem.to_dict
+        # the signed parity layout, when the bundle has parity/; on failure, what it can rebuild (Damage.to_dict)
+        "parity": {"groups": len(parity.layout.groups), "parity_chunks": len(parity.layout.parity),
+                   "signers": list(parity.signers), "repairable": True, "damaged_groups": [], "needed": 0}
+        if parity else None,
         "site": host.summary(),
         **trust_fields(verified),
     }, [
         f"OK {m.name} {m.version}: signed by {signer_names(verified.trust or trust, verified.signers)}",
         f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
+        *([f"OK {len(parity.layout.parity)} parity chunk(s) in {len(parity.layout.groups)} group(s), layout signed by "
+           f"{signer_names(verified.trust or trust, parity.signers)}"] if parity and not chunk_files else []),
         *trust_lines(verified, persisted=False),
         *host.lines(),
     ])

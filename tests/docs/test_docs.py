@@ -530,6 +530,12 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
                       _json("verify", bundle, "--trust", trust, "--chunk", bundle / "chunks" / "00000.bin")]
     runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix")]
     runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust)]
+    runs["parity"] = [_json("parity", bundle, "--parity", "50%", "--key", key.private)]
+    runs["build"].append(_json("build", make_spec(), "--out", tmp_path / "with-parity", "--key", key.private,
+                               "--chunk-size", "1KiB", "--parity", "10%"))
+    runs["verify"].append(_json("verify", bundle, "--trust", trust))  # with parity/
+    (bundle / "chunks" / "00000.bin").unlink()
+    runs["repair"] = [_json("repair", bundle, "--trust", trust)]
     runs["sign"].append(_json("sign", bundle, "--sigstore", "--identity-token", "not-a-real-token"))
     _trust_root_runs(runs, tmp_path, key, second, make_key, bundle)
     _site_runs(runs, tmp_path, key, make_key, bundle, trust)
