@@ -9,7 +9,8 @@ import click
 
 from ...installer.cli.group import cli, emit, human_size, output_options, progress_bar
 from ...installer.crypto.hashing import HASH_ALGORITHMS
-from ..build import build as build_bundle, check_output_free, parse_size
+from ..build import build as build_bundle, check_output_free, from_base_counts, parse_size
+from ..delta import load_base
 from ..deps.freeze import frozen_dependencies
 from ..keys import SigningKey
 from ..sources import add_dependencies, collect_sources
@@ -31,13 +32,23 @@ from ..spec import load_spec
               help="Take dependency wheels only from the spec's find_links folders (pip --no-index).")
 @click.option("--include-gapship", is_flag=True,
               help="Also bundle gapship's own wheel and its dependencies for the target (bootstrap).")
+@click.option("--base", "base_dir", type=click.Path(path_type=Path),
+              help="Build a delta of this previous bundle (its directory, or only its manifest.json and signatures/): "
+                   "only files the base does not hold go into the payload.")
+@click.option("--base-trust", "base_trust", type=click.Path(path_type=Path),
+              help="Trust directory to check the base's signatures against (default: the public halves of --key).")
 @output_options
 def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
-          expires: str | None, offline: bool, include_gapship: bool, as_json: bool, progress: bool | None) -> None:
+          expires: str | None, offline: bool, include_gapship: bool, base_dir: Path | None, base_trust: Path | None,
+          as_json: bool, progress: bool | None) -> None:
     """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
     key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
+    if base_trust is not None and base_dir is None:
+        raise click.UsageError("--base-trust needs --base")
+    base = None if base_dir is None else load_base(base_dir, keys=[k.public for k in (key, *others)],
+                                                   trust_dir=base_trust)
     check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
     sources = collect_sources(bundle_spec)  # the one walk of the model trees; reused below
     with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
@@ -47,11 +58,13 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         with progress_bar(total, "build", progress) as bar:
             result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
                                   algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
-                                  sources=sources)
+                                  sources=sources, base=base)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
         f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}, {m.hash_algorithm}"
         + (f", expires {m.expires}" if m.expires else ""),
+        *([f"delta of {m.base.name} {m.base.version} ({m.base.manifest_digest[:23]}): "
+           f"{from_base_counts(m)['files']} file(s) taken from the base"] if m.base else []),
         f"signed by {', '.join(k[:16] for k in result.signers)}",
     ])

@@ -51,7 +51,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -70,6 +70,8 @@ from ..host.state import STATE_DIR, HostState, StateSnapshot
 from ..host.sitemark import check_site_marker, mark_site
 from ..host.strict import check_dir, check_prefix, make_dirs
 from .adopt import check_version_dir
+from .delta import fill_from_base, find_base, plan_from_base, share_installed
+from ..host.share import ShareCounts
 from ..trust import VerifiedManifest, installed_record, prefix_floor, recheck_floor
 from .floor import kept_floor
 from ..bundle.verify import check_chunk_names
@@ -95,9 +97,13 @@ class InstallResult:
     previous: str | None
     overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade": an --allow-* flag was needed (docs/trust.md)
     venv: Path | None = None
+    base: dict[str, object] | None = None  # a delta's base (docs/format.md, 11.1)
+    shared: dict[str, int] | None = None  # files made from installed ones: reflink/hardlink/copy counts
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "base": self.base,
+            "shared": self.shared,
             "status": self.status,
             "bundle": {"name": self.name, "version": self.version},
             "path": str(self.path),
@@ -153,9 +159,6 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
-    if m.base is not None:  # until the delta install of docs/format.md, section 11.1, is here
-        raise PolicyError(f"{m.name} {m.version} is a delta of {m.base.name} {m.base.version}; "
-                          "this gapship cannot install deltas yet", subject=m.base.manifest_digest)
     check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
@@ -181,11 +184,16 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             _record(state, snapshot, verified, plan, receipt=_receipt_digest(target), audit=refs)
             mark_site(prefix, site.site if site else None)
             _switch_current(home, m.version)
-            return _result(verified, target, "already-installed", previous, overrides, deps)
+            return _result(verified, target, "already-installed", previous, overrides, deps, shared=receipt.get("shared"))
+        select = site.select if site else None
+        # A delta's base is found, and every file it takes from it mapped, before anything is written.
+        reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
         staging = Path(_mkdtemp(home))
         record = _ReceiptFacts(overrides=overrides, site=site)
         try:
-            extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
+            extract_payload(bundle, m, staging, progress=progress, select=select)
+            share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
+            fill_from_base(staging, m, reuse, record.shared)
             _write_records(staging, verified, record, marker=deps is not None)
             if deps is None:
                 refs = intend("installed")
@@ -201,7 +209,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
-    return _result(verified, target, "installed", previous, overrides, deps)
+    return _result(verified, target, "installed", previous, overrides, deps, shared=record.shared.to_dict())
 
 
 @dataclass(frozen=True)
@@ -263,13 +271,15 @@ def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: Depende
 
 
 def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
-            overrides: tuple[str, ...], deps: DependencyPlan | None) -> InstallResult:
+            overrides: tuple[str, ...], deps: DependencyPlan | None, *, shared: object = None) -> InstallResult:
     m = verified.manifest
+    counts = {str(k): v for k, v in shared.items() if isinstance(v, int)} if isinstance(shared, dict) else None
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
         files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
         overrides=overrides,
         venv=target / "venv" if deps is not None else None,
+        base=m.base.to_dict() if m.base is not None else None, shared=counts,
     )
 
 
@@ -432,10 +442,12 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> dict[str, ob
 
 @dataclass(frozen=True)
 class _ReceiptFacts:
-    """What the receipt records beyond the manifest: the --allow-* overrides used and the site decision."""
+    """What the receipt records beyond the manifest: the --allow-* overrides used, the site decision,
+    and how many files were made from installed ones (:mod:`..host.share`)."""
 
     overrides: tuple[str, ...]
     site: SiteDecision | None
+    shared: ShareCounts = field(default_factory=ShareCounts)
 
 
 def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, marker: bool) -> None:
@@ -479,6 +491,8 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
         "overrides": list(record.overrides),
         "site": record.site.summary() if record.site else None,
         "audit": [ref.to_dict() for ref in audit],  # the intent record(s) of this install (docs/format.md)
+        "base": m.base.to_dict() if m.base is not None else None,  # a delta's base (docs/format.md, 11.1)
+        "shared": record.shared.to_dict(),  # files made from installed ones, by method (host/share.py)
     }
     if deps is not None:
         receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}
