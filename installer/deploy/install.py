@@ -82,6 +82,7 @@ MAX_RECEIPT_BYTES = 1024 * 1024  # a receipt is a few hundred bytes; this bounds
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
 INCOMPLETE = ".incomplete"
+REMOVING_PREFIX = ".removing-"  # a version directory being removed (deploy/prune.py), out of view
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ def _as_host_error(home: Path) -> Iterator[None]:
 def _remove_staging_litter(home: Path) -> None:
     """Called under the lock: no other install can own a staging directory now."""
     for entry in home.iterdir():
-        if entry.name.startswith((STAGING_PREFIX, ".current-")):
+        if entry.name.startswith((STAGING_PREFIX, ".current-", REMOVING_PREFIX)):  # .removing-: prune.py
             remove_tree(entry)
 
 
