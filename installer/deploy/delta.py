@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import GapshipError, IntegrityError, PolicyError
 from ..formats.manifest import BaseRef, FileEntry, Manifest
-from ..host.share import COPY, ShareCounts, Want, share_file
+from ..host.share import COPY, ShareCounts, Want, copies_only, share_file
 from ..kit import Malformed, parse_json, read_bounded, read_optional
 from ..trust import manifest_digest
 
@@ -136,6 +136,8 @@ def share_installed(staging: Path, m: Manifest, home: Path, *, skip: str, select
                     counts: ShareCounts) -> None:
     """Replace verified payload files in ``staging`` by reflinks or hard links of installed files with
     the same bytes (module docstring); copies gain nothing, so a file that cannot be linked stays."""
+    if copies_only():
+        return
     index: dict[tuple[str, int], Path] = {}
     for i, version in enumerate(installed_versions(home, skip=[skip])):
         if i >= MAX_SHARE_SOURCES:

@@ -16,6 +16,9 @@ is used:
 3. **copy**, otherwise (another filesystem, too many links, a mode that differs): the bytes are read
    once, hashed and written.
 
+``GAPSHIP_SHARE=copy`` in the environment turns reflinks and hard links off: every file is then an
+independent copy (a site that wants no shared inodes; the benchmark's "copies" case).
+
 A source that does not match the hash raises :class:`IntegrityError` and leaves nothing at the target.
 What removing the older version later means: a hard link keeps the inode (and its bytes) alive as
 long as one name is left; a reflink's extents stay as long as one file refers to them; a copy is
@@ -74,16 +77,22 @@ class Want:
     algorithm: str
 
 
+def copies_only() -> bool:
+    """``GAPSHIP_SHARE=copy``: the site wants independent copies (module docstring)."""
+    return os.environ.get("GAPSHIP_SHARE", "") == COPY
+
+
 def share_file(source: Path, target: Path, want: Want, *, copy: bool = True, hardlink: bool = True) -> str | None:
     """Create ``target`` (which must not exist) with the bytes of the installed file ``source``,
     checked against ``want``; return the method used. With ``copy=False``, return None instead of
     copying (the caller already holds verified bytes). Raise :class:`IntegrityError` (exit 3) when
     ``source`` is not a regular file of ``want``'s size and hash."""
     fd = _open_source(source, want)
+    links = not copies_only()
     try:
-        if _reflink(fd, target, want):
+        if links and _reflink(fd, target, want):
             return REFLINK
-        if hardlink and _hardlink(fd, source, target, want):
+        if links and hardlink and _hardlink(fd, source, target, want):
             return HARDLINK
         if not copy:
             return None

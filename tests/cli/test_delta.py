@@ -287,3 +287,56 @@ def test_full_bundle_shares_files_with_an_installed_version(site: Site) -> None:
     assert b.read_bytes() == WEIGHTS
     if shared["hardlink"]:
         assert a.stat().st_ino == b.stat().st_ino and b.stat().st_mode & 0o222 == 0
+
+
+def test_inspect_and_status_show_the_base(site: Site) -> None:
+    _v1(site)
+    assert site.build(site.spec({**V1, "n.txt": b"new\n"}, "2.0.0"), "b2", "--base", site.root / "b1")[0] == 0
+    code, out = run_json("inspect", site.root / "b2")
+    assert code == 0, out
+    assert out["base"]["version"] == "1.0.0"  # type: ignore[index]
+    assert out["from_base"] == {"files": 2, "bytes": len(WEIGHTS) + len(CONFIG)}
+    assert out["carried"]["files"] == 2  # n.txt and the policy  # type: ignore[index]
+    assert site.install("b2")[0] == 0
+    code, out = run_json("status", "--prefix", site.prefix)
+    assert code == 0, out
+    versions = {v["version"]: v for v in out["bundles"][0]["versions"]}  # type: ignore[index]
+    assert versions["1.0.0"]["base"] is None
+    assert versions["2.0.0"]["base"]["version"] == "1.0.0"
+    assert sum(versions["2.0.0"]["shared"].values()) == 2
+
+
+def test_rejects_removing_current_and_keeps_the_floor(site: Site) -> None:
+    _v1(site)
+    assert site.build(site.spec({**V1, "n.txt": b"n\n"}, "2.0.0"), "b2", "--base", site.root / "b1")[0] == 0
+    assert site.install("b2")[0] == 0
+    before = tree(site.home / "2.0.0")
+    code, out = run_json("remove", "--prefix", site.prefix, "demo", "2.0.0")
+    assert code == 5 and "is current" in out["error"]["message"], out  # type: ignore[index]
+    assert tree(site.home / "2.0.0") == before
+    # Switch back to 1.0.0 (a logged downgrade), then remove 2.0.0, the highest: the floor stays at 2.0.0.
+    code, out = run_json("install", site.root / "b1", "--trust", site.trust, "--prefix", site.prefix,
+                         "--allow-downgrade")
+    assert code == 0, out
+    code, out = run_json("remove", "--prefix", site.prefix, "demo", "2.0.0")
+    assert code == 0, out
+    assert not (site.home / "2.0.0").exists()
+    assert not [p for p in site.home.iterdir() if p.name.startswith(".removing-")]
+    code, out = site.install("b2")  # a delta: its base is there, but 2.0.0 is at the floor
+    assert code == 5, out
+    code, out = run_json("install", site.root / "b2", "--trust", site.trust, "--prefix", site.prefix,
+                         "--allow-reinstall")
+    assert code == 0, out
+
+
+def test_removal_is_on_the_audit_record(site: Site) -> None:
+    _v1(site)
+    assert site.build(site.spec({**V1, "n.txt": b"n\n"}, "2.0.0"), "b2", "--base", site.root / "b1")[0] == 0
+    assert site.install("b2")[0] == 0
+    log = site.root / "audit.jsonl"
+    code, out = run_json("remove", "--prefix", site.prefix, "demo", "1.0.0", "--audit-log", log)
+    assert code == 0, out
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["decision"] for r in records] == ["intent", "accepted"]
+    assert records[0]["remove"]["bundle"] == {"name": "demo", "version": "1.0.0"}
+    assert records[1]["intent"]["seq"] == 1
