@@ -166,13 +166,13 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     check_prefix(prefix, home=home, state_dir=prefix / STATE_DIR)  # StrictModes, before any read or write
     fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)
-    with _locked(home, forget_on_error=fresh), _as_host_error(home):
+    with locked(home, forget_on_error=fresh), as_host_error(home):
         check_site_marker(prefix, site.site if site else None)
         _remove_staging_litter(home)
         if state is not None:
             state.check_writable()  # a floor that cannot be raised refuses before any work
         snapshot = state.load() if state else None
-        previous = _active_version(home)
+        previous = active_version(home)
         _remove_incomplete_versions(home, previous)
         target = home / m.version
         plan = _plan_floor(home, verified, snapshot, previous, target)
@@ -330,7 +330,7 @@ def _make_dirs(home: Path) -> None:
 
 
 @contextmanager
-def _locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
+def locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
     """Hold ``home/.lock``. ``forget_on_error``: this run created ``home``, so a failure removes the
     lock and the then-empty ``home`` again (a refused first install leaves no trace)."""
     try:
@@ -376,7 +376,7 @@ def _forget_home(home: Path) -> None:
 
 
 @contextmanager
-def _as_host_error(home: Path) -> Iterator[None]:
+def as_host_error(home: Path) -> Iterator[None]:
     """An OSError while staging, writing the records or switching ``current`` is the host's doing
     (disk full, quota, read-only, permissions): exit 7 naming the directory, not an internal error."""
     try:
@@ -410,7 +410,7 @@ def _mkdtemp(home: Path) -> str:
         raise HostError(f"cannot create a staging directory in {home}: {e.strerror}", subject=str(home)) from None
 
 
-def _active_version(home: Path) -> str | None:
+def active_version(home: Path) -> str | None:
     link = home / CURRENT
     if not link.is_symlink():
         if link.exists():
@@ -469,7 +469,7 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
 def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
                    audit: Sequence[AuditRef]) -> None:
     """Atomically, and flushed: its presence is what marks the version directory complete. Mode 644,
-    not left to the umask (see _settle_modes); an OSError is the host's (_as_host_error)."""
+    not left to the umask (see _settle_modes); an OSError is the host's (as_host_error)."""
     with atomic_file(target / RECEIPT, mode=0o644) as f:
         f.write(_receipt(verified, deps, record, audit))
 

@@ -38,7 +38,7 @@ from ..host.fs import remove_tree
 from ..host.state import STATE_DIR, HostState
 from ..host.strict import check_prefix
 from .delta import receipt_digest
-from .install import CURRENT, RECEIPT, REMOVING_PREFIX, _active_version, _as_host_error, _locked
+from .install import CURRENT, RECEIPT, REMOVING_PREFIX, active_version, as_host_error, locked
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def remove(prefix: Path, name: str, version: str, *, state: HostState | None = N
     """Remove ``PREFIX/<name>/<version>`` under the rules of the module docstring, or raise."""
     check_name(name, "bundle name")
     home = _home(prefix, name)
-    with _locked(home), _as_host_error(home):
+    with locked(home), as_host_error(home):
         finish_removals(home)
         _remove_one(prefix, home, name, version, state=state, record=record)
         return PruneResult(removed=((name, version),), kept=tuple((name, v) for v in complete_versions(home)))
@@ -96,9 +96,9 @@ def prune(prefix: Path, *, name: str | None = None, keep: int = 2, state: HostSt
     for n in names:
         check_name(n, "bundle name")
         home = _home(prefix, n)
-        with _locked(home), _as_host_error(home):
+        with locked(home), as_host_error(home):
             finish_removals(home)
-            current = _active_version(home)
+            current = active_version(home)
             versions = complete_versions(home)  # newest first
             keeping = set(versions[:keep]) | ({current} if current else set())
             for v in reversed(versions):
@@ -151,7 +151,7 @@ def _remove_one(prefix: Path, home: Path, name: str, version: str, *, state: Hos
     target = home / version
     if target.name != version or version in ("", ".", "..") or "/" in version:
         raise UsageError(f"{version!r} is not a version", subject=version)
-    current = _active_version(home)
+    current = active_version(home)
     if version == current:
         raise PolicyError(f"{name} {version} is current at {prefix}; switch to another version first",
                           subject=str(target))
