@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gapship_testing import POLICY, KeyPair, assert_error, noise, run_json, tree, write_spec
+from gapship_testing import POLICY, KeyPair, assert_error, gapship_script, noise, run_json, tree, write_spec
 
 WEIGHTS = noise(300_000, seed=7)
 CONFIG = b'{"hidden": 4}\n'
@@ -340,3 +340,25 @@ def test_removal_is_on_the_audit_record(site: Site) -> None:
     assert [r["decision"] for r in records] == ["intent", "accepted"]
     assert records[0]["remove"]["bundle"] == {"name": "demo", "version": "1.0.0"}
     assert records[1]["intent"]["seq"] == 1
+
+
+def test_delta_install_on_btrfs_uses_reflinks(site: Site) -> None:
+    from loopfs import loop_filesystem_skip, run_on_btrfs
+
+    reason = loop_filesystem_skip()
+    if reason:
+        pytest.skip(reason)
+    _v1(site, install=False)
+    assert site.build(site.spec(V1, "2.0.0", policy=POLICY + b"#2\n"), "b2", "--base", site.root / "b1")[0] == 0
+    gapship = str(gapship_script())
+    script = site.root / "inner.sh"
+    script.write_text(f'set -e\n"{gapship}" install "{site.root / "b1"}" --trust "{site.trust}" --prefix "$1/p" >/dev/null\n'
+                      f'"{gapship}" install "{site.root / "b2"}" --trust "{site.trust}" --prefix "$1/p" --json\n'
+                      f'cmp "$1/p/demo/2.0.0/models/tiny/weights.bin" "{site.root / "spec1/model/weights.bin"}"\n'
+                      f'stat -c %a "$1/p/demo/2.0.0/models/tiny/weights.bin"\n')
+    done = run_on_btrfs(site.root, ["sh", str(script), "MNT"])
+    assert done.returncode == 0, done.stderr
+    *body, mode = done.stdout.strip().splitlines()
+    out = json.loads("\n".join(body))
+    assert out["shared"] == {"reflink": 2, "hardlink": 0, "copy": 0}, out
+    assert mode == "644"  # a reflink is a private file: it keeps the manifest's mode
