@@ -557,7 +557,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gapship", help="command to run gapship (default: the gapship script beside this python)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for CI: 8 MiB, 200 small files, 1 round")
-    p.add_argument("--only", choices=("large", "small"), help="run one of the two data sets (targets need both)")
+    p.add_argument("--only", choices=("large", "small", "delta"),
+                   help="run one of the two data sets (targets need both), or the delta update case (benchmarks/delta.py)")
     args = p.parse_args(argv)
     if args.smoke:
         args.size, args.small_files, args.chunk_size, args.rounds = 8 * MiB, 200, 1 * MiB, 1
@@ -571,11 +572,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=".gapship-bench-", dir=Path.cwd())) if own else args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        report = benchmark(args, work, say)
+        if args.only == "delta":
+            import delta  # benchmarks/delta.py, beside this script
+            report = delta.benchmark_delta(args, work, find_gapship(args.gapship), say)
+        else:
+            report = benchmark(args, work, say)
     finally:
         if own and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    print(json.dumps(report, indent=2) if args.json else (delta.render(report) if args.only == "delta" else render(report)))
     return 0
 
 
