@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,8 @@ RECEIPT = "receipt.json"
 MANIFEST_COPY = "manifest.json"
 MAX_KEPT_MANIFEST = 64 * 1024 * 1024  # MAX_MANIFEST_BYTES and then some: the kept copy is the signed one
 MAX_RECEIPT = 1024 * 1024
-MAX_SHARE_SOURCES = 16  # installed versions looked at for files to share (each is a kept manifest parsed)
+MAX_SHARE_SOURCES = 16
+MAX_FILL_THREADS = 8  # files made from the base at once  # installed versions looked at for files to share (each is a kept manifest parsed)
 Select = Callable[[FileEntry], bool] | None
 
 
@@ -89,9 +91,14 @@ def find_base(prefix: Path, ref: BaseRef, *, needed_by: Manifest) -> InstalledVe
     """The installed version whose kept manifest has the digest ``ref`` names; else PolicyError (exit 5)
     naming the base the delta needs. The version directory named after the base is looked at first."""
     home = prefix / ref.name
-    candidates = [home / ref.version, *(v.path for v in installed_versions(home, skip=[ref.version]))]
+    try:
+        others = sorted((e.name for e in os.scandir(home) if e.name != ref.version and not e.name.startswith(".")),
+                        reverse=True)
+    except FileNotFoundError:
+        others = []
+    candidates = [home / ref.version, *(home / name for name in others)]
     for path in candidates:
-        if receipt_digest(path) != ref.manifest_digest:
+        if path.is_symlink() or receipt_digest(path) != ref.manifest_digest:  # the cheap test first
             continue
         found = _read_version(path)
         if found is not None and found.digest == ref.manifest_digest:
@@ -124,12 +131,27 @@ def plan_from_base(m: Manifest, base: InstalledVersion, select: Select) -> list[
 
 
 def fill_from_base(staging: Path, m: Manifest, plan: list[tuple[FileEntry, Path]], counts: ShareCounts) -> None:
-    """Make each planned file in ``staging`` from the installed base, checked against ``m``'s hash first."""
-    for f, source in plan:
-        target = staging / f.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        method = share_file(source, target, Want(f.path, f.hash, f.size, f.mode, m.hash_algorithm))
-        counts.add(method or COPY)
+    """Make each planned file in ``staging`` from the installed base, checked against ``m``'s hash first.
+
+    Several files at once, one per core: each is a hash pass (and for a copy a write) over its bytes,
+    and hashlib and os.write release the GIL, so a delta of a few large files takes the wall time of
+    the largest rather than of all (docs/benchmarks.md, "Delta bundles"). The first error is raised
+    once every started file is done; the caller then removes the staging directory."""
+    for f, _ in plan:
+        (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
+
+    def make(item: tuple[FileEntry, Path]) -> str:
+        f, source = item
+        return share_file(source, staging / f.path, Want(f.path, f.hash, f.size, f.mode, m.hash_algorithm)) or COPY
+
+    if len(plan) <= 1:
+        methods = [make(item) for item in plan]
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(plan), os.cpu_count() or 1, MAX_FILL_THREADS),
+                                thread_name_prefix="gapship-base") as pool:
+            methods = list(pool.map(make, plan))
+    for method in methods:
+        counts.add(method)
 
 
 def share_installed(staging: Path, m: Manifest, home: Path, *, skip: str, select: Select,

@@ -340,6 +340,8 @@ def test_removal_is_on_the_audit_record(site: Site) -> None:
     assert [r["decision"] for r in records] == ["intent", "accepted"]
     assert records[0]["remove"]["bundle"] == {"name": "demo", "version": "1.0.0"}
     assert records[1]["intent"]["seq"] == 1
+    code, out = run_json("audit", "verify", "--log", log)  # the chain holds, and so do the prefix's references
+    assert code == 0, out
 
 
 def test_delta_install_on_btrfs_uses_reflinks(site: Site) -> None:
