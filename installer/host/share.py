@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..crypto.hashing import READ_SIZE, new_hasher
+from ..deploy.pipeline import Flusher
 from ..errors import IntegrityError
 from .strict import UNSAFE_BITS, installer_uid
 
@@ -123,8 +124,9 @@ def _create(target: Path) -> int:
     return os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def _hash_fd(fd: int, want: Want, *, out: int = -1) -> str:
-    """The hash of ``fd`` from its start, ``want.size`` bytes and one past; each block also written to ``out``."""
+def _hash_fd(fd: int, want: Want, *, out: int = -1, flusher: Flusher | None = None) -> str:
+    """The hash of ``fd`` from its start, ``want.size`` bytes and one past; each block also written to
+    ``out``, whose finished stretches ``flusher`` starts writing to disk (as the extract's writer does)."""
     hasher = new_hasher(want.algorithm)
     buf = bytearray(READ_SIZE)
     view = memoryview(buf)
@@ -138,6 +140,8 @@ def _hash_fd(fd: int, want: Want, *, out: int = -1) -> str:
             piece = view[:n]
             while len(piece):
                 piece = piece[os.write(out, piece):]
+            if flusher is not None:
+                flusher.wrote(out, seen + n)
         seen += n
         if seen > want.size:
             break
@@ -196,8 +200,13 @@ def _hardlink(fd: int, source: Path, target: Path, want: Want) -> bool:
 
 def _copy(fd: int, target: Path, want: Want) -> None:
     out = _create(target)
+    flusher = Flusher()  # so that the install's final syncfs has little left to write
     try:
-        if _hash_fd(fd, want, out=out) != want.hash:
+        try:
+            digest = _hash_fd(fd, want, out=out, flusher=flusher)
+        finally:
+            flusher.close()
+        if digest != want.hash:
             raise IntegrityError(f"{want.path}: the installed file it is copied from does not match its "
                                  f"{want.algorithm} hash in the signed manifest; refusing to use it", subject=want.path)
         os.fchmod(out, want.mode)
