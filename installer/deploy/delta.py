@@ -90,6 +90,9 @@ def receipt_digest(path: Path) -> str | None:
 def find_base(prefix: Path, ref: BaseRef, *, needed_by: Manifest) -> InstalledVersion:
     """The installed version whose kept manifest has the digest ``ref`` names; else PolicyError (exit 5)
     naming the base the delta needs. The version directory named after the base is looked at first."""
+    if ref.name != needed_by.name:  # build --base refuses it; the install holds only this name's lock
+        raise PolicyError(f"{needed_by.name} {needed_by.version} names a base of another bundle, {ref.name}; "
+                          "refusing it", subject=ref.manifest_digest)
     home = prefix / ref.name
     try:
         others = sorted((e.name for e in os.scandir(home) if e.name != ref.version and not e.name.startswith(".")),

@@ -185,7 +185,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             _record(state, snapshot, verified, plan, receipt=_receipt_digest(target), audit=refs)
             mark_site(prefix, site.site if site else None)
             _switch_current(home, m.version)
-            return _result(verified, target, "already-installed", previous, overrides, deps, shared=receipt.get("shared"))
+            return _result(verified, target, "already-installed", previous, overrides, deps,
+                           shared=receipt.get("shared"))
         select = site.select if site else None
         # A delta's base is found, and every file it takes from it mapped, before anything is written.
         reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
