@@ -557,8 +557,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gapship", help="command to run gapship (default: the gapship script beside this python)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for CI: 8 MiB, 200 small files, 1 round")
-    p.add_argument("--only", choices=("large", "small", "parity"),
-                   help="run one of the two data sets (targets need both), or the parity case (benchmarks/parity.py)")
+    p.add_argument("--only", choices=("large", "small", "parity", "delta"),
+                   help="run one of the two data sets (targets need both), or the parity case (benchmarks/parity.py) "
+                        "or the delta update case (benchmarks/delta.py)")
     args = p.parse_args(argv)
     if args.smoke:
         args.size, args.small_files, args.chunk_size, args.rounds = 8 * MiB, 200, 1 * MiB, 1
@@ -577,12 +578,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report = parity.benchmark(args, work, say, gapship=find_gapship(args.gapship), run_timed=run_timed,
                                       make_dataset=make_dataset, large_sizes=large_sizes, sync=sync, warm=warm)
+        elif args.only == "delta":
+            import delta  # benchmarks/delta.py, beside this script
+            report = delta.benchmark_delta(args, work, find_gapship(args.gapship), say)
         else:
             report = benchmark(args, work, say)
     finally:
         if own and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else (parity.render(report) if args.only == "parity" else render(report)))
+    renderers = {"parity": lambda r: parity.render(r), "delta": lambda r: delta.render(r)}
+    print(json.dumps(report, indent=2) if args.json else renderers.get(args.only or "", render)(report))
     return 0
 
 

@@ -27,6 +27,7 @@ from .parity import ParityResult, write_parity
 from .payload import PayloadWriter
 from .sources import Sources, collect_sources
 from .deps.freeze import FrozenDependencies, frozen_dependencies
+from .delta import Base, check_base_fits, may_come_from_base, source_hash
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
@@ -70,7 +71,17 @@ class BuildResult:
             "hash_algorithm": m.hash_algorithm,
             "expires": m.expires,
             "parity": self.parity.to_dict() if self.parity else None,
+            "base": m.base.to_dict() if m.base is not None else None,
+            "from_base": from_base_counts(m),
         }
+
+
+def from_base_counts(m: Manifest) -> dict[str, int]:
+    """How much of the version a delta leaves to its base: files and bytes (0 and 0 for a full bundle)."""
+    files = bytes_ = 0
+    for f in m.base_files():
+        files, bytes_ = files + 1, bytes_ + f.size
+    return {"files": files, "bytes": bytes_}
 
 
 def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -78,7 +89,7 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
           expires: str | None = None, also_sign: Sequence[SigningKey] = (),
           dependencies: FrozenDependencies | None = None, offline: bool = False,
           include_gapship: bool = False, sources: Sources | None = None,
-          parity: Fraction | None = None) -> BuildResult:
+          parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
     """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
 
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
@@ -87,15 +98,19 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     ``[dependencies]``, they are frozen here, with ``offline`` and ``include_gapship``. ``sources`` is
     what :func:`~.sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
     dependencies, so that a caller who already walked the source tree need not walk it again.
-    ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12."""
+    ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12. With a
+    verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1)."""
     check_output_free(out)
+    if base is not None:
+        check_base_fits(base, name=spec.name, version=spec.version, algorithm=algorithm)
     keys = _distinct_keys([key, *also_sign])
     policy_bytes = _read_policy(spec)
     with _dependencies(spec, dependencies, out, offline=offline, include_gapship=include_gapship) as deps:
         if sources is None:
             sources = collect_sources(spec, deps)
         return _build(spec, out=out, keys=keys, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
-                      now=now, expires=expires, policy_bytes=policy_bytes, groups=sources, parity=parity)
+                      now=now, expires=expires, policy_bytes=policy_bytes, groups=sources, parity=parity,
+                      base=base)
 
 
 def check_output_free(out: Path) -> None:
@@ -116,12 +131,12 @@ def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path,
 
 def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: int, algorithm: str,
            progress: Progress, now: datetime | None, expires: str | None, policy_bytes: bytes,
-           groups: Sources, parity: Fraction | None = None) -> BuildResult:
+           groups: Sources, parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
     created = _created(now).replace(microsecond=0)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
     try:
-        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress)
+        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress, base)
         if until is not None:
             manifest = replace(manifest, expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _check_policy_unchanged(manifest, policy_bytes, spec)
@@ -201,28 +216,50 @@ def _staging_dir(out: Path) -> Path:
         raise HostError(f"cannot create {out}: {e.strerror}", subject=str(out)) from None
 
 
-def _write_payload(staging: Path, spec: BundleSpec, groups: Sources,
-                   chunk_size: int, algorithm: str, created: datetime, progress: Progress) -> Manifest:
+def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size: int, algorithm: str,
+                   created: datetime, progress: Progress, base: Base | None = None) -> Manifest:
     (staging / CHUNKS).mkdir()
+    reused = _reused(groups, base, algorithm, progress)
     writer = PayloadWriter(staging / CHUNKS, chunk_size=chunk_size, algorithm=algorithm,
                            mtime=int(created.timestamp()), progress=progress)
     try:
         for group in groups:
             for f in group:
-                writer.add(f.source, f.path, f.size, f.mode)
+                if f.path not in reused:
+                    writer.add(f.source, f.path, f.size, f.mode)
         payload = writer.finish()
     finally:
         writer.abort()
     offsets, hashes = iter(payload.offsets), iter(payload.hashes)
     components = [
         Component(kind=g.kind, name=g.name, files=tuple(
-            FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
+            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
+            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
             for path, size, mode in zip(g.paths, g.sizes, g.modes)))
         for g in groups
     ]
+    ref = base.ref if base is not None else None
     return Manifest(
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         hash_algorithm=algorithm, chunk_size=chunk_size, payload_size=payload.size,
         chunks=payload.chunks, components=tuple(components),
-        format_version=needed_format_version(base=None, components=components),
+        format_version=needed_format_version(base=ref, components=components), base=ref,
     )
+
+
+def _reused(groups: Sources, base: Base | None, algorithm: str, progress: Progress) -> dict[str, str]:
+    """Bundle path -> hash of each file a delta takes from its base: its (hash, size) is one of the
+    base's (by content, so a renamed or duplicated file costs nothing). Only files of a size the base
+    has are hashed here; their bytes are read a second time only if they turn out to be new."""
+    if base is None:
+        return {}
+    buffer = bytearray(4 * 1024 * 1024)
+    out: dict[str, str] = {}
+    for group in groups:
+        for f in group:
+            if f.size in base.sizes and may_come_from_base(f.path):
+                digest = source_hash(f.source, f.size, algorithm, buffer)
+                if digest is not None and base.has(digest, f.size):
+                    out[f.path] = digest
+                    progress(f.size)
+    return out

@@ -589,6 +589,15 @@ def _legacy_store(path: Path, *, keys_required: bool = True) -> TrustStore:
     return TrustStore(root=root, source=str(path), names=names, path=path)
 
 
+def store_of_keys(keys: Iterable[PublicKey], *, source: str) -> TrustStore:
+    """A legacy-form store in which each of ``keys`` may sign releases (threshold 1): how ``build
+    --base`` checks a base bundle against the public halves of its own signing keys (docs/cli.md)."""
+    found = {k.keyid: k for k in keys}
+    roles = {ROLE_RELEASE: Role(keyids=tuple(found), threshold=1)}
+    root = Root(version=LEGACY_VERSION, expires=None, keys=found, roles=roles)
+    return TrustStore(root=root, source=source, names={k: k[:16] for k in found})
+
+
 def _legacy_keys(folder: Path, prefix: str, keys: dict[str, TrustedKey], names: dict[str, str], *,
                  required: bool = False) -> tuple[str, ...]:
     ids: list[str] = []

@@ -11,7 +11,8 @@ from ...installer.cli.group import cli, emit, human_size, output_options, progre
 from ...installer.crypto.hashing import HASH_ALGORITHMS
 from ...installer.bundle.fec import EXTRA, have_zfec
 from ...installer.errors import HostError
-from ..build import build as build_bundle, check_output_free, parse_size
+from ..build import build as build_bundle, check_output_free, from_base_counts, parse_size
+from ..delta import load_base
 from ..parity import parse_percent
 from ..deps.freeze import frozen_dependencies
 from ..keys import SigningKey
@@ -37,10 +38,15 @@ from ..spec import load_spec
 @click.option("--parity", "parity_percent", default=None,
               help="Also write Reed-Solomon parity chunks, this share of the data chunks (e.g. 10%; needs "
                    "gapship[parity]).")
+@click.option("--base", "base_dir", type=click.Path(path_type=Path),
+              help="Build a delta of this previous bundle (its directory, or only its manifest.json and signatures/): "
+                   "only files the base does not hold go into the payload.")
+@click.option("--base-trust", "base_trust", type=click.Path(path_type=Path),
+              help="Trust directory to check the base's signatures against (default: the public halves of --key).")
 @output_options
 def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
-          expires: str | None, offline: bool, include_gapship: bool, parity_percent: str | None, as_json: bool,
-          progress: bool | None) -> None:
+          expires: str | None, offline: bool, include_gapship: bool, parity_percent: str | None,
+          base_dir: Path | None, base_trust: Path | None, as_json: bool, progress: bool | None) -> None:
     """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
     share = parse_percent(parity_percent) if parity_percent is not None else None
@@ -48,6 +54,10 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         raise HostError(f"build --parity needs zfec: install {EXTRA}", subject="zfec")
     key, *others = [SigningKey.load(k) for k in key_files]
     bundle_spec = load_spec(spec)
+    if base_trust is not None and base_dir is None:
+        raise click.UsageError("--base-trust needs --base")
+    base = None if base_dir is None else load_base(base_dir, keys=[k.public for k in (key, *others)],
+                                                   trust_dir=base_trust)
     check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
     sources = collect_sources(bundle_spec)  # the one walk of the model trees; reused below
     with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
@@ -57,12 +67,14 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         with progress_bar(total, "build", progress) as bar:
             result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
                                   algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
-                                  sources=sources, parity=share)
+                                  sources=sources, parity=share, base=base)
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
         f"{len(m.chunks)} chunk(s), {human_size(m.payload_size)}, {m.hash_algorithm}"
         + (f", expires {m.expires}" if m.expires else ""),
+        *([f"delta of {m.base.name} {m.base.version} ({m.base.manifest_digest[:23]}): "
+           f"{from_base_counts(m)['files']} file(s) taken from the base"] if m.base else []),
         f"signed by {', '.join(k[:16] for k in result.signers)}",
         *([f"parity: {len(result.parity.layout.parity)} chunk(s) in {len(result.parity.layout.groups)} group(s)"]
           if result.parity else []),

@@ -41,6 +41,7 @@ from .group import warn
 
 if TYPE_CHECKING:  # imported where used: only a site host needs it (and packaging.specifiers with it)
     from ..deploy.install import Intent
+    from ..deploy.prune import Removal
     from ..safeguards import SiteDecision
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,6 +101,14 @@ class HostContext:
             return ()
         record = self.record("intent", {"code": None, "kind": "intent", "message": intent.message})
         return self.log.intent({**record, "install": intent.to_dict()})
+
+    def removal(self, removal: Removal) -> tuple[audit.AuditRef, ...]:
+        """Append a removal's intent record (``remove``, ``prune``) to every log, durably, before the
+        version directory is touched (installer/deploy/prune.py)."""
+        if self.log is None:
+            return ()
+        record = self.record("intent", {"code": None, "kind": "intent", "message": removal.message})
+        return self.log.intent({**record, "remove": removal.to_dict()})
 
 
 _OPTIONS = (

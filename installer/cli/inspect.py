@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-
+from typing import Any
 
 from ..bundle.files import read_raw_bundle
+from ..formats.manifest import FileEntry, Manifest
 from ..trust import SignatureCheck, TrustStore, parse_unverified
 from .group import bundle_argument, cli, emit, human_size, json_option, trust_dir_option
 
@@ -37,14 +39,34 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
         "payload_size": m.payload_size,
         "components": [{"kind": c.kind, "name": c.name, "files": len(c.files), "bytes": c.size} for c in m.components],
         "signatures": signatures,
+        "base": m.base.to_dict() if m.base is not None else None,  # a delta's base (docs/format.md, 11.1)
+        "carried": _sums(m.payload_files()),  # the files whose bytes are in the payload
+        "from_base": _sums(m.base_files()),  # the files a delta takes from its installed base
     }
     lines = [
         f"{m.name} {m.version} (format v{m.format_version}, created {m.created})",
         f"payload: {human_size(m.payload_size)} in {len(m.chunks)} chunk(s) of {human_size(m.chunk_size)}, {m.hash_algorithm}",
         *(f"  {c.kind:<12} {c.name:<24} {len(c.files):>6} files {human_size(c.size):>12}" for c in m.components),
+        *_delta_lines(m, payload),
         "signatures:",
         *(f"  {s['file']}  {s.get('status', '')}" for s in signatures),
     ]
     if not checks:
         lines.append("(not verified: inspect reads the manifest as it is; run `gapship verify` to check it)")
     emit(as_json, payload, lines)
+
+
+def _sums(files: Iterable[FileEntry]) -> dict[str, int]:
+    count = size = 0
+    for f in files:
+        count, size = count + 1, size + f.size
+    return {"files": count, "bytes": size}
+
+
+def _delta_lines(m: Manifest, payload: dict[str, Any]) -> list[str]:
+    if m.base is None:
+        return []
+    carried, reused = payload["carried"], payload["from_base"]
+    return [f"delta of {m.base.name} {m.base.version} ({m.base.manifest_digest})",
+            f"  carries {carried['files']} files ({human_size(carried['bytes'])}); takes {reused['files']} files "
+            f"({human_size(reused['bytes'])}) from the installed base"]

@@ -72,6 +72,7 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
         *venv,
+        *_shared_lines(result.to_dict()),
         f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
         *trust_lines(verified, persisted=True),
         *host.lines(),
@@ -102,3 +103,12 @@ def _repairable(bundle: Path, verified: VerifiedManifest) -> bool:
         return False
     found = damage(problems, parity.layout)
     return bool(found.groups) and found.repairable and not found.extra
+
+
+def _shared_lines(result: dict[str, object]) -> list[str]:
+    """A delta's base, and the files made from installed ones (installer/host/share.py)."""
+    base, shared = result.get("base"), result.get("shared")
+    lines = [f"delta of {base['name']} {base['version']}"] if isinstance(base, dict) else []
+    if isinstance(shared, dict) and any(shared.values()):
+        lines.append("shared with installed versions: " + ", ".join(f"{n} by {k}" for k, n in shared.items() if n))
+    return lines

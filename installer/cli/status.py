@@ -100,7 +100,15 @@ def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
         "authorizations": [{"id": a.get("id"), "expires": a.get("expires"), "expired": _expired(a.get("expires"), now)}
                            for a in auths if isinstance(a, dict)],
         "expires": authorization_expires,  # kept: the earliest authorization expiry, as before
+        "base": _base(receipt.get("base")),  # a delta's base (null: a full bundle, or an older receipt)
+        "shared": receipt.get("shared") if isinstance(receipt.get("shared"), dict) else None,
     }
+
+
+def _base(raw: object) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    return {k: raw.get(k) for k in ("name", "version", "manifest_digest")}
 
 
 def _bundle_expiry(path: Path, receipt: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -146,6 +154,8 @@ def _lines(v: dict[str, Any]) -> list[str]:
     if v["models_skipped"]:
         text += f"  (left out: {', '.join(v['models_skipped'])})"
     lines = [text]
+    if v.get("base"):
+        lines.append(f"     delta of {v['base']['name']} {v['base']['version']} ({str(v['base']['manifest_digest'])[:23]})")
     if v.get("bundle_expires_problem"):
         lines.append(f"     bundle expiry unknown ({v['bundle_expires_problem']})")
     elif v.get(BUNDLE_EXPIRES):

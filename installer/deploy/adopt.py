@@ -9,7 +9,8 @@ compares the whole directory with what this install would have written, and rais
 - nothing extra and nothing missing: exactly the payload files this site installs (the site
   decision's selection), their directories, ``manifest.json``, ``signatures/``, ``receipt.json``,
   the site records, and ``venv/`` when the bundle has dependencies;
-- every entry a real directory or regular file (no symlink, device, FIFO; a file with one link),
+- every entry a real directory or regular file (no symlink, device, FIFO; a file with one link, or
+  a payload file shared read-only with another version by hard link),
   owned by the user installing or root, with the mode an install gives it (directories 755,
   ``safeguards/`` and the site records read-only, payload files their manifest mode, records 644);
 - payload files of their manifest size and hash;
@@ -44,6 +45,7 @@ from ..errors import IntegrityError, UnsafeContentError
 from ..formats.authorization import DOCUMENT
 from ..formats.timestamps import parse_time
 from ..host.fs import remove_tree
+from ..host.share import read_only
 from ..host.strict import UNSAFE_BITS, installer_uid
 from ..kit import Malformed, Refusal, canonical_json, open_regular, parse_json, read_bounded
 from ..safeguards import EFFECTIVE_POLICY, INSTALLED_AUTHORIZATIONS, SAFEGUARDS_DIR, SiteDecision
@@ -71,6 +73,7 @@ class _Want:
     kind: str  # "dir" | "file"
     mode: int
     size: int | None = None
+    shareable: bool = False  # a payload file: may be shared with another version (below)
 
 
 @dataclass
@@ -79,10 +82,10 @@ class _Layout:
 
     entries: dict[str, _Want] = field(default_factory=dict)
 
-    def file(self, rel: str, mode: int, size: int | None = None) -> None:
+    def file(self, rel: str, mode: int, size: int | None = None, *, shareable: bool = False) -> None:
         for parent in _parents(rel):
             self.entries.setdefault(parent, _Want("dir", _dir_mode(parent)))
-        self.entries[rel] = _Want("file", mode, size)
+        self.entries[rel] = _Want("file", mode, size, shareable)
 
     def dir(self, rel: str) -> None:
         for parent in (*_parents(rel), rel):
@@ -139,7 +142,7 @@ def _layout(verified: VerifiedManifest, site: SiteDecision | None) -> _Layout:
     layout = _Layout()
     for f in verified.manifest.files():
         if site is None or site.select(f):
-            layout.file(f.path, 0o444 if _read_only(f.path) else f.mode, f.size)
+            layout.file(f.path, 0o444 if _read_only(f.path) else f.mode, f.size, shareable=True)
     layout.file(MANIFEST_COPY, 0o644, len(verified.manifest_bytes))
     layout.file(RECEIPT, 0o644)
     layout.dir(SIGNATURES)
@@ -199,15 +202,26 @@ def _check_kind(rel: str, st: os.stat_result, want: _Want) -> None:
             raise _Differs(rel, f"is {_kind(st.st_mode)}, not a directory")
         _check_owner(rel, st, want=want.mode)
         return
-    _check_owner(rel, st, want=want.mode, regular=True)
+    if want.shareable and _shared(st, want.mode):
+        _check_owner(rel, st, want=read_only(want.mode), regular=True, links_ok=True)
+    else:
+        _check_owner(rel, st, want=want.mode, regular=True)
     if want.size is not None and st.st_size != want.size:
         raise _Differs(rel, f"is {st.st_size} bytes, not {want.size}")
 
 
-def _check_owner(rel: str, st: os.stat_result, *, want: int | None, regular: bool = False) -> None:
+def _shared(st: os.stat_result, mode: int) -> bool:
+    """A payload file shared with another version by hard link (host/share.py) is read-only and may
+    have several links; it is still checked by content below, which is what counts (docs/format.md,
+    section 8.3). A read-only file with one link is one whose other version was removed."""
+    return stat.S_IMODE(st.st_mode) == read_only(mode) != mode
+
+
+def _check_owner(rel: str, st: os.stat_result, *, want: int | None, regular: bool = False,
+                 links_ok: bool = False) -> None:
     if regular and not stat.S_ISREG(st.st_mode):
         raise _Differs(rel, f"is {_kind(st.st_mode)}, not a regular file")
-    if regular and st.st_nlink != 1:
+    if regular and st.st_nlink != 1 and not links_ok:
         raise _Differs(rel, f"has {st.st_nlink} hard links (an install makes one)")
     uid = installer_uid()
     if st.st_uid not in (uid, 0):

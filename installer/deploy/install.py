@@ -51,7 +51,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -70,6 +70,8 @@ from ..host.state import STATE_DIR, HostState, StateSnapshot
 from ..host.sitemark import check_site_marker, mark_site
 from ..host.strict import check_dir, check_prefix, make_dirs
 from .adopt import check_version_dir
+from .delta import fill_from_base, find_base, plan_from_base, share_installed
+from ..host.share import ShareCounts
 from ..trust import VerifiedManifest, installed_record, prefix_floor, recheck_floor
 from .floor import kept_floor
 from ..bundle.verify import check_chunk_names
@@ -80,6 +82,7 @@ MAX_RECEIPT_BYTES = 1024 * 1024  # a receipt is a few hundred bytes; this bounds
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
 INCOMPLETE = ".incomplete"
+REMOVING_PREFIX = ".removing-"  # a version directory being removed (deploy/prune.py), out of view
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,13 @@ class InstallResult:
     previous: str | None
     overrides: tuple[str, ...] = ()  # "reinstall" / "downgrade": an --allow-* flag was needed (docs/trust.md)
     venv: Path | None = None
+    base: dict[str, object] | None = None  # a delta's base (docs/format.md, 11.1)
+    shared: dict[str, int] | None = None  # files made from installed ones: reflink/hardlink/copy counts
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "base": self.base,
+            "shared": self.shared,
             "status": self.status,
             "bundle": {"name": self.name, "version": self.version},
             "path": str(self.path),
@@ -153,22 +160,19 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
     m = verified.manifest
-    if m.base is not None:  # until the delta install of docs/format.md, section 11.1, is here
-        raise PolicyError(f"{m.name} {m.version} is a delta of {m.base.name} {m.base.version}; "
-                          "this gapship cannot install deltas yet", subject=m.base.manifest_digest)
     check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
     check_prefix(prefix, home=home, state_dir=prefix / STATE_DIR)  # StrictModes, before any read or write
     fresh = not (home.exists() or home.is_symlink())
     _make_dirs(home)
-    with _locked(home, forget_on_error=fresh), _as_host_error(home):
+    with locked(home, forget_on_error=fresh), as_host_error(home):
         check_site_marker(prefix, site.site if site else None)
         _remove_staging_litter(home)
         if state is not None:
             state.check_writable()  # a floor that cannot be raised refuses before any work
         snapshot = state.load() if state else None
-        previous = _active_version(home)
+        previous = active_version(home)
         _remove_incomplete_versions(home, previous)
         target = home / m.version
         plan = _plan_floor(home, verified, snapshot, previous, target)
@@ -181,11 +185,17 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             _record(state, snapshot, verified, plan, receipt=_receipt_digest(target), audit=refs)
             mark_site(prefix, site.site if site else None)
             _switch_current(home, m.version)
-            return _result(verified, target, "already-installed", previous, overrides, deps)
+            return _result(verified, target, "already-installed", previous, overrides, deps,
+                           shared=receipt.get("shared"))
+        select = site.select if site else None
+        # A delta's base is found, and every file it takes from it mapped, before anything is written.
+        reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
         staging = Path(_mkdtemp(home))
         record = _ReceiptFacts(overrides=overrides, site=site)
         try:
-            extract_payload(bundle, m, staging, progress=progress, select=site.select if site else None)
+            extract_payload(bundle, m, staging, progress=progress, select=select)
+            share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
+            fill_from_base(staging, m, reuse, record.shared)
             _write_records(staging, verified, record, marker=deps is not None)
             if deps is None:
                 refs = intend("installed")
@@ -201,7 +211,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
-    return _result(verified, target, "installed", previous, overrides, deps)
+    return _result(verified, target, "installed", previous, overrides, deps, shared=record.shared.to_dict())
 
 
 @dataclass(frozen=True)
@@ -263,13 +273,15 @@ def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: Depende
 
 
 def _result(verified: VerifiedManifest, target: Path, status: str, previous: str | None,
-            overrides: tuple[str, ...], deps: DependencyPlan | None) -> InstallResult:
+            overrides: tuple[str, ...], deps: DependencyPlan | None, *, shared: object = None) -> InstallResult:
     m = verified.manifest
+    counts = {str(k): v for k, v in shared.items() if isinstance(v, int)} if isinstance(shared, dict) else None
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
         files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
         overrides=overrides,
         venv=target / "venv" if deps is not None else None,
+        base=m.base.to_dict() if m.base is not None else None, shared=counts,
     )
 
 
@@ -319,7 +331,7 @@ def _make_dirs(home: Path) -> None:
 
 
 @contextmanager
-def _locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
+def locked(home: Path, *, forget_on_error: bool = False) -> Iterator[None]:
     """Hold ``home/.lock``. ``forget_on_error``: this run created ``home``, so a failure removes the
     lock and the then-empty ``home`` again (a refused first install leaves no trace)."""
     try:
@@ -365,7 +377,7 @@ def _forget_home(home: Path) -> None:
 
 
 @contextmanager
-def _as_host_error(home: Path) -> Iterator[None]:
+def as_host_error(home: Path) -> Iterator[None]:
     """An OSError while staging, writing the records or switching ``current`` is the host's doing
     (disk full, quota, read-only, permissions): exit 7 naming the directory, not an internal error."""
     try:
@@ -377,7 +389,7 @@ def _as_host_error(home: Path) -> Iterator[None]:
 def _remove_staging_litter(home: Path) -> None:
     """Called under the lock: no other install can own a staging directory now."""
     for entry in home.iterdir():
-        if entry.name.startswith((STAGING_PREFIX, ".current-")):
+        if entry.name.startswith((STAGING_PREFIX, ".current-", REMOVING_PREFIX)):  # .removing-: prune.py
             remove_tree(entry)
 
 
@@ -399,7 +411,7 @@ def _mkdtemp(home: Path) -> str:
         raise HostError(f"cannot create a staging directory in {home}: {e.strerror}", subject=str(home)) from None
 
 
-def _active_version(home: Path) -> str | None:
+def active_version(home: Path) -> str | None:
     link = home / CURRENT
     if not link.is_symlink():
         if link.exists():
@@ -432,10 +444,12 @@ def _check_same_bundle(target: Path, verified: VerifiedManifest) -> dict[str, ob
 
 @dataclass(frozen=True)
 class _ReceiptFacts:
-    """What the receipt records beyond the manifest: the --allow-* overrides used and the site decision."""
+    """What the receipt records beyond the manifest: the --allow-* overrides used, the site decision,
+    and how many files were made from installed ones (:mod:`..host.share`)."""
 
     overrides: tuple[str, ...]
     site: SiteDecision | None
+    shared: ShareCounts = field(default_factory=ShareCounts)
 
 
 def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, marker: bool) -> None:
@@ -456,7 +470,7 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
 def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,
                    audit: Sequence[AuditRef]) -> None:
     """Atomically, and flushed: its presence is what marks the version directory complete. Mode 644,
-    not left to the umask (see _settle_modes); an OSError is the host's (_as_host_error)."""
+    not left to the umask (see _settle_modes); an OSError is the host's (as_host_error)."""
     with atomic_file(target / RECEIPT, mode=0o644) as f:
         f.write(_receipt(verified, deps, record, audit))
 
@@ -479,6 +493,8 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
         "overrides": list(record.overrides),
         "site": record.site.summary() if record.site else None,
         "audit": [ref.to_dict() for ref in audit],  # the intent record(s) of this install (docs/format.md)
+        "base": m.base.to_dict() if m.base is not None else None,  # a delta's base (docs/format.md, 11.1)
+        "shared": record.shared.to_dict(),  # files made from installed ones, by method (host/share.py)
     }
     if deps is not None:
         receipt["dependencies"] = {"venv": "venv", **deps.to_dict()}

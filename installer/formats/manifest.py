@@ -63,6 +63,11 @@ COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 DIGEST_RE = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
 POLICY_PATH = "safeguards/policy.toml"  # the one file of the one safeguards component (docs/policy.md)
 ALLOWED_MODES = (0o644, 0o755)
+# What a delta must carry in its payload, never take from its base (section 11.1): the policy, every
+# SBOM file, and the dependencies' target and lock, which the install reads out of the chunks before
+# anything is written (safeguards.read_bundled_policy, deploy.deps.plan_dependencies).
+PAYLOAD_ONLY_DIRS = ("sbom/",)
+PAYLOAD_ONLY_FILES = frozenset({POLICY_PATH, "dependencies/target.json", "dependencies/requirements.lock"})
 
 
 def padded(n: int) -> int:
@@ -1077,8 +1082,8 @@ def _validate_files(m: Manifest) -> None:
             if hashes.width * 2 != hex_length or i in hashes.odd:
                 _check_hash(hashes[i], m.hash_algorithm, f"file {path!r}")
             if i in base:  # not in the payload: no place in it to check (section 11.1)
-                if path == POLICY_PATH:
-                    raise UnsafeContentError(f"{POLICY_PATH} must be in the payload, not taken from the base",
+                if path == POLICY_PATH or path.startswith(PAYLOAD_ONLY_DIRS) or path in PAYLOAD_ONLY_FILES:
+                    raise UnsafeContentError(f"{path} must be in the payload, not taken from the base",
                                              subject=path)
                 continue
             header = offset - cursor

@@ -537,6 +537,7 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     (bundle / "chunks" / "00000.bin").unlink()
     runs["repair"] = [_json("repair", bundle, "--trust", trust)]
     runs["sign"].append(_json("sign", bundle, "--sigstore", "--identity-token", "not-a-real-token"))
+    runs["remove"], runs["prune"] = _removal_runs(tmp_path / "removal", key, trust, make_spec)
     _trust_root_runs(runs, tmp_path, key, second, make_key, bundle)
     _site_runs(runs, tmp_path, key, make_key, bundle, trust)
     sections_of = _leaf_sections()
@@ -546,6 +547,16 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     # every command a user runs is covered here, except `trust add-sigstore` (needs a sigstore trusted
     # root: test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore)
     assert set(runs) | {"trust add-sigstore"} == set(_leaf_commands())
+
+
+def _removal_runs(work: Path, key: KeyPair, trust: Path, make_spec: Callable[..., Path]
+                  ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Three versions installed; 1.0.0 removed, then 2.0.0 pruned."""
+    prefix = work / "prefix"
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        _json("build", make_spec(version=version), "--out", work / version, "--key", key.private)
+        _json("install", work / version, "--trust", trust, "--prefix", prefix)
+    return [_json("remove", "--prefix", prefix, "demo", "1.0.0")], [_json("prune", "--prefix", prefix, "--keep", "1")]
 
 
 # Objects keyed by a name (a role, a bundle): the doc names such a key with a placeholder.
