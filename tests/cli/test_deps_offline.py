@@ -52,7 +52,7 @@ def test_offline_build_and_install_without_network(tmp_path: Path, house: Wheelh
 
 def _wheels_of_gapships_dependencies(folder: Path) -> Path:
     """gapship's own dependencies as wheels, rebuilt from the test venv (so no index is needed)."""
-    for name in ("click", "tqdm", "PyNaCl", "cffi", "pycparser", "packaging", "cryptography"):
+    for name in ("click", "tqdm", "PyNaCl", "cffi", "pycparser", "packaging", "cryptography", "installer"):
         wheel_from_installed(name, folder, site=_site())
     return folder
 
