@@ -93,7 +93,7 @@ def test_bootstrap_gapship_from_the_bundle_on_a_bare_python(tmp_path: Path, hous
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "OK demo 1.0.0: signed by" in ran.stdout
     pins = {p.name for p in parse_lock((site / BOOTSTRAP_LOCK).read_bytes(), source=BOOTSTRAP_LOCK)}
-    assert pins == {"gapship", "click", "tqdm", "pynacl", "cffi", "pycparser", "packaging", "cryptography"}
+    assert pins == {"gapship", "click", "tqdm", "pynacl", "cffi", "pycparser", "packaging", "cryptography", "installer"}
 
 
 @pytest.mark.network
