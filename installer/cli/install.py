@@ -26,12 +26,13 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
               help="Install a version older than the highest installed one (logged; the floor stays).")
 @click.option("--python", "python", metavar="PYTHON", default=None,
               help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
-@click.option("--no-compile", "no_compile", is_flag=True,
-              help="Do not compile the venv's Python files to bytecode (the serving process compiles on import).")
+@click.option("--compile/--no-compile", "compile_bytecode", default=False,
+              help="Compile the venv's Python files to bytecode, on every core (default: no; Python then compiles "
+                   "on import, and caches the result where it may write).")
 @output_options
 @host_options
 def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
-            python: str | None, no_compile: bool, as_json: bool, progress: bool | None, host: HostContext) -> None:
+            python: str | None, compile_bytecode: bool, as_json: bool, progress: bool | None, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
@@ -50,7 +51,7 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     decision = host.decide(bundle, verified, trust_dir=trust_dir)
     with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
         result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
-                                python=python, record_intent=host.intent, compile_bytecode=not no_compile)
+                                python=python, record_intent=host.intent, compile_bytecode=compile_bytecode)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:

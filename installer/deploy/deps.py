@@ -348,7 +348,7 @@ def query_interpreter(python: str) -> Interpreter:
 # -- creating the venv ----------------------------------------------------------------------------
 
 
-def create_venv(version_dir: Path, plan: DependencyPlan, *, compile_bytecode: bool = True) -> Path:
+def create_venv(version_dir: Path, plan: DependencyPlan, *, compile_bytecode: bool = False) -> Path:
     """Create ``version_dir/venv`` with the planned interpreter and install the locked wheels offline.
 
     The venv is made at its final path because venvs are not relocatable (absolute paths in

@@ -143,7 +143,7 @@ RecordIntent = Callable[[Intent], Sequence[AuditRef]]
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
             state: HostState | None = None, site: SiteDecision | None = None,
             python: str | None = None, record_intent: RecordIntent | None = None,
-            compile_bytecode: bool = True) -> InstallResult:
+            compile_bytecode: bool = False) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
 

@@ -23,19 +23,22 @@ wheel. On top of it this module keeps pip's guarantees and adds some:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import posixpath
+import stat
 import subprocess
 import zipfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
-from installer.records import Hash, RecordEntry
+from installer.records import Hash, RecordEntry, parse_record_file
 from installer.sources import WheelContentElement, WheelFile
 from installer.utils import Scheme
 
@@ -96,10 +99,19 @@ def choose_wheels(wheels_dir: Path, wheels: Sequence[str], pins: Sequence[tuple[
 
 
 def install_wheels(venv: Path, choices: Sequence[Choice], *, python_version: str) -> None:
-    """Unpack each chosen wheel into ``venv`` (made by ``python -m venv``, at its final path)."""
+    """Unpack each chosen wheel into ``venv`` (made by ``python -m venv``, at its final path).
+
+    The files of a wheel are decompressed, checked and written by a few threads (zlib, hashlib and
+    the writes release the GIL); a wheel's ``RECORD`` is written only once all its files are."""
     scheme = scheme_paths(venv, python_version)
-    for choice in choices:
-        _install_one(choice.path, scheme)
+    with ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gapship-wheel") as pool:
+        made: set[str] = set()
+        for choice in choices:
+            _install_one(choice.path, scheme, pool, made)
+
+
+def _workers() -> int:
+    return max(2, min(8, (os.cpu_count() or 1) + 1))
 
 
 def scheme_paths(venv: Path, python_version: str) -> dict[str, str]:
@@ -110,7 +122,7 @@ def scheme_paths(venv: Path, python_version: str) -> dict[str, str]:
             "headers": str(venv / "include" / "site" / f"python{python_version}")}
 
 
-def _install_one(path: Path, scheme: dict[str, str]) -> None:
+def _install_one(path: Path, scheme: dict[str, str], pool: ThreadPoolExecutor, made: set[str]) -> None:
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as e:
@@ -124,7 +136,7 @@ def _install_one(path: Path, scheme: dict[str, str]) -> None:
                                      subject=path.name) from None
         headers = dict(scheme, headers=posixpath.join(scheme["headers"], source.distribution))
         destination = _Destination(scheme_dict=headers, interpreter=str(Path(scheme["scripts"]) / "python"),
-                                   script_kind="posix", wheel=path.name)
+                                   script_kind="posix", wheel=path.name, pool=pool, made=made)
         try:
             install_wheel(source, destination, {"INSTALLER": INSTALLER_NAME, "REQUESTED": b""})
         except (UnsafeContentError, HostError):
@@ -133,6 +145,8 @@ def _install_one(path: Path, scheme: dict[str, str]) -> None:
             raise HostError(f"cannot install wheel {path.name}: {e.strerror or e}", subject=path.name) from None
         except Exception as e:  # pypa/installer's InvalidWheelSource, ValueError (a path leaving its scheme)
             raise UnsafeContentError(f"cannot install wheel {path.name}: {_one_line(e)}", subject=path.name) from None
+        finally:
+            destination.drain(quiet=True)  # no thread may write once this returns or raises (the tree may go)
 
 
 def _one_line(e: BaseException) -> str:
@@ -141,20 +155,63 @@ def _one_line(e: BaseException) -> str:
 
 
 class _CheckedSource(WheelFile):
-    """The wheel, with each file's stream checked against its ``RECORD`` entry while it is read."""
+    """The wheel, each of its files handed out as a :class:`_Member`, checked against its ``RECORD``
+    entry while it is read (``validate_record`` has made sure that every file has one)."""
 
     def __init__(self, archive: zipfile.ZipFile) -> None:
         super().__init__(archive)
         self._wheel_name = Path(archive.filename or "").name
 
     def get_contents(self) -> Iterator[WheelContentElement]:
+        records = {r[0]: r for r in parse_record_file(self.read_dist_info("RECORD").splitlines())}
         record_path = f"{self.dist_info_dir}/RECORD"
-        for elements, stream, is_executable in super().get_contents():
+        for item in self._zipfile.infolist():
+            if item.filename.endswith("/"):
+                continue
+            elements = records.get(item.filename, (item.filename, "", ""))
+            mode = item.external_attr >> 16
+            is_executable = bool(mode and stat.S_ISREG(mode) and mode & 0o111)  # as pip and pypa/installer
             entry = RecordEntry.from_elements(*elements)
             if entry.path == record_path or entry.hash_ is None or entry.size is None:
-                yield elements, stream, is_executable  # RECORD itself, and signatures (RECORD.jws): not installed
+                with self._zipfile.open(item) as raw:  # RECORD itself (not installed), signatures (RECORD.jws)
+                    yield elements, cast(BinaryIO, raw), is_executable
                 continue
-            yield elements, cast(BinaryIO, _Checked(stream, entry, self._wheel_name)), is_executable
+            member = _Member(self._zipfile, item, entry, self._wheel_name)
+            try:
+                yield elements, cast(BinaryIO, member), is_executable
+            finally:
+                member.close()
+
+
+class _Member:
+    """One file of a wheel, not yet opened: the destination either writes it on a thread (opening it
+    there) or reads it here (a script, whose ``#!`` line pypa/installer rewrites)."""
+
+    def __init__(self, archive: zipfile.ZipFile, item: zipfile.ZipInfo, entry: RecordEntry, wheel: str) -> None:
+        self.archive, self.item, self.entry, self.wheel = archive, item, entry, wheel
+        self._open: _Checked | None = None
+
+    def checked(self) -> _Checked:
+        return _Checked(cast(BinaryIO, self.archive.open(self.item)), self.entry, self.wheel)
+
+    def _stream(self) -> _Checked:
+        if self._open is None:
+            self._open = self.checked()
+        return self._open
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream().read(size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._stream().readline(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream().seek(offset, whence)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
 
 class _Checked:
@@ -171,6 +228,9 @@ class _Checked:
         self._hash = hashlib.new(self._want.name)
         self._size = 0
         self._done = False
+
+    def close(self) -> None:
+        self._stream.close()
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if (offset, whence) != (0, 0):
@@ -191,8 +251,7 @@ class _Checked:
             self._refuse("is longer than")
         if not data and eof_if_empty and not self._done:
             self._done = True
-            digest = RecordEntry(self._entry.path, Hash(self._want.name, _b64(self._hash.digest())), self._size)
-            if self._size != self._entry.size or digest.hash_ != self._want:
+            if self._size != self._entry.size or _b64(self._hash.digest()) != self._want.value:
                 self._refuse("does not match")
         return data
 
@@ -202,52 +261,103 @@ class _Checked:
 
 
 def _b64(digest: bytes) -> str:
-    import base64
-
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
 @dataclass
 class _Destination(SchemeDictionaryDestination):
-    """pypa/installer's destination, writing with fixed modes and ``O_EXCL | O_NOFOLLOW``."""
+    """pypa/installer's destination, writing with fixed modes and ``O_EXCL | O_NOFOLLOW``, the files
+    of a wheel on ``pool``'s threads."""
 
     wheel: str = ""
+    pool: ThreadPoolExecutor | None = None
+    made: set[str] = field(default_factory=set)  # directories known to exist (shared by the wheels)
+    jobs: list[Future[None]] = field(default_factory=list)
+
+    def write_file(self, scheme: Scheme, path: str | os.PathLike[str], stream: BinaryIO,
+                   is_executable: bool) -> RecordEntry:
+        member = cast(object, stream)
+        if scheme == "scripts" or self.pool is None or not isinstance(member, _Member):
+            return super().write_file(scheme, path, stream, is_executable)
+        target = self._target(scheme, os.fspath(path))  # refuses an escaping path now, not on a thread
+        self.jobs.append(self.pool.submit(self._write_member, target, member, is_executable))
+        # the bytes written are the bytes RECORD names (else the job fails, and so the install)
+        return RecordEntry(os.fspath(path), member.entry.hash_, member.entry.size)
+
+    def _write_member(self, target: str, member: _Member, is_executable: bool) -> None:
+        checked = member.checked()
+        try:
+            self._write(target, cast(BinaryIO, checked), is_executable, hash_name=None, shown=member.entry.path)
+        finally:
+            checked.close()
 
     def write_to_fs(self, scheme: Scheme, path: str, stream: BinaryIO, is_executable: bool) -> RecordEntry:
-        target = self._path_with_destdir(scheme, path)  # refuses a path that leaves its scheme (ValueError)
-        _make_parents(target.parent, Path(self.scheme_dict[scheme]))
+        digest, size = self._write(self._target(scheme, path), stream, is_executable, hash_name=self.hash_algorithm,
+                                   shown=path)
+        return RecordEntry(path, Hash(self.hash_algorithm, digest), size)
+
+    def _target(self, scheme: Scheme, path: str) -> str:
+        root = os.path.abspath(self.scheme_dict[scheme])
+        full = os.path.abspath(os.path.join(root, path))
+        if os.path.commonpath([root, full]) != root or full == root:
+            raise ValueError(f"Attempting to write {path} outside of the target directory")
+        return full
+
+    def _write(self, target: str, stream: BinaryIO, is_executable: bool, *, hash_name: str | None,
+               shown: str) -> tuple[str, int]:
+        self._make_parents(os.path.dirname(target))
         mode = _EXEC_MODE if is_executable else _FILE_MODE
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except FileExistsError:
-            raise UnsafeContentError(f"wheel {self.wheel} would overwrite {path}, which another wheel or the venv "
-                                     "already has", subject=self.wheel) from None
-        h, size = hashlib.new(self.hash_algorithm), 0
+            raise UnsafeContentError(f"wheel {self.wheel} would overwrite {shown}, which another wheel or the venv "
+                                     "already has",
+                                     subject=self.wheel) from None
+        h, size = (hashlib.new(hash_name) if hash_name else None), 0
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), mode)  # not the caller's umask: 000 would make it world-writable
             while block := stream.read(_BLOCK):
-                h.update(block)
+                if h is not None:
+                    h.update(block)
                 size += len(block)
                 out.write(block)
-        return RecordEntry(path, Hash(self.hash_algorithm, _b64(h.digest())), size)
+        return (_b64(h.digest()) if h else ""), size
+
+    def _make_parents(self, folder: str) -> None:
+        """Create ``folder`` and its missing parents, 0755 whatever the umask (several threads may)."""
+        missing = []
+        while folder not in self.made and not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for each in reversed(missing):
+            try:
+                os.mkdir(each, _DIR_MODE)
+                os.chmod(each, _DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(each) or os.path.islink(each):
+                    raise
+        self.made.update(missing)
+        self.made.add(folder)
 
     def write_script(self, name: str, module: str, attr: str, section: ScriptSection) -> RecordEntry:
         entry = super().write_script(name, module, attr, section)
-        os.chmod(self._path_with_destdir(Scheme("scripts"), entry.path), _EXEC_MODE)  # base class ORs in the umask
+        os.chmod(self._target(Scheme("scripts"), entry.path), _EXEC_MODE)  # the base class ORs in the umask
         return entry
 
+    def finalize_installation(self, scheme: Scheme, record_file_path: str,
+                              records: Iterable[tuple[Scheme, RecordEntry]]) -> None:
+        self.drain()  # every file written and checked before the RECORD that lists them
+        super().finalize_installation(scheme, record_file_path, records)
 
-def _make_parents(folder: Path, root: Path) -> None:
-    """Create ``folder`` and its missing parents up to ``root``, 0755 whatever the umask."""
-    missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        if folder == root or folder.parent == folder:
-            break
-        folder = folder.parent
-    for each in reversed(missing):
-        os.mkdir(each, _DIR_MODE)
-        os.chmod(each, _DIR_MODE)
+    def drain(self, *, quiet: bool = False) -> None:
+        """Wait for every file job; raise the first failure unless ``quiet`` (already failing)."""
+        jobs, self.jobs = self.jobs, []
+        first: BaseException | None = None
+        for job in jobs:
+            error = job.exception()
+            first = first or error
+        if first is not None and not quiet:
+            raise first
 
 
 def compile_bytecode(python: str, site_packages: Path, env: dict[str, str]) -> None:

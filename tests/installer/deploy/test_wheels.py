@@ -142,9 +142,9 @@ def test_no_code_from_a_wheel_runs_at_install(tmp_path: Path, interpreter: Inter
     assert marker.exists()  # the same .pth does run once the serving python starts
 
 
-def test_compiles_no_bytecode_when_told_not_to(tmp_path: Path, interpreter: Interpreter) -> None:
+def test_compiles_no_bytecode_unless_asked(tmp_path: Path, interpreter: Interpreter) -> None:
     plan = _plan(tmp_path / "v", interpreter, [_demo(tmp_path)])
-    venv = create_venv(tmp_path / "v", plan, compile_bytecode=False)
+    venv = create_venv(tmp_path / "v", plan)
     assert (_site_packages(venv) / "gsw" / "__init__.py").is_file()
     assert not list(_site_packages(venv).rglob("*.pyc"))
 
