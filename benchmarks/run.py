@@ -639,7 +639,8 @@ def benchmark(args: argparse.Namespace, work: Path, say: Callable[[str], None]) 
         say(f"{key}:")
         run_step(contenders, rounds=args.rounds, cache=args.cache, work=work, say=say)
     rows = results(steps, sizes)
-    cache_note = ("inputs read once before each timed run (all contenders start warm)" if args.cache == "warm" else
+    dropped = "page cache dropped (drop_caches), then " if drop_caches() else ""
+    cache_note = (f"{dropped}inputs read once before each timed run (all contenders start warm)" if args.cache == "warm" else
                   "inputs evicted with posix_fadvise(DONTNEED) before each timed run (all contenders start cold)")
     return {
         "machine": machine(work),
