@@ -9,6 +9,8 @@ cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 rm -rf build  # setuptools reuses build/lib, which can still hold modules deleted from the tree
 .venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
-.venv/bin/python -m mypy -p gapship.installer -p gapship.bundler
+# mypy from .venv, not the checkout: mypy always searches its working directory first, where installer/
+# would stand in for pypa's `installer` distribution (which installer/deploy/wheels.py imports).
+(cd .venv && bin/python -m mypy --config-file ../pyproject.toml --cache-dir ../.mypy_cache -p gapship.installer -p gapship.bundler)
 # Not `python -m pytest`: that puts the checkout on sys.path, where installer/ would shadow pypa's installer.
 exec .venv/bin/pytest "$@"

@@ -30,7 +30,15 @@ kernel CPU than on a filesystem that is not churning (measured here: 40 us again
 file). That is an artefact of benchmarking, not of installing, and it would hit whichever contender
 ran second.
 
-Public tools only: python, bash, tar, sha256sum, openssl, and GNU time when it is there.
+Before every timed run, of every contender, the script also drops the kernel's page cache where it
+may (root: echo 3 > /proc/sys/vm/drop_caches), then reads the inputs once: on these VMs guest memory
+not touched before is slow to fault in, and a run after a cache full of stale pages paid for it.
+
+--only deps times the dependency step (benchmarks/deps.py): a real serving stack's wheels, downloaded
+once from the package index into a cache folder, into a fresh venv by gapship install, by
+python -m venv && pip install --no-index, and by uv pip install --offline (when uv is there).
+
+Public tools only: python, bash, tar, sha256sum, openssl, pip, uv and GNU time when they are there.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MiB = 1024**2
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": MiB, "mib": MiB, "mb": 1000**2,
@@ -171,6 +180,16 @@ def small_sizes(count: int, seed: int = 6) -> list[tuple[str, int]]:
 
 def sync() -> None:
     os.sync()
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (needs root; a no-op otherwise): every contender starts from the same state."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def warm(paths: Sequence[Path]) -> None:
@@ -353,6 +372,7 @@ def run_step(contenders: list[Contender], *, rounds: int, cache: str, work: Path
         for c in contenders[shift:] + contenders[:shift]:
             c.prepare()
             sync()
+            drop_caches()
             warm(c.inputs) if cache == "warm" else evict(c.inputs)
             sample = run_timed(c.argv, log=work / "logs" / "last.log")
             c.samples.append(sample)
@@ -420,6 +440,7 @@ def targets(rows: list[dict[str, object]]) -> list[Target]:
         theirs, ours = t(dataset, step, name), t(dataset, step, "gapship")
         if theirs is not None and ours is not None:
             out.append(Target(text, theirs / ours, goal))
+    out += bench_module("deps").targets(rows, Target)
     rss = [float(r["peak_rss_mib"]) for r in rows if r["gapship"]]  # type: ignore[arg-type]
     out.append(Target("peak RSS of any gapship command, MiB < 200", max(rss), 200.0, higher_is_better=False))
     return out
@@ -527,6 +548,8 @@ def payload_line(s: dict[str, object]) -> str:
         parts.append(f"large = {s['large_files']} files, {s['large_bytes'] / MiB:.0f} MiB")  # type: ignore[operator]
     if s["small_bytes"]:
         parts.append(f"small = {s['small_files']} files, {s['small_bytes'] / MiB:.0f} MiB")  # type: ignore[operator]
+    if s.get("deps_wheels"):
+        parts.append(f"deps = {s['deps_wheels']}")
     return "; ".join(parts)
 
 
@@ -557,9 +580,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gapship", help="command to run gapship (default: the gapship script beside this python)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for CI: 8 MiB, 200 small files, 1 round")
-    p.add_argument("--only", choices=("large", "small", "parity", "delta"),
-                   help="run one of the two data sets (targets need both), or the parity case (benchmarks/parity.py) "
-                        "or the delta update case (benchmarks/delta.py)")
+    p.add_argument("--only", choices=("large", "small", "parity", "delta", "deps"),
+                   help="run one of the data sets (targets need large and small), or the parity case "
+                        "(benchmarks/parity.py), the delta update case (benchmarks/delta.py) or the dependency step "
+                        "(benchmarks/deps.py)")
+    p.add_argument("--deps-cache", type=Path, help="where the real wheel set for --only deps is downloaded once "
+                   "(default ~/.cache/gapship-bench/wheels-pyX.Y)")
     args = p.parse_args(argv)
     if args.smoke:
         args.size, args.small_files, args.chunk_size, args.rounds = 8 * MiB, 200, 1 * MiB, 1
@@ -606,6 +632,10 @@ def benchmark(args: argparse.Namespace, work: Path, say: Callable[[str], None]) 
     if args.only in (None, "small"):
         datasets["small"] = make_dataset(work / "data" / "small", "small", small_sizes(args.small_files))
     steps: dict[str, list[Contender]] = {}
+    sizes = {name: ds.data_bytes for name, ds in datasets.items()}
+    deps_wheels = ""
+    if args.only in (None, "deps"):
+        deps_wheels = deps_step(args, env, steps, sizes, say)
     for name, ds in datasets.items():
         bundle = work / "bundles" / name
         run_timed([*gapship, "build", str(ds.spec), "--out", str(bundle), "--key", str(env.key), "--chunk-size",
@@ -621,16 +651,16 @@ def benchmark(args: argparse.Namespace, work: Path, say: Callable[[str], None]) 
     for key, contenders in steps.items():
         say(f"{key}:")
         run_step(contenders, rounds=args.rounds, cache=args.cache, work=work, say=say)
-    sizes = {name: ds.data_bytes for name, ds in datasets.items()}
     rows = results(steps, sizes)
-    cache_note = ("inputs read once before each timed run (all contenders start warm)" if args.cache == "warm" else
+    dropped = "page cache dropped (drop_caches), then " if drop_caches() else ""
+    cache_note = (f"{dropped}inputs read once before each timed run (all contenders start warm)" if args.cache == "warm" else
                   "inputs evicted with posix_fadvise(DONTNEED) before each timed run (all contenders start cold)")
     return {
         "machine": machine(work),
         "settings": {
             "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
             "large_files": args.files, "large_bytes": sizes.get("large", 0), "small_files": args.small_files,
-            "small_bytes": sizes.get("small", 0), "chunk_size": args.chunk_size, "rounds": args.rounds, "cache": args.cache,
+            "small_bytes": sizes.get("small", 0), "deps_wheels": deps_wheels, "chunk_size": args.chunk_size, "rounds": args.rounds, "cache": args.cache,
             "cache_note": cache_note + "; output deleted and synced after each run, untimed; "
                           "gapship install includes its syncfs, tar -x does not (see 'tar -x; sync')",
         },
@@ -638,6 +668,37 @@ def benchmark(args: argparse.Namespace, work: Path, say: Callable[[str], None]) 
         "targets": [{"target": t.text, "value": round(t.value, 3), "goal": t.goal, "met": t.met} for t in targets(rows)],
         "bounds": bounds(rows),
     }
+
+
+def bench_module(name: str) -> Any:
+    """A case module beside this script (benchmarks/<name>.py), loaded by path."""
+    import importlib.util
+
+    if f"gapship_bench_{name}" in sys.modules:
+        return sys.modules[f"gapship_bench_{name}"]
+    spec = importlib.util.spec_from_file_location(f"gapship_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def deps_step(args: argparse.Namespace, env: Env, steps: dict[str, list[Contender]], sizes: dict[str, int],
+              say: Callable[[str], None]) -> str:
+    """--only deps (benchmarks/deps.py): build the bundle of the wheel set once, add its contenders."""
+    deps = bench_module("deps")
+    if args.smoke:
+        wheels, what = deps.fake_wheels(env.work / "data" / "deps-wheels")
+    else:
+        wheels, what = deps.real_wheels(args.deps_cache or deps.default_cache(), say)
+    spec = deps.write_spec(env.work / "data" / "deps", wheels)
+    bundle = env.work / "bundles" / "deps"
+    run_timed([*env.gapship, "build", str(spec), "--out", str(bundle), "--key", str(env.key), "--chunk-size",
+               str(env.chunk_size), "--offline", "--no-progress"], log=env.work / "logs" / "build-deps.log")
+    steps["deps/install"] = deps.contenders(env, bundle, make=Contender, shell=shell, q=q, bundle_paths=bundle_paths)
+    sizes["deps"] = deps.total_bytes(bundle)
+    return str(what)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,7 @@ class _Pip:
         if not ok:
             raise UsageError(f"cannot gather gapship's own dependencies for {_describe(self.spec)}: "
                              f"{_last_error(output)}", subject="--include-gapship",
-                             hint="with --offline, put wheels of click, tqdm, PyNaCl, cryptography, packaging "
+                             hint="with --offline, put wheels of click, tqdm, PyNaCl, cryptography, packaging, installer "
                                   "(and their dependencies) for the target into find_links")
         return _wheels_in(dest)
 

@@ -32,10 +32,14 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
               help="Interpreter for the bundle's dependencies venv (default: the one running gapship).")
 @click.option("--repair", "repair_first", is_flag=True,
               help="First rebuild lost or damaged chunks from the bundle's parity, in place (needs gapship[parity]).")
+@click.option("--compile/--no-compile", "compile_bytecode", default=False,
+              help="Compile the venv's Python files to bytecode, on every core (default: no; Python then compiles "
+                   "on import, and caches the result where it may write).")
 @output_options
 @host_options
 def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
-            python: str | None, repair_first: bool, as_json: bool, progress: bool | None, host: HostContext) -> None:
+            python: str | None, repair_first: bool, compile_bytecode: bool, as_json: bool, progress: bool | None,
+            host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
@@ -57,7 +61,8 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
         decision = host.decide(bundle, verified, trust_dir=trust_dir)
         with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
             result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
-                                    python=python, record_intent=host.intent)
+                                    python=python, record_intent=host.intent,
+                                    compile_bytecode=compile_bytecode)
     except IntegrityError as e:
         if repair_first or not _repairable(bundle, verified):
             raise

@@ -16,9 +16,10 @@ runs before verification has finished (the security guide's "Faults on the host"
    asks the chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
    differ from the interpreter running gapship), and refuses a mismatch with :class:`PolicyError`.
 2. The payload is extracted and every file hash-checked as usual (``extract.py``).
-3. :func:`create_venv`: ``python -m venv`` at its final path, then ``pip install --no-index
-   --find-links <wheels> --require-hashes`` into it. Installing a wheel unpacks files; it runs no code from the
-   wheel (no ``setup.py``), and pip never reaches an index: any missing wheel is a failure, not a fallback.
+3. :func:`create_venv`: ``python -m venv --without-pip`` at its final path, then, in this process, each
+   wheel the lock pins by hash unpacked into it by pypa/installer (:mod:`.wheels`), every file checked against
+   its wheel's ``RECORD``. Installing a wheel unpacks files; it runs no code from the wheel (no ``setup.py``),
+   and nothing reaches an index: any missing wheel is a failure, not a fallback.
 """
 
 from __future__ import annotations
@@ -347,25 +348,30 @@ def query_interpreter(python: str) -> Interpreter:
 # -- creating the venv ----------------------------------------------------------------------------
 
 
-def create_venv(version_dir: Path, plan: DependencyPlan) -> Path:
+def create_venv(version_dir: Path, plan: DependencyPlan, *, compile_bytecode: bool = False) -> Path:
     """Create ``version_dir/venv`` with the planned interpreter and install the locked wheels offline.
 
     The venv is made at its final path because venvs are not relocatable (absolute paths in
     ``pyvenv.cfg`` and in every script); see install.py for how that fits the atomic switch. It is made
-    without pip (no ensurepip needed on the target Python, and a venv that only serves), and the pip of
-    gapship's own environment installs into it (``pip --python``, pip >= 22.3)."""
+    without pip (no ensurepip needed on the target Python, and a venv that only serves); the wheels
+    are unpacked in this process by pypa/installer (:mod:`.wheels`), each file checked against its
+    wheel's ``RECORD``, and with ``compile_bytecode`` compiled by the planned interpreter on every core."""
+    from .wheels import choose_wheels, compile_bytecode as compile_all, install_wheels
+
     root = Path(os.path.abspath(version_dir))
     venv = root / VENV
     _run([plan.interpreter.executable, "-I", "-m", "venv", "--without-pip", str(venv)],
-         what=f"create the venv {venv}", error=HostError)
-    _run([sys.executable, "-I", "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--isolated",
-          "--no-input", "--disable-pip-version-check", "--no-cache-dir", "--no-index", "--only-binary=:all:",
-          "--find-links", str(root / WHEELS), "--require-hashes", "-r", str(root / LOCK)],
-         what=f"install the bundled wheels into {venv}", error=PolicyError)
+         what=f"create the venv {venv}")
+    choices = choose_wheels(root / WHEELS, plan.wheels, [(p.name, p.version, p.hashes) for p in plan.pins],
+                            plan.interpreter.tags)
+    install_wheels(venv, choices, python_version=plan.interpreter.version)
+    if compile_bytecode:
+        compile_all(plan.interpreter.executable, venv / "lib" / f"python{plan.interpreter.version}" / "site-packages",
+                    pip_env())
     return venv
 
 
-def _run(argv: list[str], *, what: str, error: type[HostError] | type[PolicyError]) -> None:
+def _run(argv: list[str], *, what: str) -> None:
     try:
         # umask 022: under the caller's 000 the venv would be world-writable (and refused when adopted),
         # under 077 unreadable by the serving user
@@ -373,16 +379,9 @@ def _run(argv: list[str], *, what: str, error: type[HostError] | type[PolicyErro
                               stderr=subprocess.STDOUT, text=True, errors="replace", check=False, umask=0o022)
     except OSError as e:
         raise HostError(f"cannot {what}: {e.strerror}", subject=argv[0]) from None
-    if done.returncode == 0:
-        return
-    if "No module named pip" in done.stdout or "no such option: --python" in done.stdout:
-        raise HostError(f"cannot {what}: gapship's environment ({argv[0]}) needs pip 22.3 or later",
-                        subject=argv[0], hint="gapship installs wheels with the pip of its own environment")
-    detail = _last_line(done.stdout)
-    if any(s in done.stdout for s in ("No space left on device", "Permission denied", "Read-only file system")):
-        error = HostError
-    raise error(f"cannot {what}: {detail}", subject=argv[0],
-                hint="the previous version stays active")
+    if done.returncode != 0:
+        raise HostError(f"cannot {what}: {_last_line(done.stdout)}", subject=argv[0],
+                        hint="the previous version stays active")
 
 
 def _last_line(output: str) -> str:

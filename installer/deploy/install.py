@@ -149,7 +149,8 @@ RecordIntent = Callable[[Intent], Sequence[AuditRef]]
 
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
             state: HostState | None = None, site: SiteDecision | None = None,
-            python: str | None = None, record_intent: RecordIntent | None = None) -> InstallResult:
+            python: str | None = None, record_intent: RecordIntent | None = None,
+            compile_bytecode: bool = False) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
 
@@ -158,7 +159,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     (docs/trust.md, "Anti-rollback"). ``record_intent`` is called once, before anything becomes visible,
     and returns the audit references the receipt and the state keep (the module docstring).
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
-    ``python`` is the interpreter for the dependencies' venv (default: the one running gapship)."""
+    ``python`` is the interpreter for the dependencies' venv (default: the one running gapship);
+    ``compile_bytecode`` whether its Python files are compiled to bytecode."""
     m = verified.manifest
     check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
@@ -207,7 +209,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             remove_tree(staging)
             raise
         if deps is not None:
-            refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"))
+            refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"),
+                                        compile_bytecode=compile_bytecode)
         _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
@@ -257,10 +260,11 @@ def _intender(record_intent: RecordIntent | None, verified: VerifiedManifest, pr
 
 
 def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan,
-                         record: _ReceiptFacts, intend: Callable[[], tuple[AuditRef, ...]]) -> tuple[AuditRef, ...]:
+                         record: _ReceiptFacts, intend: Callable[[], tuple[AuditRef, ...]], *,
+                         compile_bytecode: bool) -> tuple[AuditRef, ...]:
     """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
     try:
-        create_venv(target, deps)
+        create_venv(target, deps, compile_bytecode=compile_bytecode)
         _sync(target)
         refs = intend()
         _write_receipt(target, verified, deps, record, refs)

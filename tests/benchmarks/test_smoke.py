@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
-STEPS = {(d, s) for d in ("large", "small") for s in ("build", "verify", "install")}
+STEPS = {(d, s) for d in ("large", "small") for s in ("build", "verify", "install")} | {("deps", "install")}
 BASELINES = {
     "build": {"tar -c | sha256sum", "tar -c | openssl dgst -sha256"},
     "verify": {"sha256sum -c", "openssl dgst -sha256"},
     "install": {"tar -x", "tar -x; sync", "three-pass (sha256sum -c; tar -x; sha256sum -c)"},
 }
+DEPS = {"gapship install --compile", "python -m venv && pip install --no-index"}  # and uv's two, when uv is there
 
 
 def smoke(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,7 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
         mine = [r for r in rows if (r["dataset"], r["step"]) == (dataset, step)]
         assert [r["contender"] for r in mine if r["gapship"]] == [f"gapship {step}"]
         names = {r["contender"] for r in mine if not r["gapship"]}
-        assert BASELINES[step] <= names, names
+        assert (DEPS if dataset == "deps" else BASELINES[step]) <= names, names
         if step == "verify":
             assert any(str(n).startswith("parallel SHA-256 limit") for n in names)
         if (dataset, step) == ("large", "install"):
@@ -51,7 +52,9 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
         assert r["peak_rss_mib"] > 0  # type: ignore[operator]
     targets = report["targets"]
     assert [t["target"] for t in targets][-1].startswith("peak RSS")  # type: ignore[index]
-    assert len(targets) == 7  # type: ignore[arg-type]
+    uv = any(str(r["contender"]).startswith("uv ") for r in rows)
+    assert len(targets) == 7 + (4 if uv else 2)  # type: ignore[arg-type]
+    assert "small made-up wheels" in str(report["settings"]["deps_wheels"])  # type: ignore[index]
     bounds: list[dict[str, object]] = report["bounds"]  # type: ignore[assignment]
     assert [b["figure"] for b in bounds] == [_load_script().LIMIT_SHARE, _load_script().LIMIT_VS_TAR]
     assert all(isinstance(b["value"], float) and b["value"] > 0 for b in bounds)

@@ -52,7 +52,7 @@ def test_offline_build_and_install_without_network(tmp_path: Path, house: Wheelh
 
 def _wheels_of_gapships_dependencies(folder: Path) -> Path:
     """gapship's own dependencies as wheels, rebuilt from the test venv (so no index is needed)."""
-    for name in ("click", "tqdm", "PyNaCl", "cffi", "pycparser", "packaging", "cryptography"):
+    for name in ("click", "tqdm", "PyNaCl", "cffi", "pycparser", "packaging", "cryptography", "installer"):
         wheel_from_installed(name, folder, site=_site())
     return folder
 
@@ -93,7 +93,7 @@ def test_bootstrap_gapship_from_the_bundle_on_a_bare_python(tmp_path: Path, hous
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "OK demo 1.0.0: signed by" in ran.stdout
     pins = {p.name for p in parse_lock((site / BOOTSTRAP_LOCK).read_bytes(), source=BOOTSTRAP_LOCK)}
-    assert pins == {"gapship", "click", "tqdm", "pynacl", "cffi", "pycparser", "packaging", "cryptography"}
+    assert pins == {"gapship", "click", "tqdm", "pynacl", "cffi", "pycparser", "packaging", "cryptography", "installer"}
 
 
 @pytest.mark.network

@@ -240,3 +240,17 @@ def test_lock_round_trips_with_comments_and_continuations() -> None:
     assert [(p.name, p.version, len(p.hashes)) for p in pins] == [("alpha", "1.0", 2), ("beta-pkg", "2.0+local", 1)]
     with pytest.raises(UnsafeContentError, match="pins a package twice"):
         parse_lock(text + b"alpha==1.1 --hash=sha256:" + b"4" * 64 + b"\n", source="x.lock")
+
+
+@pytest.mark.slow  # creates two venvs
+def test_compile_flag_decides_whether_the_venv_gets_bytecode(tmp_path: Path, shared: dict[str, Path]) -> None:
+    """`--compile` compiles the venv's site-packages (the default leaves it to the first import)."""
+    for flag, want in ((None, False), ("--compile", True)):
+        prefix = tmp_path / f"prefix-{want}"
+        args = ["install", shared["1.0.0"], "--trust", shared["trust"], "--prefix", prefix, *([flag] if flag else [])]
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        site = prefix / "demo" / "1.0.0" / "venv" / "lib" / f"python{PY}" / "site-packages"
+        assert bool(list(site.glob("gsdemo_pure/__pycache__/*.pyc"))) is want, flag
+        assert run("install", shared["1.0.0"], "--trust", shared["trust"], "--prefix", prefix,
+                   "--allow-reinstall").exit_code == 0  # the compiled venv is adopted as it is
