@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gapship.bundler.build import build
+from gapship.installer.cli import audit as _cli_audit
+from gapship.installer.host import audit
 from gapship.bundler.keys import SigningKey, keygen
 from gapship.bundler.spec import load_spec
 from gapship_testing import POLICY, KeyPair, write_spec
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _site_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A site host always writes the site's log (/var/log/gapship/audit.jsonl): in-process CLI runs
+    with a site file write one under the session's tmp instead, never the machine's. Subprocesses
+    are pointed elsewhere by the site file's ``audit_log``; tests of the default path patch it too
+    (safeguards_testing.isolated_host)."""
+    log = tmp_path_factory.mktemp("site-log") / "audit.jsonl"
+    patch = pytest.MonkeyPatch()
+    patch.setattr(audit, "DEFAULT_LOG", log)
+    patch.setattr(_cli_audit, "DEFAULT_LOG", log)
+    yield log
+    patch.undo()
 
 
 @pytest.fixture

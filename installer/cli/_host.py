@@ -10,8 +10,9 @@ and :meth:`HostContext.decide` (the site decision).
 
 Where the log goes: on a site host (``--site-config`` given, anything at ``/etc/gapship/site.toml``,
 even a broken file, or an install into a prefix marked as a site's) always the site's log,
-:data:`~gapship.installer.host.audit.DEFAULT_LOG`, and also ``--audit-log FILE`` if given (an extra log
-never takes a command off the site's record); elsewhere ``--audit-log FILE`` if given, else nowhere (a
+:data:`~gapship.installer.host.audit.DEFAULT_LOG` or the path the site file's ``audit_log`` names
+(a broken site file: the default, which records the refusal), and also ``--audit-log FILE`` if given
+(an extra log never takes a command off the site's record); elsewhere ``--audit-log FILE`` if given, else nowhere (a
 developer machine or a transfer host is not a site, and ``verify`` there must not need root). Every
 log is opened, and its tail checked, before the command does anything.
 
@@ -117,7 +118,8 @@ _OPTIONS = (
     click.option("--authorization", "authorization_paths", multiple=True, type=click.Path(path_type=Path),
                  help="A site authorization directory (repeatable); the bundle's authorizations/ are read too."),
     click.option("--audit-log", type=click.Path(path_type=Path),
-                 help="Also append the audit records here (a site host always writes /var/log/gapship/audit.jsonl)."),
+                 help="Also append the audit records here (a site host always writes its site log, "
+                      "default /var/log/gapship/audit.jsonl)."),
 )
 
 
@@ -130,12 +132,23 @@ def host_options(f: F) -> F:
             audit_log: Path | None, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         site_host = site_config is not None or site_module.site_file_present() or _marked(kwargs.get("prefix"))
-        log = _open_logs(site_host, audit_log)  # before anything else: no log, no action
+        # The site file is read first only to learn where the site's log is; a broken one is refused
+        # below, once the default log is open to record that refusal.
+        site: Site | None = None
+        broken: GapshipError | None = None
+        try:
+            site = site_module.load_site(site_config)
+        except GapshipError as e:
+            broken = e
+        site_log = site.audit_log if site is not None and site.audit_log is not None else audit.DEFAULT_LOG
+        log = _open_logs(site_log if site_host else None, audit_log)  # before anything else: no log, no action
         host = HostContext(command=ctx.command_path.partition(" ")[2] or ctx.info_name or "?",
                            site_config=site_config, authorization_paths=authorization_paths, log=log,
                            params=_params(ctx.params))
         try:
-            host.site = site_module.load_site(site_config)
+            if broken is not None:
+                raise broken
+            host.site = site
             result = f(*args, host=host, **kwargs)
         except GapshipError as e:
             try:
@@ -174,9 +187,17 @@ def _marked(prefix: object) -> bool:
     return os.path.lexists(marker_path(prefix))
 
 
-def _open_logs(site_host: bool, extra: Path | None) -> audit.Journal | None:
+def site_log() -> Path:
+    """The site's log, for the commands that read it without ``--log`` (``audit verify``, ``export``,
+    ``seal``): the default site file's ``audit_log``, else :data:`~gapship.installer.host.audit.DEFAULT_LOG`.
+    A broken site file is refused (exit 2 or 7): which log is the site's cannot be known then."""
+    site = site_module.load_site(None)
+    return site.audit_log if site is not None and site.audit_log is not None else audit.DEFAULT_LOG
+
+
+def _open_logs(site_log: Path | None, extra: Path | None) -> audit.Journal | None:
     """The site's log on a site host, plus ``--audit-log``; None when there is neither."""
-    paths = ([audit.DEFAULT_LOG] if site_host else []) + ([extra] if extra is not None else [])
+    paths = ([site_log] if site_log is not None else []) + ([extra] if extra is not None else [])
     return audit.Journal.open(paths) if paths else None
 
 

@@ -13,6 +13,7 @@ from ..host.audit import (
     DEFAULT_HOST_KEY, DEFAULT_LOG, Gather, RefCheck, check_export_target, cross_check_log, export_log, host_key,
     seal_log, verify_export,
 )
+from ._host import site_log
 from .group import cli, emit, json_option
 from ..errors import IntegrityError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey
@@ -45,7 +46,9 @@ def _reference_lines(check: RefCheck | None) -> list[str]:
 
 
 @audit_group.command(name="verify")
-@click.option("--log", type=click.Path(path_type=Path), help=f"The audit log to check (default: {DEFAULT_LOG}).")
+@click.option("--log", type=click.Path(path_type=Path),
+              help=f"The audit log to check (default: the site's, {DEFAULT_LOG} "
+              "unless the site file's audit_log names another).")
 @click.option("--export", "export_file", type=click.Path(path_type=Path),
               help="Check a signed export instead (needs --pubkey): works anywhere, with only the public key.")
 @click.option("--pubkey", type=click.Path(path_type=Path), help="The host's public key (HOST.pub) for --export.")
@@ -60,7 +63,7 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
     if export_file is None:
         if pubkey is not None or previous is not None:
             raise UsageError("--pubkey and --previous go with --export")
-        path = log or DEFAULT_LOG
+        path = log or site_log()
         summary, check = cross_check_log(path, gather=_gather(prefixes))
         sealed = [f"sealed line(s): {', '.join(map(str, summary.sealed))} (see `gapship audit seal`)"] if summary.sealed else []
         emit(as_json, {"log": str(path), **summary.to_dict(), "sealed": list(summary.sealed),
@@ -100,7 +103,9 @@ def _refuse_pubkey(r: Refusal) -> Exception:
 
 @audit_group.command(name="export")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The signed copy to write.")
-@click.option("--log", type=click.Path(path_type=Path), help=f"The audit log to export (default: {DEFAULT_LOG}).")
+@click.option("--log", type=click.Path(path_type=Path),
+              help=f"The audit log to export (default: the site's, {DEFAULT_LOG} "
+              "unless the site file's audit_log names another).")
 @click.option("--host-key", "host_key_path", type=click.Path(path_type=Path),
               help=f"The host's signing key, made at first use (default: {DEFAULT_HOST_KEY}).")
 @_PREFIX_OPTION
@@ -111,7 +116,7 @@ def export_command(out: Path, log: Path | None, host_key_path: Path | None, pref
     against the prefixes (an export of a log cut short is still written, and says what was cut: exit 3)."""
     check_export_target(out)  # a bad --out is refused before the host key is made
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)
-    source = log or DEFAULT_LOG
+    source = log or site_log()
     result = export_log(source, out, key=key, gather=_gather(prefixes))
     check = result.references
     if check is not None and check.problems:
@@ -130,11 +135,13 @@ def export_command(out: Path, log: Path | None, host_key_path: Path | None, pref
 
 
 @audit_group.command(name="seal")
-@click.option("--log", type=click.Path(path_type=Path), help=f"The audit log to seal (default: {DEFAULT_LOG}).")
+@click.option("--log", type=click.Path(path_type=Path),
+              help=f"The audit log to seal (default: the site's, {DEFAULT_LOG} "
+              "unless the site file's audit_log names another).")
 @json_option
 def seal_command(log: Path | None, as_json: bool) -> None:
     """Seal a torn or damaged last line so the log can be appended to again: its bytes stay, a record names their hash."""
-    path = log or DEFAULT_LOG
+    path = log or site_log()
     result = seal_log(path)
     if result.line is None:
         lines = [f"OK {path}: its last line is a complete record; nothing to seal"]

@@ -5,6 +5,7 @@ safeguards are in place here::
 
     site_id = "agency-x"
     safeguards = ["inference-audit-log", "content-filter"]
+    audit_log = "/srv/audit/gapship.jsonl"   # optional: the site's log (default /var/log/gapship/audit.jsonl)
 
 Nothing else is accepted: an unknown key is more likely a typo (``safeguard = [...]``) than a feature,
 and a typo in the file that decides what a host may install must not pass silently. The identifiers
@@ -32,9 +33,13 @@ class Site:
     site_id: str
     safeguards: tuple[str, ...]  # in the order the file lists them
     source: str  # where it was read from, for messages, receipts and the audit log
+    audit_log: Path | None = None  # the site's own log, when the file names one (absolute)
 
     def to_dict(self) -> dict[str, object]:
-        return {"site_id": self.site_id, "safeguards": list(self.safeguards), "source": self.source}
+        out: dict[str, object] = {"site_id": self.site_id, "safeguards": list(self.safeguards), "source": self.source}
+        if self.audit_log is not None:
+            out["audit_log"] = str(self.audit_log)
+        return out
 
 
 def parse_site(data: bytes, *, source: str) -> Site:
@@ -47,16 +52,18 @@ def parse_site(data: bytes, *, source: str) -> Site:
     problem = _problem(raw)
     if problem:
         raise UsageError(f"{source}: {problem}", subject=source)
-    return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source)
+    log = raw.get("audit_log")
+    return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source,
+                audit_log=Path(log) if log is not None else None)
 
 
 def _problem(raw: dict[str, Any]) -> str | None:
     missing = sorted({"site_id", "safeguards"} - raw.keys())
     if missing:
         return f"site file lacks {', '.join(missing)}"
-    unknown = sorted(raw.keys() - {"site_id", "safeguards"})
+    unknown = sorted(raw.keys() - _KEYS)
     if unknown:
-        return f"site file has unknown key {unknown[0]!r} (allowed: site_id, safeguards)"
+        return f"site file has unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_KEYS))})"
     site_id, safeguards = raw["site_id"], raw["safeguards"]
     if not isinstance(site_id, str) or not ID_RE.fullmatch(site_id):
         return f"site_id {site_id!r} must be a string matching {ID_RE.pattern}"
@@ -67,6 +74,19 @@ def _problem(raw: dict[str, Any]) -> str | None:
             return f"safeguards: {value!r} must be a string matching {CONTROL_RE.pattern}"
     if len(set(safeguards)) != len(safeguards):
         return "safeguards lists a value twice"
+    return _log_problem(raw["audit_log"]) if "audit_log" in raw else None
+
+
+_KEYS = {"site_id", "safeguards", "audit_log"}
+
+
+def _log_problem(log: object) -> str | None:
+    """``audit_log`` must be an absolute, normalised path of a file: the site's record is not a place
+    to be resolved against whichever directory a command happens to run in."""
+    if not isinstance(log, str) or not log.startswith("/") or "\0" in log or "\n" in log:
+        return f"audit_log {log!r} must be an absolute path"
+    if log == "/" or log.endswith("/") or os.path.normpath(log) != log:
+        return f"audit_log {log!r} must be a normalised path of a file (no '.', '..' or trailing '/')"
     return None
 
 

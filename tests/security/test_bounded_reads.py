@@ -54,7 +54,11 @@ class World:
     root: Path
 
     def copy(self, to: Path) -> Path:
-        return Path(shutil.copytree(self.root, to, symlinks=True))
+        """A copy whose site file keeps the site's log inside it (subprocesses too; the in-process
+        runs would use the session's, tests/conftest.py)."""
+        d = Path(shutil.copytree(self.root, to, symlinks=True))
+        (d / "site.toml").write_bytes(SITE_FILE + f'audit_log = "{d / "site-audit.jsonl"}"\n'.encode())
+        return d
 
 
 def _keypair(folder: Path, name: str) -> KeyPair:

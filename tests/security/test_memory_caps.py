@@ -132,7 +132,8 @@ def test_install_with_64_authorizations_at_their_caps_stays_under_200mb(signer: 
         _sparse(folder / "authorization.json", MAX_DOCUMENT_BYTES)
         for j in range(MAX_SIGNATURE_FILES):
             _sparse(folder / "signatures" / f"{j:064x}.ed25519.sig", MAX_SIGNATURE_BYTES)
-    (tmp_path / "site.toml").write_text('site_id = "test-site"\nsafeguards = ["inference-audit-log"]\n')
+    (tmp_path / "site.toml").write_text('site_id = "test-site"\nsafeguards = ["inference-audit-log"]\n'
+                                        f'audit_log = "{tmp_path / "site-audit.jsonl"}"\n')
     code, peak, out = peak_rss("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix", "--site-config",
                                tmp_path / "site.toml", "--audit-log", tmp_path / "audit.jsonl", "--json")
     _assert_under(peak, "install with 64 carried authorizations at their caps")

@@ -288,3 +288,43 @@ def test_broken_site_file_at_the_real_default_path_refuses(site: Site, tmp_path:
     assert report["good"]["code"] == 0, report["good"]
     assert report["good"]["logged"] == ["intent", "accepted"]  # the intent before anything became visible
     assert report["marked"]["code"] == 5 and report["marked"]["logged"] == ["refused"], report["marked"]
+
+
+# -- the site's own log path (site file key audit_log) ----------------------------------------------------
+
+
+def test_site_file_audit_log_takes_the_sites_records(site: Site, isolated_host: Host, tmp_path: Path) -> None:
+    """``audit_log`` in the site file moves the site's record: install and verify append there, the
+    default log stays untouched, and ``audit verify`` without ``--log`` checks that file."""
+    log = tmp_path / "records" / "site.jsonl"
+    isolated_host.default_site.parent.mkdir(parents=True)
+    isolated_host.default_site.write_bytes(GOOD_SITE + f'audit_log = "{log}"\n'.encode())
+    code, out = run_json(*site.args("verify", site.next_bundle))
+    assert code == 0, out
+    code, out = run_json(*site.args("install", site.next_bundle))
+    assert code == 0, out
+    assert [r["decision"] for r in log_lines(log)] == ["accepted", "intent", "accepted"]
+    assert not isolated_host.default_log.exists()
+    code, out = run_json("audit", "verify")
+    assert code == 0 and out["log"] == str(log), out
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ('"audit.jsonl"', "must be an absolute path"),
+    ('"/var/log/../tmp/a.jsonl"', "normalised"),
+    ('"/var/log/gapship/"', "normalised"),
+    ('"/"', "normalised"),
+    ("42", "must be an absolute path"),
+])
+def test_bad_audit_log_in_site_file_refuses_and_is_recorded_in_the_default_log(
+        site: Site, isolated_host: Host, tmp_path: Path, value: str, words: str) -> None:
+    """A site file whose ``audit_log`` is not a usable path is a broken site file: refused (exit 2)
+    naming the key, recorded in the default log (it cannot say where its own log is), nothing installed."""
+    config = tmp_path / "site.toml"
+    config.write_bytes(GOOD_SITE + f"audit_log = {value}\n".encode())
+    before = snapshot(site.prefix)
+    code, out = run_json(*site.args("install", site.next_bundle), "--site-config", config)
+    assert code == 2, out
+    assert "audit_log" in out["error"]["message"] and words in out["error"]["message"], out
+    assert snapshot(site.prefix) == before
+    assert len(_refused_records(isolated_host.default_log)) == 1
