@@ -5,6 +5,7 @@ safeguards are in place here::
 
     site_id = "agency-x"
     safeguards = ["inference-audit-log", "content-filter"]
+    hf_cache = "/srv/hf-cache"   # optional: install's default --hf-cache (docs/huggingface.md)
 
 Nothing else is accepted: an unknown key is more likely a typo (``safeguard = [...]``) than a feature,
 and a typo in the file that decides what a host may install must not pass silently. The identifiers
@@ -32,6 +33,7 @@ class Site:
     site_id: str
     safeguards: tuple[str, ...]  # in the order the file lists them
     source: str  # where it was read from, for messages, receipts and the audit log
+    hf_cache: str | None = None  # the default of --hf-cache (docs/huggingface.md)
 
     def to_dict(self) -> dict[str, object]:
         return {"site_id": self.site_id, "safeguards": list(self.safeguards), "source": self.source}
@@ -47,16 +49,21 @@ def parse_site(data: bytes, *, source: str) -> Site:
     problem = _problem(raw)
     if problem:
         raise UsageError(f"{source}: {problem}", subject=source)
-    return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source)
+    return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source,
+                hf_cache=raw.get("hf_cache"))
 
 
 def _problem(raw: dict[str, Any]) -> str | None:
     missing = sorted({"site_id", "safeguards"} - raw.keys())
     if missing:
         return f"site file lacks {', '.join(missing)}"
-    unknown = sorted(raw.keys() - {"site_id", "safeguards"})
+    unknown = sorted(raw.keys() - {"site_id", "safeguards", "hf_cache"})
     if unknown:
-        return f"site file has unknown key {unknown[0]!r} (allowed: site_id, safeguards)"
+        return f"site file has unknown key {unknown[0]!r} (allowed: site_id, safeguards, hf_cache)"
+    hf_cache = raw.get("hf_cache")
+    if hf_cache is not None and (not isinstance(hf_cache, str) or not hf_cache.startswith("/")
+                                 or not hf_cache.isprintable()):
+        return f"hf_cache {hf_cache!r} must be an absolute directory path"
     site_id, safeguards = raw["site_id"], raw["safeguards"]
     if not isinstance(site_id, str) or not ID_RE.fullmatch(site_id):
         return f"site_id {site_id!r} must be a string matching {ID_RE.pattern}"
