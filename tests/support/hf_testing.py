@@ -9,6 +9,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf")
 
@@ -108,3 +109,108 @@ def write_hf_spec(folder: Path, models: dict[str, str], *, name: str = "demo", v
     spec = folder / f"spec-{version}.toml"
     spec.write_text(f'[bundle]\nname = "{name}"\nversion = "{version}"\n\n{body}[safeguards]\nsource = "policy.toml"\n')
     return spec
+
+
+class FakeHub:
+    """A Hugging Face Hub's read API on 127.0.0.1, enough for huggingface_hub's ``snapshot_download``:
+    repo info by revision, the recursive tree of a commit, and each file at ``resolve/<commit>/<path>``
+    with the headers the library reads (commit, etag, size). Serves the repos it is given, in memory."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.repos: dict[str, dict[str, object]] = {}  # repo -> {"refs": {name: commit}, "commits": {commit: files}}
+        self.requests: list[str] = []
+        hub = self
+
+        from http.server import BaseHTTPRequestHandler
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._answer(self, body=False)
+
+            def do_GET(self) -> None:
+                hub._answer(self, body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def add(self, repo: str, files: dict[str, bytes], *, commit: str, refs: tuple[str, ...] = ("main",)) -> None:
+        entry = self.repos.setdefault(repo, {"refs": {}, "commits": {}})
+        entry["commits"][commit] = files  # type: ignore[index]
+        for ref in refs:
+            entry["refs"][ref] = commit  # type: ignore[index]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _resolve(self, repo: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        entry = self.repos.get(repo)
+        if entry is None:
+            return None
+        commit = entry["refs"].get(revision, revision)  # type: ignore[attr-defined]
+        files = entry["commits"].get(commit)  # type: ignore[attr-defined]
+        return None if files is None else (commit, files)
+
+    def _answer(self, h: object, *, body: bool) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        handler: Any = h
+        path = unquote(urlsplit(handler.path).path)
+        self.requests.append(f"{handler.command} {handler.path}")
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+            repo, kind, revision = "/".join(parts[2:4]), parts[4], parts[5]
+            found = self._resolve(repo, revision)
+            if found is None:
+                return self._send(handler, 404, b'{"error": "Revision Not Found"}', {"X-Error-Code": "RevisionNotFound"},
+                                  body=body)
+            commit, files = found
+            if kind == "revision":
+                data = {"id": repo, "modelId": repo, "sha": commit, "private": False,
+                        "siblings": [{"rfilename": p} for p in sorted(files)]}
+            else:
+                data = [self._tree_entry(p, d) for p, d in sorted(files.items())]  # type: ignore[assignment]
+            return self._send(handler, 200, json.dumps(data).encode(), {"Content-Type": "application/json"}, body=body)
+        if len(parts) >= 5 and parts[2] == "resolve":
+            repo, revision, rel = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+            found = self._resolve(repo, revision)
+            if found is None or rel not in found[1]:
+                return self._send(handler, 404, b"not found", {"X-Error-Code": "EntryNotFound"}, body=body)
+            commit, files = found
+            data = files[rel]
+            etag = blob_name(rel, data)
+            headers = {"ETag": f'"{etag}"', "X-Repo-Commit": commit, "Content-Type": "application/octet-stream"}
+            if rel.endswith(LFS_SUFFIXES):
+                headers["X-Linked-Etag"] = f'"{etag}"'
+                headers["X-Linked-Size"] = str(len(data))
+            return self._send(handler, 200, data, headers, body=body)
+        return self._send(handler, 404, b"not found", {}, body=body)
+
+    @staticmethod
+    def _tree_entry(rel: str, data: bytes) -> dict[str, object]:
+        entry: dict[str, object] = {"type": "file", "path": rel, "size": len(data),
+                                    "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+        if rel.endswith(LFS_SUFFIXES):
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+    @staticmethod
+    def _send(handler: Any, status: int, data: bytes, headers: dict[str, str], *, body: bool) -> None:
+        handler.send_response(status)
+        for k, v in headers.items():
+            handler.send_header(k, v)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if body:
+            handler.wfile.write(data)
