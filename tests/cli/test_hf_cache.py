@@ -209,3 +209,31 @@ def test_killed_publish_leftovers_are_cleaned_by_the_next_run(site: Site) -> Non
     assert code == 0, out
     assert not litter.exists() and not os.path.lexists(site.hf / ".models--org--tiny.0123456789ab")
     assert site.client()["files"] == _hashes(small_model(1), KEPT)
+
+
+def test_another_bundles_repos_are_left_alone(site: Site) -> None:
+    (site.cache.parent / "plain").mkdir(parents=True)
+    (site.cache.parent / "plain" / "config.json").write_text("{}")
+    assert site.install(site.build("1.0.0"))[0] == 0
+    assert site.install(site.build("1.0.0", name="other", models={"plain": 'source = "plain"'}))[0] == 0
+    code, out = site.install(site.build("2.0.0", commit=V2))
+    assert code == 0, out
+    assert out["hf_cache"]["removed"] == []
+    assert site.client("other/plain")["config"] == "{}"
+    assert site.client()["files"] == _hashes(small_model(2), KEPT)
+
+
+def test_rejects_hf_cache_that_is_a_file(site: Site) -> None:
+    site.hf.parent.mkdir(parents=True)
+    site.hf.write_text("")
+    code, out = site.install(site.build("1.0.0"))
+    assert code == 7 and out["error"]["message"] == f"Hugging Face cache {site.hf} is not a directory"
+
+
+@pytest.mark.parametrize("value", ['"relative/dir"', "3", '"/srv/a\\u0007b"'])
+def test_rejects_site_file_hf_cache_that_is_not_an_absolute_path(site: Site, value: str) -> None:
+    config = site.root / "site.toml"
+    config.write_text(f'site_id = "test-site"\nsafeguards = []\nhf_cache = {value}\n')
+    code, out = run_json("install", site.build("1.0.0"), "--trust", site.trust, "--prefix", site.prefix,
+                         "--site-config", config, "--audit-log", site.root / "audit.jsonl")
+    assert code == 2 and "hf_cache" in out["error"]["message"] and "must be an absolute directory path" in out["error"]["message"]
