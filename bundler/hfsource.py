@@ -96,8 +96,10 @@ def _cached_commit(hub: Any, model: str, source: HfSource, cache: Path) -> str:
         raise UsageError(missing, subject=source.revision) from None
     except (OSError, ValueError) as e:
         raise HostError(f"cannot read the Hugging Face cache {cache}: {e}", subject=str(cache)) from None
+    folder = os.sep + repo_folder(source.repo)
     for warning in info.warnings:  # a repo huggingface_hub could not read (a broken link, say)
-        if repo_folder(source.repo) in str(warning):
+        text = str(warning)
+        if folder + os.sep in text or text.endswith(folder) or folder + ":" in text:
             raise UsageError(f"model {model!r}: the cache of {source.repo} is damaged: {warning}",
                              subject=source.repo)
     for repo in info.repos:
