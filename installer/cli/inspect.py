@@ -64,8 +64,9 @@ def _component_lines(c: Component) -> list[str]:
         lines.append(f"    from {c.origin.hf_repo}" + (f" at {c.origin.revision}" if c.origin.revision else ""))
     if c.left_out is not None:
         lines.append(f"    left out by its selection: {c.left_out.files} files ({human_size(c.left_out.bytes)})")
-    if c.card is not None:
-        lines.append("    card: " + ", ".join(f"{k} {v!r}" for k, v in c.card.to_dict().items() if k != "description"))
+    shown = {k: v for k, v in c.card.to_dict().items() if k != "description"} if c.card is not None else {}
+    if shown:  # the description may be 4096 characters: --json has it
+        lines.append("    card: " + ", ".join(f"{k} {v!r}" for k, v in shown.items()))
     return lines
 
 
