@@ -73,7 +73,15 @@ class BuildResult:
             "parity": self.parity.to_dict() if self.parity else None,
             "base": m.base.to_dict() if m.base is not None else None,
             "from_base": from_base_counts(m),
+            "models": model_summaries(m),
         }
+
+
+def model_summaries(m: Manifest) -> list[dict[str, object]]:
+    """Each model's name, files and bytes, with its origin, card and what its selection left out
+    (null when the spec gave none): what build --json and inspect --json say of the models."""
+    return [{"name": c.name, "files": len(c.files), "bytes": c.size, **{k: None for k in ("origin", "card", "left_out")},
+             **c.extras()} for c in m.components if c.kind == "model"]
 
 
 def from_base_counts(m: Manifest) -> dict[str, int]:
@@ -232,7 +240,7 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
         writer.abort()
     offsets, hashes = iter(payload.offsets), iter(payload.hashes)
     components = [
-        Component(kind=g.kind, name=g.name, files=tuple(
+        Component(kind=g.kind, name=g.name, origin=g.origin, card=g.card, left_out=g.left_out, files=tuple(
             FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
             else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
             for path, size, mode in zip(g.paths, g.sizes, g.modes)))

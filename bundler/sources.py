@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..installer.errors import GapshipError, UsageError
-from ..installer.formats.manifest import POLICY_PATH
+from ..installer.formats.manifest import POLICY_PATH, LeftOut, ModelCard, Origin
 from ..installer.formats.paths import check_no_collisions, check_relative_path
 from .deps.freeze import FrozenDependencies
-from .spec import BundleSpec
+from .selection import Selection
+from .spec import BundleSpec, ModelSource
 
 DEPENDENCIES_COMPONENT = "python"  # the one dependencies component's name; it lands at dependencies/
 
@@ -39,7 +40,8 @@ class SourceGroup:
     of modes rather than an object per file. A model folder's files are not given a local path each
     either: file ``models/<name>/<rel>`` is ``<folder>/<rel>``, the same text pathlib would give."""
 
-    __slots__ = ("kind", "name", "paths", "sizes", "modes", "_folder", "_cut", "_sources")
+    __slots__ = ("kind", "name", "paths", "sizes", "modes", "origin", "card", "left_out", "_folder", "_cut",
+                 "_sources")
 
     def __init__(self, kind: str, name: str, *, folder: Path | None = None, root: str = "") -> None:
         self.kind = kind
@@ -50,6 +52,10 @@ class SourceGroup:
         self._folder = None if folder is None else str(folder / "_")[:-1]  # "" for ".", "/" for "/"
         self._cut = len(root) + 1  # the length of "models/<name>/"
         self._sources: list[str] = []
+        # a model's format v2 members (docs/format.md, 11.2), set by _model
+        self.origin: Origin | None = None
+        self.card: ModelCard | None = None
+        self.left_out: LeftOut | None = None
 
     def add(self, f: SourceFile) -> None:
         if self._folder is not None and self._folder + f.path[self._cut:] != f.source:
@@ -77,10 +83,12 @@ Sources = list[SourceGroup]
 """One :class:`SourceGroup` per component, in payload order: what :func:`collect_sources` returns."""
 
 
-def collect_sources(spec: BundleSpec, dependencies: FrozenDependencies | None = None) -> Sources:
+def collect_sources(spec: BundleSpec, dependencies: FrozenDependencies | None = None, *,
+                    download: bool = False) -> Sources:
     """The files of every component, each model's sorted by path; refuse unsafe sources. The
-    dependencies component keeps its own order (small files first, see :mod:`.deps.freeze`)."""
-    groups = [_model(model.name, model.source) for model in spec.models]
+    dependencies component keeps its own order (small files first, see :mod:`.deps.freeze`).
+    ``download`` (``build --download``): fetch what a Hugging Face source lacks into its cache."""
+    groups = [_model(model, download=download) for model in spec.models]
     groups.append(_group("safeguards", "safeguards", [_source_file(spec.safeguards, POLICY_PATH)]))
     return add_dependencies(spec, groups, dependencies) if dependencies is not None else _checked(spec, groups)
 
@@ -109,7 +117,56 @@ def _checked(spec: BundleSpec, groups: Sources) -> Sources:
     return groups
 
 
-def _model(name: str, source: Path) -> SourceGroup:
+def _model(model: ModelSource, *, download: bool) -> SourceGroup:
+    """One model's files, after its selection (bundler/selection.py), with its origin, card and what
+    the selection left out."""
+    selection = Selection(model.include, model.exclude)
+    if model.hf is not None:
+        group = _hf_model(model, selection, download=download)
+    else:
+        assert model.source is not None
+        group = _selected(model, _tree(model.name, model.source), selection)
+        group.origin = Origin(model.hf_repo) if model.hf_repo is not None else None
+    group.card = model.card
+    return group
+
+
+def _selected(model: ModelSource, group: SourceGroup, selection: Selection) -> SourceGroup:
+    if selection.everything:
+        return group
+    cut = len(f"models/{model.name}/")
+    kept = SourceGroup("model", model.name)
+    left_files = left_bytes = 0
+    for f in group:
+        if selection.keeps(f.path[cut:]):
+            kept.add(f)
+        else:
+            left_files, left_bytes = left_files + 1, left_bytes + f.size
+    if not kept:
+        where = model.source if model.source is not None else model.hf_repo
+        raise UsageError(f"model {model.name!r}: {selection.describe()} select none of the {len(group)} file(s) of "
+                         f"{where}", subject=model.name)
+    kept.left_out = LeftOut(left_files, left_bytes)
+    return kept
+
+
+def _hf_model(model: ModelSource, selection: Selection, *, download: bool) -> SourceGroup:
+    from .hfsource import load_snapshot  # huggingface_hub comes with it, only for such a model
+
+    assert model.hf is not None
+    snapshot = load_snapshot(model.name, model.hf, selection=selection, download=download)
+    root = f"models/{model.name}"
+    every = SourceGroup("model", model.name)
+    for f in snapshot.files:
+        every.add(_source_file(f.blob, f"{root}/{f.path}"))
+    if not every:
+        raise UsageError(f"model {model.name!r}: the snapshot {snapshot.folder} holds no files", subject=model.name)
+    group = _selected(model, every, selection)
+    group.origin = Origin(snapshot.repo, snapshot.commit)
+    return group
+
+
+def _tree(name: str, source: Path) -> SourceGroup:
     root = f"models/{name}"
     try:
         st = source.lstat()

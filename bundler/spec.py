@@ -9,17 +9,43 @@ from pathlib import Path
 from typing import Any
 
 from ..installer.errors import GapshipError, UsageError
-from ..installer.formats.manifest import MAX_COMPONENTS, check_name, check_version
+from ..installer.formats.manifest import (
+    CARD_FIELDS, HF_REPO_RE, MAX_CARD_TEXT, MAX_COMPONENTS, ModelCard, check_name, check_version,
+)
 from ..installer.kit import Fields, Refusal, first_key, parse_toml, read_bounded
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few lines; anything near this is not one
 MAX_MODELS = MAX_COMPONENTS - 2  # docs/format.md, "Limits": the policy and the dependencies are components too
 
 
+MAX_PATTERNS = 1024  # include/exclude globs per model: a selection, not a file list
+
+
+@dataclass(frozen=True)
+class HfSource:
+    """A model read from a Hugging Face cache (docs/huggingface.md): ``repo`` at ``revision`` (a
+    commit, or a branch or tag resolved at build time), in ``cache_dir`` (None: ``HF_HUB_CACHE`` /
+    ``HF_HOME`` / huggingface_hub's default)."""
+
+    repo: str
+    revision: str = "main"
+    cache_dir: Path | None = None
+
+
 @dataclass(frozen=True)
 class ModelSource:
+    """One ``[[model]]``. ``source`` is a directory or file; None when the model comes from ``hf``.
+    ``hf_repo`` is the repo id the site publishes it under (the ``hf`` source's repo, or given for a
+    directory source); ``include``/``exclude`` select files as huggingface_hub's ``allow_patterns``/
+    ``ignore_patterns`` do (bundler/selection.py)."""
+
     name: str
-    source: Path
+    source: Path | None
+    include: tuple[str, ...] | None = None  # None: every file
+    exclude: tuple[str, ...] = ()
+    hf_repo: str | None = None
+    hf: HfSource | None = None
+    card: ModelCard | None = None
 
 
 @dataclass(frozen=True)
@@ -95,22 +121,76 @@ def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
         raise UsageError("the spec needs at least one [[model]]")
     if len(models_raw) > MAX_MODELS:  # each is a component; the policy and dependencies are two more
         raise UsageError(f"the spec lists {len(models_raw)} [[model]] entries, over the cap of {MAX_MODELS}")
-    models = []
-    for i, entry in enumerate(models_raw):
-        where = f"model[{i}]"
-        if not isinstance(entry, dict):
-            raise UsageError(f"{where} must be a table")
-        _only(entry, {"name", "source"}, where)
-        model = _text(entry, "name", where)
-        check_name(model, "model name")
-        models.append(ModelSource(model, base / _text(entry, "source", where)))
+    models = [_model(entry, f"model[{i}]", base) for i, entry in enumerate(models_raw)]
     if len({m.name for m in models}) != len(models):
         raise UsageError("two [[model]] entries share a name")
+    repos = [m.hf_repo.lower() for m in models if m.hf_repo is not None]
+    if len(set(repos)) != len(repos):  # the site publishes each under its repo id (docs/huggingface.md)
+        twice = next(r for r in repos if repos.count(r) > 1)
+        raise UsageError(f"two [[model]] entries publish the same hf_repo {twice!r}")
     safeguards = _table(raw, "safeguards", "safeguards")
     _only(safeguards, {"source"}, "[safeguards]")
     dependencies = _dependencies(raw["dependencies"], base) if "dependencies" in raw else None
     return BundleSpec(path=path, name=name, version=version, models=tuple(models),
                       safeguards=base / _text(safeguards, "source", "safeguards"), dependencies=dependencies)
+
+
+_MODEL_KEYS = {"name", "source", "include", "exclude", "hf_repo", "revision", "cache_dir", "card"}
+
+
+def _model(entry: object, where: str, base: Path) -> ModelSource:
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where} must be a table")
+    _only(entry, _MODEL_KEYS, where)
+    name = _text(entry, "name", where)
+    check_name(name, "model name")
+    where = f"model {name!r}"
+    if "source" not in entry and "hf_repo" not in entry:
+        raise UsageError(f"{where} needs source (a directory or file) or hf_repo (a Hugging Face cache)")
+    hf_repo = _hf_repo(entry, where) if "hf_repo" in entry else None
+    source = base / _text(entry, "source", where) if "source" in entry else None
+    hf = None
+    if source is None:
+        assert hf_repo is not None
+        revision = _text(entry, "revision", where) if "revision" in entry else "main"
+        if not revision.isprintable() or revision.startswith("/") or ".." in revision:
+            raise UsageError(f"{where}: revision {revision!r} is not a commit, branch or tag name")
+        cache_dir = base / _text(entry, "cache_dir", where) if "cache_dir" in entry else None
+        hf = HfSource(hf_repo, revision, cache_dir)
+    else:
+        for key in ("revision", "cache_dir"):
+            if key in entry:
+                raise UsageError(f"{where}: {key} belongs to a Hugging Face source (hf_repo without source)")
+    include = _patterns(entry, "include", where) if "include" in entry else None
+    exclude = _patterns(entry, "exclude", where) if "exclude" in entry else ()
+    card = _card(entry["card"], where) if "card" in entry else None
+    return ModelSource(name, source, include=include, exclude=exclude, hf_repo=hf_repo, hf=hf, card=card)
+
+
+def _hf_repo(entry: Mapping[str, Any], where: str) -> str:
+    repo = _text(entry, "hf_repo", where)
+    if not HF_REPO_RE.fullmatch(repo) or ".." in repo:  # the manifest's own rule (docs/format.md, 11.2)
+        raise UsageError(f"{where}: hf_repo {repo!r} is not an org/name repo id")
+    return repo
+
+
+def _patterns(entry: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    patterns = _FIELDS.strings(entry[key], f"{where}: {key}", described="list of glob strings", twice="a pattern")
+    if len(patterns) > MAX_PATTERNS:
+        raise UsageError(f"{where}: {key} lists {len(patterns)} patterns, over the cap of {MAX_PATTERNS}")
+    return patterns
+
+
+def _card(raw: object, where: str) -> ModelCard:
+    """``[model.card]`` (docs/spec.md): the model card the manifest records (docs/format.md, 11.2)."""
+    card = _REQUIRED.mapping(raw, f"{where}: [model.card]")
+    _only(card, set(CARD_FIELDS), f"{where}: [model.card]")
+    for key, value in card.items():
+        if not isinstance(value, str):
+            raise UsageError(f"{where}: card.{key} must be a string")
+        if len(value) > MAX_CARD_TEXT:
+            raise UsageError(f"{where}: card.{key} is over {MAX_CARD_TEXT} characters")
+    return ModelCard(**card)
 
 
 _PYTHON_RE = re.compile(r"3\.[0-9]{1,2}")

@@ -11,6 +11,7 @@ from ...installer.cli.group import cli, emit, human_size, output_options, progre
 from ...installer.crypto.hashing import HASH_ALGORITHMS
 from ...installer.bundle.fec import EXTRA, have_zfec
 from ...installer.errors import HostError
+from ...installer.formats.manifest import Manifest
 from ..build import build as build_bundle, check_output_free, from_base_counts, parse_size
 from ..delta import load_base
 from ..parity import parse_percent
@@ -43,10 +44,13 @@ from ..spec import load_spec
                    "only files the base does not hold go into the payload.")
 @click.option("--base-trust", "base_trust", type=click.Path(path_type=Path),
               help="Trust directory to check the base's signatures against (default: the public halves of --key).")
+@click.option("--download", is_flag=True,
+              help="Fetch what a model's Hugging Face source lacks into its cache first (snapshot_download, with the "
+                   "model's include/exclude; needs gapship[hf] and the network).")
 @output_options
 def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
           expires: str | None, offline: bool, include_gapship: bool, parity_percent: str | None,
-          base_dir: Path | None, base_trust: Path | None, as_json: bool, progress: bool | None) -> None:
+          base_dir: Path | None, base_trust: Path | None, download: bool, as_json: bool, progress: bool | None) -> None:
     """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
     size = parse_size(chunk_size)
     share = parse_percent(parity_percent) if parity_percent is not None else None
@@ -59,7 +63,7 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
     base = None if base_dir is None else load_base(base_dir, keys=[k.public for k in (key, *others)],
                                                    trust_dir=base_trust)
     check_output_free(out)  # refuse a bad output or model source before spending time on dependencies
-    sources = collect_sources(bundle_spec)  # the one walk of the model trees; reused below
+    sources = collect_sources(bundle_spec, download=download)  # the one walk of the model trees; reused below
     with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
                              work_dir=out.parent) as deps:
         sources = add_dependencies(bundle_spec, sources, deps)
@@ -75,7 +79,21 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         + (f", expires {m.expires}" if m.expires else ""),
         *([f"delta of {m.base.name} {m.base.version} ({m.base.manifest_digest[:23]}): "
            f"{from_base_counts(m)['files']} file(s) taken from the base"] if m.base else []),
+        *_model_lines(m),
         f"signed by {', '.join(k[:16] for k in result.signers)}",
         *([f"parity: {len(result.parity.layout.parity)} chunk(s) in {len(result.parity.layout.groups)} group(s)"]
           if result.parity else []),
     ])
+
+
+def _model_lines(m: Manifest) -> list[str]:
+    """Per model: its Hugging Face origin, and what its include/exclude left out (docs/spec.md)."""
+    lines = []
+    for comp in m.components:
+        if comp.origin is not None:
+            at = f" at {comp.origin.revision}" if comp.origin.revision else ""
+            lines.append(f"model {comp.name}: {comp.origin.hf_repo}{at}")
+        if comp.left_out is not None:
+            lines.append(f"model {comp.name}: selection left out {comp.left_out.files} file(s), "
+                         f"{human_size(comp.left_out.bytes)}")
+    return lines

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.files import read_raw_bundle
-from ..formats.manifest import FileEntry, Manifest
+from ..formats.manifest import Component, FileEntry, Manifest
 from ..trust import SignatureCheck, TrustStore, parse_unverified
 from .group import bundle_argument, cli, emit, human_size, json_option, trust_dir_option
 
@@ -37,7 +37,9 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
         "chunk_size": m.chunk_size,
         "chunks": len(m.chunks),
         "payload_size": m.payload_size,
-        "components": [{"kind": c.kind, "name": c.name, "files": len(c.files), "bytes": c.size} for c in m.components],
+        # a model's origin, card and left_out (docs/format.md, 11.2): null when the manifest has none
+        "components": [{"kind": c.kind, "name": c.name, "files": len(c.files), "bytes": c.size,
+                        "origin": None, "card": None, "left_out": None, **c.extras()} for c in m.components],
         "signatures": signatures,
         "base": m.base.to_dict() if m.base is not None else None,  # a delta's base (docs/format.md, 11.1)
         "carried": _sums(m.payload_files()),  # the files whose bytes are in the payload
@@ -46,7 +48,7 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     lines = [
         f"{m.name} {m.version} (format v{m.format_version}, created {m.created})",
         f"payload: {human_size(m.payload_size)} in {len(m.chunks)} chunk(s) of {human_size(m.chunk_size)}, {m.hash_algorithm}",
-        *(f"  {c.kind:<12} {c.name:<24} {len(c.files):>6} files {human_size(c.size):>12}" for c in m.components),
+        *(line for c in m.components for line in _component_lines(c)),
         *_delta_lines(m, payload),
         "signatures:",
         *(f"  {s['file']}  {s.get('status', '')}" for s in signatures),
@@ -54,6 +56,18 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     if not checks:
         lines.append("(not verified: inspect reads the manifest as it is; run `gapship verify` to check it)")
     emit(as_json, payload, lines)
+
+
+def _component_lines(c: Component) -> list[str]:
+    lines = [f"  {c.kind:<12} {c.name:<24} {len(c.files):>6} files {human_size(c.size):>12}"]
+    if c.origin is not None:
+        lines.append(f"    from {c.origin.hf_repo}" + (f" at {c.origin.revision}" if c.origin.revision else ""))
+    if c.left_out is not None:
+        lines.append(f"    left out by its selection: {c.left_out.files} files ({human_size(c.left_out.bytes)})")
+    shown = {k: v for k, v in c.card.to_dict().items() if k != "description"} if c.card is not None else {}
+    if shown:  # the description may be 4096 characters: --json has it
+        lines.append("    card: " + ", ".join(f"{k} {v!r}" for k, v in shown.items()))
+    return lines
 
 
 def _sums(files: Iterable[FileEntry]) -> dict[str, int]:

@@ -14,7 +14,9 @@ from ..bundle.verify import scan_chunks
 from ..errors import GapshipError, IntegrityError
 from ..host.state import HostState
 from ..deploy.install import install as install_bundle
+from ..host.hfcache import Published, check_publishable, entries_of
 from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
+from ._hf import chosen_cache, hf_cache_option, publish_locked, published_lines
 from ._host import HostContext, host_options
 from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
     trust_lines, trust_option, warn
@@ -35,18 +37,20 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
 @click.option("--compile/--no-compile", "compile_bytecode", default=False,
               help="Compile the venv's Python files to bytecode, on every core (default: no; Python then compiles "
                    "on import, and caches the result where it may write).")
+@hf_cache_option
 @output_options
 @host_options
 def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
-            python: str | None, repair_first: bool, compile_bytecode: bool, as_json: bool, progress: bool | None,
-            host: HostContext) -> None:
+            python: str | None, repair_first: bool, compile_bytecode: bool, hf_cache: Path | None, as_json: bool,
+            progress: bool | None, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
     (exit 5) a version at or below the highest one installed, an expired bundle, or a host clock
     earlier than a signing time already accepted. On a site host, the bundle's site policy is
     enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
-    directory as soon as they verify."""
+    directory as soon as they verify. With --hf-cache (or the site file's hf_cache), the models of the
+    version now current are then published into that Hugging Face cache (docs/huggingface.md)."""
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix)
     allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
@@ -59,6 +63,11 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
         _repair(bundle, verified, progress)
     try:
         decision = host.decide(bundle, verified, trust_dir=trust_dir)
+        cache = chosen_cache(hf_cache, host)
+        if cache is not None:  # a repo id taken by something else: refused before anything is installed
+            check_publishable(cache, bundle=verified.manifest.name, entries=entries_of(
+                verified.manifest, manifest_bytes=verified.manifest_bytes,
+                installed=lambda model: decision is None or model in decision.enabled))
         with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
             result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
                                     python=python, record_intent=host.intent,
@@ -68,20 +77,34 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
             raise
         raise IntegrityError(f"{e.message}; the bundle's parity can rebuild what is lost: run gapship repair "
                              f"{bundle} (or install --repair)", subject=e.subject) from None
+    published = _publish(cache, prefix, result.name)
     was = f"; was {result.previous}" if result.previous and result.previous != result.version else ""
     verb = "installed" if result.status == "installed" else "already installed"
     if not as_json:
         for override in result.overrides:
             warn(f"--allow-{override} was needed; logged in {state.path}")
     venv = [f"dependencies in {result.venv}"] if result.venv is not None else []
-    emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary()}, [
+    emit(as_json, {**result.to_dict(), **trust_fields(verified), "site": host.summary(),
+                   "hf_cache": published.to_dict() if published else None}, [
         f"{verb} {result.name} {result.version} at {result.path} ({result.files} files, {human_size(result.bytes)})",
         *venv,
         *_shared_lines(result.to_dict()),
         f"current -> {result.version}{was}; signed by {signer_names(verified.trust or trust, result.signers)}",
         *trust_lines(verified, persisted=True),
+        *published_lines(published),
         *host.lines(),
     ])
+
+
+def _publish(cache: Path | None, prefix: Path, name: str) -> Published | None:
+    """After the switch of ``current`` (an upgrade, a rollback with --allow-downgrade, a reinstall)."""
+    if cache is None:
+        return None
+    try:
+        return publish_locked(cache, prefix, name)
+    except GapshipError as e:  # installed and current: say so, and how to finish
+        raise type(e)(f"installed {name}, but not published in the Hugging Face cache: {e.message}; run the "
+                      "install again to publish it", subject=e.subject) from None
 
 
 def _repair(bundle: Path, verified: VerifiedManifest, progress: bool | None) -> None:

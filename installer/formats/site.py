@@ -6,6 +6,7 @@ safeguards are in place here::
     site_id = "agency-x"
     safeguards = ["inference-audit-log", "content-filter"]
     audit_log = "/srv/audit/gapship.jsonl"   # optional: the site's log (default /var/log/gapship/audit.jsonl)
+    hf_cache = "/srv/hf-cache"   # optional: install's default --hf-cache (docs/huggingface.md)
 
 Nothing else is accepted: an unknown key is more likely a typo (``safeguard = [...]``) than a feature,
 and a typo in the file that decides what a host may install must not pass silently. The identifiers
@@ -34,6 +35,7 @@ class Site:
     safeguards: tuple[str, ...]  # in the order the file lists them
     source: str  # where it was read from, for messages, receipts and the audit log
     audit_log: Path | None = None  # the site's own log, when the file names one (absolute)
+    hf_cache: str | None = None  # the default of --hf-cache (docs/huggingface.md)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"site_id": self.site_id, "safeguards": list(self.safeguards), "source": self.source}
@@ -54,7 +56,7 @@ def parse_site(data: bytes, *, source: str) -> Site:
         raise UsageError(f"{source}: {problem}", subject=source)
     log = raw.get("audit_log")
     return Site(site_id=raw["site_id"], safeguards=tuple(raw["safeguards"]), source=source,
-                audit_log=Path(log) if log is not None else None)
+                audit_log=Path(log) if log is not None else None, hf_cache=raw.get("hf_cache"))
 
 
 def _problem(raw: dict[str, Any]) -> str | None:
@@ -64,6 +66,10 @@ def _problem(raw: dict[str, Any]) -> str | None:
     unknown = sorted(raw.keys() - _KEYS)
     if unknown:
         return f"site file has unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_KEYS))})"
+    hf_cache = raw.get("hf_cache")
+    if hf_cache is not None and (not isinstance(hf_cache, str) or not hf_cache.startswith("/")
+                                 or not hf_cache.isprintable()):
+        return f"hf_cache {hf_cache!r} must be an absolute directory path"
     site_id, safeguards = raw["site_id"], raw["safeguards"]
     if not isinstance(site_id, str) or not ID_RE.fullmatch(site_id):
         return f"site_id {site_id!r} must be a string matching {ID_RE.pattern}"
@@ -77,7 +83,7 @@ def _problem(raw: dict[str, Any]) -> str | None:
     return _log_problem(raw["audit_log"]) if "audit_log" in raw else None
 
 
-_KEYS = {"site_id", "safeguards", "audit_log"}
+_KEYS = {"site_id", "safeguards", "audit_log", "hf_cache"}
 
 
 def _log_problem(log: object) -> str | None:

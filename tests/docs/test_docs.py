@@ -528,7 +528,9 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     runs["sign"] = [_json("sign", bundle, "--key", second.private)]
     runs["verify"] = [_json("verify", bundle, "--trust", trust),
                       _json("verify", bundle, "--trust", trust, "--chunk", bundle / "chunks" / "00000.bin")]
-    runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix")]
+    runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix"),
+                       _json("install", bundle, "--trust", trust, "--prefix", tmp_path / "hf-prefix",
+                             "--hf-cache", tmp_path / "hf-cache")]
     runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust)]
     runs["parity"] = [_json("parity", bundle, "--parity", "50%", "--key", key.private)]
     runs["build"].append(_json("build", make_spec(), "--out", tmp_path / "with-parity", "--key", key.private,
@@ -551,12 +553,14 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
 
 def _removal_runs(work: Path, key: KeyPair, trust: Path, make_spec: Callable[..., Path]
                   ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Three versions installed; 1.0.0 removed, then 2.0.0 pruned."""
+    """Five versions installed; 1.0.0 removed, then 2.0.0 with --hf-cache; 3.0.0 pruned, then 4.0.0 with --hf-cache."""
     prefix = work / "prefix"
-    for version in ("1.0.0", "2.0.0", "3.0.0"):
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"):
         _json("build", make_spec(version=version), "--out", work / version, "--key", key.private)
         _json("install", work / version, "--trust", trust, "--prefix", prefix)
-    return [_json("remove", "--prefix", prefix, "demo", "1.0.0")], [_json("prune", "--prefix", prefix, "--keep", "1")]
+    hf = ("--hf-cache", work / "hf-cache")
+    return ([_json("remove", "--prefix", prefix, "demo", "1.0.0"), _json("remove", "--prefix", prefix, "demo", "2.0.0", *hf)],
+            [_json("prune", "--prefix", prefix, "--keep", "2"), _json("prune", "--prefix", prefix, "--keep", "1", *hf)])
 
 
 # Objects keyed by a name (a role, a bundle): the doc names such a key with a placeholder.
