@@ -16,12 +16,15 @@ from ..host.state import HostState
 from ..deploy.install import install as install_bundle
 from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from ._host import HostContext, host_options
-from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
+from ._oci import RegistryOptions, bundle_or_reference, opened, registry_options
+from ..errors import UsageError
+from ..oci.reference import Reference
+from .group import cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
     trust_lines, trust_option, warn
 
 
 @cli.command()
-@bundle_argument
+@bundle_or_reference
 @trust_option
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
 @click.option("--allow-reinstall", is_flag=True,
@@ -36,17 +39,30 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
               help="Compile the venv's Python files to bytecode, on every core (default: no; Python then compiles "
                    "on import, and caches the result where it may write).")
 @output_options
+@registry_options
 @host_options
-def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+def install(bundle: Path | Reference, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
             python: str | None, repair_first: bool, compile_bytecode: bool, as_json: bool, progress: bool | None,
-            host: HostContext) -> None:
+            registry: RegistryOptions, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
     (exit 5) a version at or below the highest one installed, an expired bundle, or a host clock
     earlier than a signing time already accepted. On a site host, the bundle's site policy is
     enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
-    directory as soon as they verify."""
+    directory as soon as they verify. BUNDLE is a directory or oci://HOST[:PORT]/REPO:TAG, whose
+    chunks then stream from the registry (docs/oci.md)."""
+    if isinstance(bundle, Reference) and repair_first:
+        raise UsageError("--repair rebuilds chunks of a bundle directory; a registry serves whole blobs",
+                         subject="--repair")
+    with opened(bundle, registry) as root:
+        _install(root, trust_dir, prefix, allow_reinstall, allow_downgrade, python, repair_first, compile_bytecode,
+                 as_json, progress, host)
+
+
+def _install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+             python: str | None, repair_first: bool, compile_bytecode: bool, as_json: bool, progress: bool | None,
+             host: HostContext) -> None:
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix)
     allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)
