@@ -229,7 +229,9 @@ class RegistryClient:
             h.setdefault("Content-Length", "0")
         try:
             conn.request(method, path, body=body, headers=h)  # type: ignore[arg-type]
-            return conn.getresponse()
+            resp = conn.getresponse()
+            self._local.resp = resp  # closed with the connection: its file keeps the socket open
+            return resp
         except BaseException:
             self._drop()
             raise
@@ -418,6 +420,10 @@ class RegistryClient:
         return conn
 
     def _drop(self) -> None:
+        resp: http.client.HTTPResponse | None = getattr(self._local, "resp", None)
+        if resp is not None:
+            resp.close()
+            self._local.resp = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

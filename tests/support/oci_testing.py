@@ -162,6 +162,7 @@ class Hostile:
     manifest_fault: Callable[[http.server.BaseHTTPRequestHandler], bool] | None = None
     hits: dict[str, int] = field(default_factory=dict)
     host: str = ""
+    token: str | None = None  # with a token: Bearer auth, /token hands it out for USER:PASSWORD
 
 
 def artifact_of(bundle: Path) -> tuple[bytes, dict[str, bytes]]:
@@ -193,6 +194,8 @@ def hostile_registry(state: Hostile) -> Iterator[Hostile]:
         def do_GET(self, head: bool = False) -> None:
             path = self.path.split("?", 1)[0]
             state.hits[path] = state.hits.get(path, 0) + 1
+            if state.token is not None and not self.authorized(path, head):
+                return
             if "/manifests/" in path:
                 if state.manifest_fault and state.manifest_fault(self):
                     return
@@ -206,6 +209,23 @@ def hostile_registry(state: Hostile) -> Iterator[Hostile]:
                     self.answer(200, state.blobs[digest], "application/octet-stream", head)
                     return
             self.answer(404, b'{"errors":[{"code":"NOT_FOUND"}]}', "application/json", head)
+
+        def authorized(self, path: str, head: bool) -> bool:
+            basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            if path == "/token":
+                if self.headers.get("Authorization") == basic:
+                    self.answer(200, json.dumps({"token": state.token}).encode(), "application/json", head)
+                else:
+                    self.answer(401, b"{}", "application/json", head)
+                return False
+            if self.headers.get("Authorization") == f"Bearer {state.token}":
+                return True
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="http://{state.host}/token",service="test",'
+                                                 f'scope="repository:fleet/model:pull"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
 
         def answer(self, status: int, body: bytes, kind: str, head: bool = False) -> None:
             self.send_response(status)
