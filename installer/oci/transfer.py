@@ -32,7 +32,7 @@ from ..formats.parity import PARITY
 from ..trust import TrustStore, VerifiedManifest, parse_unverified, verify_manifest
 from .artifact import (CHUNK_TYPE, EMPTY_DATA, EMPTY_DIGEST, Artifact, Layer, build_manifest, media_type_for,
                        parse_artifact, safe_path)
-from .client import BlobSink, FdSink, RegistryClient
+from .client import FdSink, RegistryClient
 from .reference import Reference
 
 DEFAULT_JOBS = 4
@@ -292,9 +292,13 @@ class RegistrySource:
 
     def read_range(self, index: int, chunk: Chunk, offset: int, length: int) -> bytes:
         layer = self.layers[index]
-        sink = _RangeSink(offset, length)
-        self.client.get_blob(layer.digest, sink, size=layer.size, what=layer.path, check_digest=False)
-        return bytes(sink.data)
+        return self.client.get_range(layer.digest, offset, length, size=layer.size, what=layer.path)
+
+    def start(self) -> None:
+        """Begin fetching the first chunks now, while the installer still plans (dependencies, staging)."""
+        for ahead in range(min(len(self.layers), self.window)):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.pool.submit(self._fetch, ahead)
 
     def close(self) -> None:
         for future in self.pending.values():
@@ -304,25 +308,6 @@ class RegistrySource:
             if future.done() and not future.cancelled() and future.exception() is None:
                 os.close(future.result())
         self.pending.clear()
-
-
-class _RangeSink(BlobSink):
-    """Keeps only bytes [offset, offset + length) of a blob streamed through it."""
-
-    def __init__(self, offset: int, length: int) -> None:
-        self.offset, self.length = offset, length
-        self.pos = 0
-        self.data = bytearray()
-
-    def reset(self) -> None:
-        self.pos = 0
-        self.data.clear()
-
-    def write(self, data: memoryview) -> None:
-        lo, hi = max(self.offset - self.pos, 0), min(self.offset + self.length - self.pos, len(data))
-        if lo < hi:
-            self.data += data[lo:hi]
-        self.pos += len(data)
 
 
 @contextmanager
@@ -353,7 +338,7 @@ class _LazySource:
         self.inner: RegistrySource | None = None
 
     def check_names(self, manifest: Manifest) -> None:
-        self._source(manifest)
+        self._source(manifest).start()  # install calls this first, once the manifest is verified
 
     def _source(self, manifest: Manifest) -> RegistrySource:
         if self.inner is None:
@@ -367,9 +352,13 @@ class _LazySource:
         return self.inner.open_chunk(index, chunk)
 
     def read_range(self, index: int, chunk: Chunk, offset: int, length: int) -> bytes:
-        if self.inner is None:
-            raise RuntimeError("chunks asked for before the chunk list was checked")
-        return self.inner.read_range(index, chunk, offset, length)
+        """A few bytes of one chunk (the site policy, the dependency lock), which the caller checks
+        against the file's signed hash: asked for before the chunk list is matched (site decision)."""
+        subject = f"{CHUNKS}/{chunk.name}"
+        layer = self.artifact.chunks().get(index)
+        if layer is None or layer.size != chunk.size:
+            raise IntegrityError(f"{subject} is missing from {self.client.ref} or has another size", subject=subject)
+        return self.client.get_range(layer.digest, offset, length, size=layer.size, what=subject)
 
     def close(self) -> None:
         if self.inner is not None:

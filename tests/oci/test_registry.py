@@ -14,6 +14,7 @@ import pytest
 
 from gapship_testing import KeyPair, assert_error, gapship_script, run_json, tree
 from oci_testing import PASSWORD, USER, Registry, free_port, registry_config
+from safeguards_testing import isolated_host  # noqa: F401  (a site host's default log goes to tmp_path)
 
 
 def _push(bundle: Path, registry: Registry, repo: str, creds: Path | None, tag: str = "1.0") -> dict[str, object]:
@@ -269,3 +270,28 @@ def test_skopeo_copies_the_artifact_and_the_copy_installs(tmp_path: Path, tls_re
                          "--plain-http")
     assert code == 0, out
     assert out["status"] == "installed"
+
+
+def test_site_host_installs_from_the_registry_with_its_policy_and_audit_record(
+        tmp_path: Path, tls_registry: Registry, creds: Path, make_key: Callable[[str], KeyPair],
+        make_trust: Callable[..., Path], unique_bundle: Callable[..., Path], isolated_host: object) -> None:
+    """On a site host the bundle's policy is read from the registry (a Range request for its bytes,
+    checked against the signed file hash), enforced, and the audit record names the reference."""
+    key = make_key("release")
+    trust = make_trust(key)
+    _push(unique_bundle(key), tls_registry, "fleet/site", creds)
+    site = tmp_path / "site.toml"
+    site.write_text('site_id = "test-site"\nsafeguards = ["inference-audit-log"]\n')
+    log = tmp_path / "audit.jsonl"
+    ref = tls_registry.url("fleet/site")
+    code, out = run_json("install", ref, "--trust", trust, "--prefix", tmp_path / "prefix", "--site-config", site,
+                         "--audit-log", log, *tls_registry.options(creds))
+    assert code == 0, out
+    assert out["site"]["site_id"] == "test-site" and out["site"]["models_installed"] == ["tiny"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r.get("params", {}).get("bundle") == ref for r in records), records
+    other = tmp_path / "other-site.toml"
+    other.write_text('site_id = "elsewhere"\nsafeguards = []\n')
+    code, out = run_json("install", ref, "--trust", trust, "--prefix", tmp_path / "prefix2", "--site-config", other,
+                         "--audit-log", log, *tls_registry.options(creds))
+    assert code == 5, out
