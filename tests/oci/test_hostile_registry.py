@@ -260,3 +260,20 @@ def test_bearer_token_auth(tmp_path: Path, served: tuple[Path, Path, dict[str, o
         code, out = _install(state, trust, tmp_path / "prefix2", "--registry-config", wrong)
         message = assert_error(out, code=7, kind="environment", subject=state.host)
         assert "refused the credentials" in message
+
+
+def test_proxy_environment_is_ignored_unless_asked(tmp_path: Path, served: tuple[Path, Path, dict[str, object]],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from oci_testing import free_port
+
+    bundle, trust, _ = served
+    dead = f"http://127.0.0.1:{free_port()}"  # a proxy that is not there
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with hostile_registry(_hostile(bundle)) as state:
+        code, out = _install(state, trust, tmp_path / "prefix")
+        assert code == 0, out  # straight to the registry
+        code, out = _install(state, trust, tmp_path / "prefix2", "--use-proxy-env")
+    assert code == 7 and "unreachable" in out["error"]["message"], out  # through the (dead) proxy
