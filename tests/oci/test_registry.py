@@ -295,3 +295,17 @@ def test_site_host_installs_from_the_registry_with_its_policy_and_audit_record(
     code, out = run_json("install", ref, "--trust", trust, "--prefix", tmp_path / "prefix2", "--site-config", other,
                          "--audit-log", log, *tls_registry.options(creds))
     assert code == 5, out
+
+
+def test_rejects_options_that_need_a_bundle_directory(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                                      make_trust: Callable[..., Path]) -> None:
+    trust = make_trust(make_key("release"))
+    code, out = run_json("verify", "oci://127.0.0.1:1/fleet/model:1.0", "--plain-http", "--trust", trust,
+                         "--chunk", tmp_path / "00000.bin")
+    assert_error(out, code=2, kind="usage", subject="--chunk")
+    code, out = run_json("install", "oci://127.0.0.1:1/fleet/model:1.0", "--plain-http", "--trust", trust,
+                         "--prefix", tmp_path / "prefix", "--repair")
+    assert_error(out, code=2, kind="usage", subject="--repair")
+    code, out = run_json("install", "oci://127.0.0.1:1/Fleet/model:1.0", "--plain-http", "--trust", trust,
+                         "--prefix", tmp_path / "prefix")
+    assert code == 2, out
