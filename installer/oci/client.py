@@ -123,7 +123,12 @@ class Response:
 
 
 class _Retry(Exception):
-    """A transient failure: try again after a backoff (the message is the last one's)."""
+    """A transient failure: try again after a backoff. When the retries are spent it is reported as
+    :class:`IntegrityError` if the bytes were wrong (a truncated blob), else :class:`HostError`."""
+
+    def __init__(self, message: str, *, integrity: bool = False) -> None:
+        super().__init__(message)
+        self.integrity = integrity
 
 
 @dataclass
@@ -208,7 +213,7 @@ class RegistryClient:
                 if resp.status == 206:
                     data = self._read_small(resp, cap=length, what=what)
                     if len(data) != length:
-                        raise _Retry(f"{what} is truncated: {len(data)} of {length} bytes asked for")
+                        raise _Retry(f"{what} is truncated: {len(data)} of {length} bytes asked for", integrity=True)
                     return data
                 if resp.status != 200:
                     self._check_status(resp, self._read_small(resp, cap=MAX_ERROR_BYTES, what=what), (200,), what=what)
@@ -216,7 +221,7 @@ class RegistryClient:
                 seen = self._stream(resp, sink, None, size=size, what=what)
                 if seen != size:
                     self._drop()
-                    raise _Retry(f"{what} is truncated: {seen} of {size} bytes") if seen < size else \
+                    raise _Retry(f"{what} is truncated: {seen} of {size} bytes", integrity=True) if seen < size else \
                         IntegrityError(f"{what} is longer than the {size} bytes the manifest declares", subject=what)
                 return bytes(sink.data)
         raise AssertionError("unreachable")
@@ -341,7 +346,8 @@ class RegistryClient:
                                  f"{self.ref.host}, blob {digest})", subject=what)
         if seen < size:
             self._drop()
-            raise _Retry(f"{what} is truncated: {seen} of {size} bytes (registry {self.ref.host}, blob {digest})")
+            raise _Retry(f"{what} is truncated: {seen} of {size} bytes (registry {self.ref.host}, blob {digest})",
+                         integrity=True)
         if resp.will_close or not resp.isclosed():
             self._drop()
         if hasher is not None and "sha256:" + hasher.hexdigest() != digest:
@@ -527,7 +533,7 @@ class _Attempts:
                                               and not isinstance(e, ssl.SSLCertVerificationError))
         if not transient or self.left <= 0:
             if isinstance(e, _Retry):
-                raise (IntegrityError if "truncated" in str(e) else HostError)(str(e), subject=self.what) from None
+                raise (IntegrityError if e.integrity else HostError)(str(e), subject=self.what) from None
             if isinstance(e, (OSError, http.client.HTTPException)):
                 raise self.client.describe_os_error(e, self.what) from None
             return False
