@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .files import chunk_path, list_chunk_files, open_nofollow
+from .source import source_for
 from .parity import DATA, PARITY_KIND, Damage, damage, list_parity_files, parity_path
 from ..errors import IntegrityError, UnsafeContentError
 from ..crypto.hashing import READ_SIZE, Progress, hash_fd, new_hasher, no_progress
@@ -321,11 +322,7 @@ def _read_range(bundle: Path, m: Manifest, entry: FileEntry) -> bytes:
         index = pos // m.chunk_size
         chunk, start = m.chunks[index], m.chunk_offset(index)
         want = min(entry.end, start + chunk.size) - pos
-        fd = open_nofollow(chunk_path(bundle, chunk.name))
-        try:
-            piece = os.pread(fd, want, pos - start)
-        finally:
-            os.close(fd)
+        piece = source_for(bundle).read_range(index, chunk, pos - start, want)  # chunks/ or a registry
         if len(piece) != want:
             raise IntegrityError(f"chunks/{chunk.name} is truncated", subject=f"chunks/{chunk.name}")
         out += piece

@@ -11,19 +11,21 @@ from ..bundle.files import read_raw_bundle
 from ..bundle.parity import damage, load_parity
 from ..bundle.repair import NotWhole, repair
 from ..bundle.verify import scan_chunks
-from ..errors import GapshipError, IntegrityError
+from ..errors import GapshipError, IntegrityError, UsageError
 from ..host.state import HostState
 from ..deploy.install import install as install_bundle
 from ..host.hfcache import Published, check_publishable, entries_of
 from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from ._hf import chosen_cache, hf_cache_option, publish_locked, published_lines
 from ._host import HostContext, host_options
-from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
+from ._oci import RegistryOptions, bundle_or_reference, opened, registry_options
+from ..oci.reference import Reference
+from .group import cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
     trust_lines, trust_option, warn
 
 
 @cli.command()
-@bundle_argument
+@bundle_or_reference
 @trust_option
 @click.option("--prefix", required=True, type=click.Path(path_type=Path), help="Install root.")
 @click.option("--allow-reinstall", is_flag=True,
@@ -39,10 +41,11 @@ from .group import bundle_argument, cli, emit, human_size, output_options, progr
                    "on import, and caches the result where it may write).")
 @hf_cache_option
 @output_options
+@registry_options
 @host_options
-def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+def install(bundle: Path | Reference, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
             python: str | None, repair_first: bool, compile_bytecode: bool, hf_cache: Path | None, as_json: bool,
-            progress: bool | None, host: HostContext) -> None:
+            progress: bool | None, registry: RegistryOptions, host: HostContext) -> None:
     """Verify BUNDLE and install it under PREFIX/<name>/<version>, then switch PREFIX/<name>/current.
 
     Bundled Python dependencies go into PREFIX/<name>/<version>/venv, installed offline. Refuses
@@ -50,7 +53,19 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
     earlier than a signing time already accepted. On a site host, the bundle's site policy is
     enforced first (docs/safeguards.md). New trust roots the bundle carries are written to the trust
     directory as soon as they verify. With --hf-cache (or the site file's hf_cache), the models of the
-    version now current are then published into that Hugging Face cache (docs/huggingface.md)."""
+    version now current are then published into that Hugging Face cache (docs/huggingface.md). BUNDLE is
+    a directory or oci://HOST[:PORT]/REPO:TAG, whose chunks then stream from the registry (docs/oci.md)."""
+    if isinstance(bundle, Reference) and repair_first:
+        raise UsageError("--repair rebuilds chunks of a bundle directory; a registry serves whole blobs",
+                         subject="--repair")
+    with opened(bundle, registry) as root:
+        _install(root, trust_dir, prefix, allow_reinstall, allow_downgrade, python, repair_first, compile_bytecode,
+                 hf_cache, as_json, progress, host)
+
+
+def _install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, allow_downgrade: bool,
+             python: str | None, repair_first: bool, compile_bytecode: bool, hf_cache: Path | None, as_json: bool,
+             progress: bool | None, host: HostContext) -> None:
     trust = TrustStore.from_dir(trust_dir)
     state = HostState.for_prefix(prefix)
     allow = Allowances(reinstall=allow_reinstall, downgrade=allow_downgrade)

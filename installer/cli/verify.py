@@ -10,24 +10,38 @@ import click
 from ..bundle.files import read_raw_bundle
 from ..bundle.parity import load_parity
 from ..bundle.verify import verify_chunk_file, verify_chunks
+from ..oci.transfer import verify_registry_chunks
 from ..trust import TrustStore, verify_manifest
 from ._host import HostContext, host_options
-from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
+from ._oci import RegistryOptions, bundle_or_reference, opened, registry_options
+from ..errors import UsageError
+from ..oci.reference import Reference
+from .group import cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
     trust_lines, trust_option
 
 
 @cli.command()
-@bundle_argument
+@bundle_or_reference
 @trust_option
 @click.option("--chunk", "chunk_files", multiple=True, type=click.Path(path_type=Path),
               help="Check only this chunk file against the signed manifest (repeatable); a file in a folder "
                    "named parity (parity/00003.bin) against the signed parity layout.")
 @output_options
+@registry_options
 @host_options
-def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None,
-           host: HostContext) -> None:
+def verify(bundle: Path | Reference, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool,
+           progress: bool | None, registry: RegistryOptions, host: HostContext) -> None:
     """Check BUNDLE's signatures, then every chunk (or only --chunk files), then, on a site host,
-    the bundle's site policy."""
+    the bundle's site policy. BUNDLE is a directory or oci://HOST[:PORT]/REPO:TAG (docs/oci.md)."""
+    if isinstance(bundle, Reference) and chunk_files:
+        raise UsageError("--chunk checks chunk files against a bundle directory, not an oci:// reference",
+                         subject="--chunk")
+    with opened(bundle, registry) as root:
+        _verify(root, trust_dir, chunk_files, as_json, progress, host, streamed=isinstance(bundle, Reference))
+
+
+def _verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json: bool, progress: bool | None,
+            host: HostContext, *, streamed: bool) -> None:
     trust = TrustStore.from_dir(trust_dir)
     raw = read_raw_bundle(bundle)
     verified = host.note(verify_manifest(raw, trust=trust))
@@ -39,7 +53,8 @@ def verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_json
     else:
         extra = len(parity.layout.parity) * m.chunk_size if parity else 0
         with progress_bar(m.payload_size + extra, "verify", progress) as bar:
-            report = verify_chunks(bundle, verified, progress=bar, parity=parity)
+            report = verify_registry_chunks(bundle, verified, progress=bar) if streamed else \
+                verify_chunks(bundle, verified, progress=bar, parity=parity)
         count, size = report.chunks, report.bytes
         host.decide(bundle, verified, trust_dir=trust_dir)
     scope = "chunk" if chunk_files else "bundle"

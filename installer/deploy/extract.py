@@ -37,7 +37,7 @@ from typing import Any
 
 from .pipeline import Block, Flusher, Pipeline
 from .tarstream import check_header_region, is_zero
-from ..bundle.files import chunk_path, open_nofollow
+from ..bundle.source import source_for
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
 from ..crypto.hashing import Progress, new_hasher, no_progress
 from ..formats.manifest import BLOCK, END_OF_ARCHIVE, RECORD, FileEntry, Manifest, padded
@@ -304,7 +304,7 @@ def _read_chunk(bundle: Path, m: Manifest, index: int, pipeline: Pipeline, progr
     chunk = m.chunks[index]
     subject = f"chunks/{chunk.name}"
     start = m.chunk_offset(index)
-    fd = open_nofollow(chunk_path(bundle, chunk.name))
+    fd = source_for(bundle).open_chunk(index, chunk)  # chunks/ or a registry (bundle/source.py)
     try:
         seen = 0
         while seen < chunk.size:

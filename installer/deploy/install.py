@@ -74,7 +74,7 @@ from .delta import fill_from_base, find_base, plan_from_base, share_installed
 from ..host.share import ShareCounts
 from ..trust import VerifiedManifest, installed_record, prefix_floor, recheck_floor
 from .floor import kept_floor
-from ..bundle.verify import check_chunk_names
+from ..bundle.source import source_for
 
 CURRENT = "current"
 RECEIPT = "receipt.json"
@@ -162,7 +162,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship);
     ``compile_bytecode`` whether its Python files are compiled to bytecode."""
     m = verified.manifest
-    check_chunk_names(bundle, m)  # the signed chunk list, nothing missing and nothing extra
+    source_for(bundle).check_names(m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
     home = prefix / m.name
     check_prefix(prefix, home=home, state_dir=prefix / STATE_DIR)  # StrictModes, before any read or write

@@ -542,13 +542,34 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     runs["remove"], runs["prune"] = _removal_runs(tmp_path / "removal", key, trust, make_spec)
     _trust_root_runs(runs, tmp_path, key, second, make_key, bundle)
     _site_runs(runs, tmp_path, key, make_key, bundle, trust)
+    untested = _registry_runs(runs, tmp_path, make_spec, key, trust)
     sections_of = _leaf_sections()
     for name, outputs in runs.items():
         seen = {_generic(field) for out in outputs for field in flatten(out)}
         assert seen == _documented_fields(sections_of[name]), name
     # every command a user runs is covered here, except `trust add-sigstore` (needs a sigstore trusted
     # root: test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore)
-    assert set(runs) | {"trust add-sigstore"} == set(_leaf_commands())
+    assert set(runs) | {"trust add-sigstore"} | untested == set(_leaf_commands())
+
+
+def _registry_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, make_spec: Callable[..., Path],
+                   key: KeyPair, trust: Path) -> set[str]:
+    """``push`` and ``pull`` against a real registry (docs/oci.md); without docker-registry on this
+    machine they are left out (returned), and tests/oci skips with the reason."""
+    from oci_testing import have_registry, start_registry
+
+    if have_registry():
+        return {"push", "pull"}
+    bundle = tmp_path / "for-registry"
+    _json("build", make_spec(version="7.0.0"), "--out", bundle, "--key", key.private, "--chunk-size", "1KiB")
+    registry = start_registry(tmp_path / "registry", tls=False)
+    try:
+        ref = registry.url("docs/demo")
+        runs["push"] = [_json("push", bundle, ref, "--plain-http")]
+        runs["pull"] = [_json("pull", ref, "--trust", trust, "--out", tmp_path / "pulled", "--plain-http")]
+    finally:
+        registry.stop()
+    return set()
 
 
 def _removal_runs(work: Path, key: KeyPair, trust: Path, make_spec: Callable[..., Path]
