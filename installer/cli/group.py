@@ -316,4 +316,5 @@ def main() -> None:
 # Every command lives in its own module, loaded on first use (GapshipGroup.add_lazy).
 for _name in ("verify", "install", "inspect", "status", "audit", "repair", "prune", "remove"):
     cli.add_lazy(_name, f"{__package__}.{_name}")
+cli.add_lazy("audit", f"{__package__}.audit_tlog")  # `audit append`, `audit checkpoint` (docs/audit.md)
 cli.add_lazy("trust", f"{__package__}.trust")  # `gapship trust show`, `update`, `add-sigstore`
