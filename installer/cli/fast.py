@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import GapshipError, UsageError
 
@@ -125,7 +125,7 @@ def run_append(o: AppendOptions, *, warn: Warn) -> tuple[dict[str, Any], list[st
             for hook in hooks:
                 hook(c)
 
-        summary = append_stream(log, sys.stdin.fileno(), max_batch=o.max_batch, max_delay=o.max_delay,
+        summary = append_stream(log, _stdin(), max_batch=o.max_batch, max_delay=o.max_delay,
                                 on_commit=on_commit if hooks else None,
                                 on_refused=lambda n, why: warn(f"stdin line {n} refused: it {why}"))
         summary.checkpoints = auto.made if auto else 0
@@ -136,6 +136,14 @@ def run_append(o: AppendOptions, *, warn: Warn) -> tuple[dict[str, Any], list[st
     return {"log": str(o.log), **summary.to_dict()}, [
         f"appended {summary.appended} record(s) to {o.log} in {summary.batches} durable batch(es); "
         f"the tree has {summary.size} record(s)"]
+
+
+def _stdin() -> int | BinaryIO:
+    """Standard input as a descriptor, or, where it has none (click's test runner), as a file."""
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stdin.buffer
 
 
 def _safe(text: str, *, backslashes: bool = True) -> str:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..crypto import merkle
 from ..errors import HostError, IntegrityError, UsageError
@@ -731,15 +731,35 @@ class AutoCheckpoint:
             self.made += 1
 
 
-def append_stream(log: TransparencyLog, fd: int, *, max_batch: int = 4096, max_delay: float = 0.01,
+def append_stream(log: TransparencyLog, source: int | BinaryIO, *, max_batch: int = 4096, max_delay: float = 0.01,
                   on_commit: Callable[[Commit], None] | None = None,
                   on_refused: Callable[[int, str], None] | None = None) -> AppendSummary:
     """Append one JSON record per line read from ``fd`` until end of input. Records are committed in
     batches of at most ``max_batch``, and at most ``max_delay`` seconds after the first record of a
     batch was read (input that stops for longer does not hold records back); ``on_commit`` is called
     after each durable batch: that is the acknowledgement. A bad line is refused on its own
-    (``on_refused(line number, why)``) and the stream goes on."""
+    (``on_refused(line number, why)``) and the stream goes on.
+
+    ``source`` is a file descriptor (waited on with ``select`` for the latency bound) or a binary
+    file object (read as it comes; the bound is then checked between reads)."""
     import select
+
+    if isinstance(source, int):
+        fd = source
+
+        def read() -> bytes:
+            return os.read(fd, 1 << 20)
+
+        def ready(timeout: float) -> bool:
+            return bool(select.select([fd], [], [], timeout)[0])
+    else:
+        reader = getattr(source, "read1", source.read)
+
+        def read() -> bytes:
+            return bytes(reader(1 << 20))
+
+        def ready(timeout: float) -> bool:
+            return True
 
     summary = AppendSummary(size=log.size)
     pending: list[dict[str, Any]] = []
@@ -786,10 +806,10 @@ def append_stream(log: TransparencyLog, fd: int, *, max_batch: int = 4096, max_d
             if len(pending) >= max_batch:
                 commit(False)
                 continue
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not ready(left):
                 commit(True)
                 continue
-        chunk = os.read(fd, 1 << 20)
+        chunk = read()
         if not chunk:
             break
         parts = (buf + chunk).split(b"\n")
