@@ -155,8 +155,6 @@ def verify_since_command(export_file: Path, pubkey_path: Path, since_path: Path,
         _check_out(save)
     key = PublicKey.from_pem(read_bounded(pubkey_path, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_key,
                                           follow_symlinks=True), source=str(pubkey_path))
-    if not export_file.is_file():
-        raise UsageError(f"export {str(export_file)!r} does not exist", subject=str(export_file))
     since_note = read_checkpoint_file(since_path, what="checkpoint")
     check = verify_export_since(export_file, since_note, key, since_source=str(since_path))
     if save is not None:

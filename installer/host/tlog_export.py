@@ -22,6 +22,7 @@ from typing import Any
 from ..crypto import merkle
 from ..errors import IntegrityError, TrustError, UsageError
 from ..formats.note import Checkpoint, NoteSigner, open_checkpoint, unverified_origin
+from ..kit import Refusal, open_regular
 from .tlog import canonical_line, MAX_CHECKPOINT_BYTES, MAX_LINE_BYTES, TransparencyLog, host_error
 
 EXPORT_FORMAT = "gapship-tlog-export"
@@ -64,7 +65,7 @@ class ExportResult:
 
 
 def read_checkpoint_file(path: Path, *, what: str) -> bytes:
-    from ..kit import Refusal, read_bounded
+    from ..kit import read_bounded
 
     def refuse(r: Refusal) -> Exception:
         if r.reason == "missing":
@@ -155,7 +156,8 @@ def verify_export_since(path: Path, since_note: bytes, pubkey: Any, *, since_sou
     keys = [(name, pubkey)]
     since = open_checkpoint(since_note, keys, source=since_source)
     try:
-        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as z:
+        fd, _ = open_regular(path, refuse=_refuse_export, follow_symlinks=True)  # a FIFO or device: refused
+        with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as z:
             header = _read_header(z, source)
             cp_note = str(header.get("checkpoint", "")).encode("utf-8")
             cp = open_checkpoint(cp_note, keys, source=f"{source}: its checkpoint", origin=since.origin)
@@ -169,6 +171,12 @@ def verify_export_since(path: Path, since_note: bytes, pubkey: Any, *, since_sou
                              subject=source) from None
     return ExportCheck(since=since, checkpoint=cp, checkpoint_note=cp_note, records=count,
                        checkpoints=len(marks), header=header)
+
+
+def _refuse_export(r: Refusal) -> Exception:
+    if r.reason == "missing":
+        return UsageError(f"export {str(r.path)!r} does not exist", subject=str(r.path))
+    return UsageError(f"cannot read export {r.path}: {r.strerror or r.reason}", subject=str(r.path))
 
 
 def _read_header(z: gzip.GzipFile, source: str) -> dict[str, Any]:

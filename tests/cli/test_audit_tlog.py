@@ -288,3 +288,23 @@ def _lying_export(log: Path, key: Path, claimed: Path, out: Path) -> Path:
         keys, _ = signers(tlog, key, None)
         export_since(tlog, since, out, signers=keys, host="h", exported_at="now")
     return out
+
+
+def test_rejects_fifo_in_place_of_the_export(site: Site, tmp_path: Path) -> None:
+    cp = site.checkpoint("cp")
+    fifo = tmp_path / "exp"
+    os.mkfifo(fifo)
+    done = run("audit", "verify", "--export", fifo, "--pubkey", site.key.with_suffix(".pub"), "--since", cp)
+    assert done.exit_code == 2 and "FIFO" in done.output
+
+
+def test_append_signs_a_checkpoint_every_n_records(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    text = "".join(json.dumps(r) + "\n" for r in records(0, 250))
+    done = CliRunner().invoke(cli, ["audit", "append", "--log", str(log), "--max-batch", "50", "--checkpoint-every",
+                                    "100", "--host-key", str(tmp_path / "k.key"), "--json"], input=text,
+                              catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.splitlines()[-1])["checkpoints"] == 2
+    kept = sorted(p.name for p in (tmp_path / "log.tree" / "checkpoints").iterdir())
+    assert kept == ["0000000000000100.note", "0000000000000200.note"]
