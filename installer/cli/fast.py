@@ -179,7 +179,10 @@ def main_append(argv: Sequence[str]) -> int | None:
         return None
     import gc
 
-    gc.disable()  # a process that only streams records: no cycles to collect, and ~8% less CPU
+    # A process that streams records makes almost no cycles (a refused line's traceback does): collect
+    # rarely rather than every 700 allocations, about 8% less CPU.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
     try:
         payload, lines = run_append(o, warn=_warn)
     except GapshipError as e:

@@ -139,11 +139,20 @@ class ExportCheck:
 
 
 def is_tlog_export(path: Path) -> bool:
+    """Whether ``path`` is a regular file that starts as gzip does (a FIFO or device is never opened
+    for reading beyond a non-blocking open: the caller's own reader refuses it)."""
+    import stat
+
     try:
-        with open(path, "rb") as f:
-            return f.read(2) == b"\x1f\x8b"
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening some devices has effects: not even that
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 2, 0) == b"\x1f\x8b"
+    finally:
+        os.close(fd)
 
 
 def verify_export_since(path: Path, since_note: bytes, pubkey: Any, *, since_source: str) -> ExportCheck:
