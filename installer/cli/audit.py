@@ -124,19 +124,21 @@ def _refuse_pubkey(r: Refusal) -> Exception:
                    "consistency proof from it (a compressed transparency-log export).")
 @click.option("--pq-host-key", "pq_key_path", type=click.Path(path_type=Path),
               help="With --since: also sign the new checkpoint with this ML-DSA-87 key.")
+@click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
+              help="With --since: the site's trust directory; if its root requires ML-DSA-87, sign with it too.")
 @_PREFIX_OPTION
 @json_option
 def export_command(out: Path, log: Path | None, host_key_path: Path | None, since: Path | None,
-                   pq_key_path: Path | None, prefixes: tuple[Path, ...], as_json: bool) -> None:
+                   pq_key_path: Path | None, trust_dir: Path | None, prefixes: tuple[Path, ...], as_json: bool) -> None:
     """Write a signed copy of the audit log that can travel back across the gap, with its cross-check
     against the prefixes (an export of a log cut short is still written, and says what was cut: exit 3).
     With --since: the records after that checkpoint only, with the proof that they extend it."""
-    if since is not None or pq_key_path is not None:
+    if since is not None or pq_key_path is not None or trust_dir is not None:
         from .audit_tlog import export_since_command
 
         if since is None or prefixes:
-            raise UsageError("--pq-host-key goes with --since; --since does not take --prefix")
-        export_since_command(log or DEFAULT_LOG, since, out, host_key_path, pq_key_path, as_json)
+            raise UsageError("--pq-host-key and --trust go with --since; --since does not take --prefix")
+        export_since_command(log or DEFAULT_LOG, since, out, host_key_path, pq_key_path, trust_dir, as_json)
         return
     check_export_target(out)  # a bad --out is refused before the host key is made
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)

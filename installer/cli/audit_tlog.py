@@ -26,15 +26,30 @@ if TYPE_CHECKING:
 
 DEFAULT_LOG = Path("/var/log/gapship/audit.jsonl")  # installer/host/audit.py's, without importing it
 DEFAULT_HOST_KEY = Path("/var/lib/gapship/host.key")
+DEFAULT_PQ_HOST_KEY = Path("/var/lib/gapship/host-ml-dsa-87.key")
 
 
-def signers(log: TransparencyLog, host_key_path: Path | None, pq_key_path: Path | None) -> tuple[list[NoteSigner], list[str]]:
-    """The checkpoint's signers: the host key (made at first use), and an ML-DSA-87 key if asked for.
+def requires_ml_dsa(trust_dir: Path) -> bool:
+    """Whether the site's trust root requires ML-DSA-87 of any role (``require_algorithms``,
+    docs/trust.md): then its checkpoints are signed with ML-DSA-87 too."""
+    from ..crypto.keys import ML_DSA_87
+    from ..trust import TrustStore
+
+    store = TrustStore.from_dir(trust_dir)
+    return not store.legacy and any(ML_DSA_87 in role.require_algorithms for role in store.root.roles.values())
+
+
+def signers(log: TransparencyLog, host_key_path: Path | None, pq_key_path: Path | None,
+            trust_dir: Path | None = None) -> tuple[list[NoteSigner], list[str]]:
+    """The checkpoint's signers: the host key (made at first use), and an ML-DSA-87 key if asked for,
+    or if the trust root in ``trust_dir`` requires it (then by default :data:`DEFAULT_PQ_HOST_KEY`).
     Also the lines that say which keys were made."""
     from ..formats.note import NoteSigner
     from ..host.audit import host_key
     from ..host.pqkey import ml_dsa_host_key
 
+    if pq_key_path is None and trust_dir is not None and requires_ml_dsa(trust_dir):
+        pq_key_path = DEFAULT_PQ_HOST_KEY
     made: list[str] = []
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)
     if created:
@@ -53,8 +68,10 @@ _LOG_OPTION = click.option("--log", type=click.Path(path_type=Path),
 _HOST_KEY_OPTION = click.option("--host-key", "host_key_path", type=click.Path(path_type=Path),
                                 help=f"The host's Ed25519 signing key, made at first use (default: {DEFAULT_HOST_KEY}).")
 _PQ_KEY_OPTION = click.option("--pq-host-key", "pq_key_path", type=click.Path(path_type=Path),
-                              help="Also sign with this ML-DSA-87 key (made at first use), for a site whose "
-                                   "trust root requires ML-DSA-87.")
+                              help="Also sign with this ML-DSA-87 key (made at first use).")
+_TRUST_OPTION = click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
+                             help="The site's trust directory: if its root requires ML-DSA-87, sign with an "
+                                  f"ML-DSA-87 key too (--pq-host-key, default {DEFAULT_PQ_HOST_KEY}).")
 
 
 @audit_group.command(name="append")
@@ -70,10 +87,11 @@ _PQ_KEY_OPTION = click.option("--pq-host-key", "pq_key_path", type=click.Path(pa
               help="Sign a checkpoint when this many seconds have passed since the last one.")
 @_HOST_KEY_OPTION
 @_PQ_KEY_OPTION
+@_TRUST_OPTION
 @json_option
 def append_command(log: Path | None, max_batch: int, max_delay_ms: float, ack: bool, checkpoint_every: int | None,
                    checkpoint_interval: float | None, host_key_path: Path | None, pq_key_path: Path | None,
-                   as_json: bool) -> None:
+                   trust_dir: Path | None, as_json: bool) -> None:
     """Append one JSON record per line of stdin to the transparency log, in durable batches (group commit).
 
     A line that is not a JSON object, is over 64 KiB or nests too deeply is refused on its own (a
@@ -83,7 +101,7 @@ def append_command(log: Path | None, max_batch: int, max_delay_ms: float, ack: b
     payload, lines = run_append(AppendOptions(
         log=log or DEFAULT_LOG, max_batch=max_batch, max_delay=max_delay_ms / 1000, ack=ack,
         checkpoint_every=checkpoint_every, checkpoint_interval=checkpoint_interval, host_key=host_key_path,
-        pq_host_key=pq_key_path, as_json=as_json), warn=warn)
+        pq_host_key=pq_key_path, trust=trust_dir, as_json=as_json), warn=warn)
     emit(as_json, payload, lines)
 
 
@@ -92,16 +110,17 @@ def append_command(log: Path | None, max_batch: int, max_delay_ms: float, ack: b
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the signed checkpoint.")
 @_HOST_KEY_OPTION
 @_PQ_KEY_OPTION
+@_TRUST_OPTION
 @json_option
 def checkpoint_command(log: Path | None, out: Path, host_key_path: Path | None, pq_key_path: Path | None,
-                       as_json: bool) -> None:
+                       trust_dir: Path | None, as_json: bool) -> None:
     """Sign a checkpoint of the transparency log (C2SP tlog-checkpoint: origin, size, root hash)."""
     from ..host.atomic import atomic_write
 
     path = log or DEFAULT_LOG
     _check_out(out)
     with TransparencyLog.open(path) as tlog:
-        keys, made = signers(tlog, host_key_path, pq_key_path)
+        keys, made = signers(tlog, host_key_path, pq_key_path, trust_dir)
         cp, note = tlog.checkpoint(keys)
     atomic_write(out, note)
     from ..host.tlog_export import b64
@@ -120,7 +139,7 @@ def _check_out(out: Path) -> None:
 
 
 def export_since_command(path: Path, since_path: Path, out: Path, host_key_path: Path | None,
-                         pq_key_path: Path | None, as_json: bool) -> None:
+                         pq_key_path: Path | None, trust_dir: Path | None, as_json: bool) -> None:
     """``gapship audit export --since CHECKPOINT``: the records after it, compressed, with a new signed
     checkpoint and the consistency proof from it."""
     import socket
@@ -131,7 +150,7 @@ def export_since_command(path: Path, since_path: Path, out: Path, host_key_path:
     _check_out(out)
     since_note = read_checkpoint_file(since_path, what="checkpoint")
     with TransparencyLog.open(path, create=False) as tlog:
-        keys, made = signers(tlog, host_key_path, pq_key_path)
+        keys, made = signers(tlog, host_key_path, pq_key_path, trust_dir)
         since = check_since(tlog, since_note, [(k.name, k.public) for k in keys], source=str(since_path))
         result = export_since(tlog, since, out, signers=keys, host=socket.gethostname(), exported_at=now_utc())
     emit(as_json, {"out": str(out), "log": str(path), **result.to_dict()}, [

@@ -35,11 +35,12 @@ class AppendOptions:
     checkpoint_interval: float | None = None
     host_key: Path | None = None
     pq_host_key: Path | None = None
+    trust: Path | None = None
     as_json: bool = False
 
 
 _VALUED = {"--log", "--max-batch", "--max-delay", "--checkpoint-every", "--checkpoint-interval", "--host-key",
-           "--pq-host-key"}
+           "--pq-host-key", "--trust"}
 
 
 def parse_append_args(argv: Sequence[str]) -> AppendOptions | None:
@@ -87,6 +88,8 @@ def _set(o: AppendOptions, name: str, value: str) -> None:
             raise ValueError
     elif name == "--host-key":
         o.host_key = Path(value)
+    elif name == "--trust":
+        o.trust = Path(value)
     else:
         o.pq_host_key = Path(value)
     if not value:
@@ -113,7 +116,7 @@ def run_append(o: AppendOptions, *, warn: Warn) -> tuple[dict[str, Any], list[st
             from ..host.tlog import AutoCheckpoint
             from .audit_tlog import signers
 
-            keys, made = signers(log, o.host_key, o.pq_host_key)
+            keys, made = signers(log, o.host_key, o.pq_host_key, o.trust)
             for line in made:
                 warn(line)
             auto = AutoCheckpoint(log, keys, every=o.checkpoint_every, interval=o.checkpoint_interval)

@@ -308,3 +308,31 @@ def test_append_signs_a_checkpoint_every_n_records(tmp_path: Path) -> None:
     assert json.loads(done.stdout.splitlines()[-1])["checkpoints"] == 2
     kept = sorted(p.name for p in (tmp_path / "log.tree" / "checkpoints").iterdir())
     assert kept == ["0000000000000100.note", "0000000000000200.note"]
+
+
+def test_checkpoint_is_signed_with_ml_dsa_87_when_the_trust_root_requires_it(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gapship.installer.cli import audit_tlog
+
+    keys = tmp_path / "keys"
+    for name, algorithm in (("root", "ed25519"), ("rel", "ed25519"), ("rel-pq", "ml-dsa-87")):
+        assert run("keygen", name, "--out-dir", keys, "--algorithm", algorithm).exit_code == 0
+    trust = tmp_path / "trust"
+    done = run("trust", "init", "--dir", trust, "--root-key", keys / "root.pub", "--release-key", keys / "rel.pub",
+               "--release-key", keys / "rel-pq.pub", "--require-algorithms", "release=ed25519,ml-dsa-87",
+               "--expires", "30d", "--sign-with", keys / "root.key")
+    assert done.exit_code == 0, done.output
+    log = tmp_path / "log"
+    append(log, records(0, 3))
+    pq = tmp_path / "host" / "pq.key"
+    monkeypatch.setattr(audit_tlog, "DEFAULT_PQ_HOST_KEY", pq)  # the default key, made at first use
+    done = run("audit", "checkpoint", "--log", log, "--out", tmp_path / "cp", "--host-key", tmp_path / "host" / "h.key",
+               "--trust", trust, "--json")
+    assert done.exit_code == 0 and json.loads(done.stdout)["algorithms"] == ["ed25519", "ml-dsa-87"]
+    assert pq.is_file()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(keys / "rel.pub", legacy)
+    done = run("audit", "checkpoint", "--log", log, "--out", tmp_path / "cp2", "--host-key", tmp_path / "host" / "h.key",
+               "--trust", legacy, "--json")
+    assert done.exit_code == 0 and json.loads(done.stdout)["algorithms"] == ["ed25519"]
