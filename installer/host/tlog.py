@@ -228,12 +228,16 @@ class TransparencyLog:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise HostError(f"audit log {path} is not a regular file", subject=str(path))
+        log = None
         try:
             log = cls(path, fd, _load_origin(path, origin))
             with log._locked():
                 pass  # catches the node store up
         except BaseException:
-            os.close(fd)
+            if log is not None:
+                log.close()
+            else:
+                os.close(fd)
             raise
         return log
 
@@ -570,16 +574,25 @@ def host_error(e: OSError, path: Path) -> HostError:
 
 
 def _load_origin(path: Path, wanted: str | None) -> str:
+    from ..kit import Refusal, read_bounded
+
     meta = tree_dir(path) / "meta.json"
+
+    def refuse(r: Refusal) -> Exception:
+        if r.reason == "missing":
+            return FileNotFoundError()
+        return HostError(f"cannot read {meta}: {r.strerror or r.reason}", subject=str(meta))
+
     try:
-        data = json.loads(meta.read_bytes()[:65536])
+        data = json.loads(read_bounded(meta, cap=65536, refuse=refuse))
         origin = data.get("origin") if isinstance(data, dict) else None
         if isinstance(origin, str) and origin:
             return origin
+        raise ValueError
     except FileNotFoundError:
         pass
-    except (OSError, ValueError):
-        raise HostError(f"cannot read {meta}", subject=str(meta)) from None
+    except ValueError:
+        raise HostError(f"{meta} does not name the log's origin", subject=str(meta)) from None
     from .atomic import atomic_write
 
     origin = wanted or default_origin(path)

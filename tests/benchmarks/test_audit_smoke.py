@@ -24,6 +24,7 @@ def test_audit_smoke_reports_append_latency_tree_and_export(tmp_path: Path) -> N
     assert all(r["records_per_s"] > 0 for r in rows.values())
     assert all(0 < v["p50_ms"] <= v["p99_ms"] for v in a["latency"].values())
     tree = a["tree"]["10000"]
-    assert tree["inclusion_proof_bytes"] in (13 * 32, 14 * 32)  # ceil(log2(10,000)) hashes, or one fewer
+    # at most ceil(log2(10,000)) = 14 hashes; fewer for a leaf in the tree's smaller right-hand subtrees
+    assert tree["inclusion_proof_bytes"] % 32 == 0 and 8 * 32 <= tree["inclusion_proof_bytes"] <= 14 * 32
     assert tree["store_bytes"] >= 10_000 * (32 * 2 - 1) + 10_000 * 8
     assert a["export"]["records"] == 2000 and a["export"]["compression_ratio"] > 2
