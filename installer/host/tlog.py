@@ -217,14 +217,7 @@ class TransparencyLog:
     @classmethod
     def open(cls, path: Path, *, create: bool = True, origin: str | None = None) -> TransparencyLog:
         """Open (or, with ``create``, make) the log and bring its node store up to date with its lines."""
-        flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        try:
-            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fd = os.open(path, flags, 0o640)
-        except FileNotFoundError:
-            raise UsageError(f"audit log {str(path)!r} does not exist", subject=str(path)) from None
-        except OSError as e:
-            raise HostError(f"cannot open the audit log {path}: {e.strerror}", subject=str(path)) from None
+        fd = _open_records(path, create=create)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise HostError(f"audit log {path} is not a regular file", subject=str(path))
@@ -540,6 +533,29 @@ class TransparencyLog:
             if stem.isdigit() and low < int(stem) < high:
                 out.append(p.read_bytes()[:MAX_CHECKPOINT_BYTES])
         return out
+
+
+def _open_records(path: Path, *, create: bool) -> int:
+    """The records file, opened to append (never through a symlink); made if missing and ``create``,
+    and then its folder synced, so that a power cut cannot lose the name of a log holding records."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if create:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileExistsError:
+                pass
+            else:
+                from .atomic import fsync_dir
+
+                fsync_dir(path.parent)
+                return fd
+        return os.open(path, flags)
+    except FileNotFoundError:
+        raise UsageError(f"audit log {str(path)!r} does not exist", subject=str(path)) from None
+    except OSError as e:
+        raise HostError(f"cannot open the audit log {path}: {e.strerror}", subject=str(path)) from None
 
 
 def _ends(start: int, lines: Iterable[bytes], extra: int) -> list[int]:
