@@ -80,7 +80,8 @@ _TRUST_OPTION = click.option("--trust", "trust_dir", type=click.Path(path_type=P
               help="At most this many records per batch (one sync each).")
 @click.option("--max-delay", "max_delay_ms", type=click.FloatRange(0, 60_000), default=DEFAULT_MAX_DELAY_MS,
               show_default=True,
-              help="Latency bound in milliseconds: a record read is durable at most this long after.")
+              help="Latency bound in milliseconds: a batch is cut at most this long after its first record "
+                   "was read (encoding, writing and syncing it come on top).")
 @click.option("--ack", is_flag=True, help="Print `ack FIRST LAST` on stdout after each durable batch (sequence numbers).")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Sign a checkpoint every N records.")
 @click.option("--checkpoint-interval", type=click.FloatRange(0, min_open=True),
