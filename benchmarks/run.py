@@ -580,10 +580,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gapship", help="command to run gapship (default: the gapship script beside this python)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run for CI: 8 MiB, 200 small files, 1 round")
-    p.add_argument("--only", choices=("large", "small", "parity", "delta", "deps", "oci"),
+    p.add_argument("--only", choices=("large", "small", "parity", "delta", "deps", "oci", "audit"),
                    help="run one of the data sets (targets need large and small), or the parity case "
-                        "(benchmarks/parity.py), the delta update case (benchmarks/delta.py) or the dependency step "
-                        "(benchmarks/deps.py), or installs through an OCI registry (benchmarks/oci.py)")
+                        "(benchmarks/parity.py), the delta update case (benchmarks/delta.py), the dependency step "
+                        "(benchmarks/deps.py), installs through an OCI registry (benchmarks/oci.py) or the "
+                        "transparency log (benchmarks/audit.py)")
     p.add_argument("--oci-jobs", type=int, default=4, help="--jobs of the registry transfers in --only oci (default 4)")
     p.add_argument("--deps-cache", type=Path, help="where the real wheel set for --only deps is downloaded once "
                    "(default ~/.cache/gapship-bench/wheels-pyX.Y)")
@@ -611,13 +612,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.only == "oci":
             import oci  # benchmarks/oci.py, beside this script
             report = oci.benchmark_oci(args, work, find_gapship(args.gapship), say)
+        elif args.only == "audit":
+            import audit  # benchmarks/audit.py, beside this script
+            report = audit.benchmark_audit(args, work, find_gapship(args.gapship), say)
         else:
             report = benchmark(args, work, say)
     finally:
         if own and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     renderers = {"parity": lambda r: parity.render(r), "delta": lambda r: delta.render(r),
-                 "oci": lambda r: oci.render(r)}
+                 "oci": lambda r: oci.render(r), "audit": lambda r: audit.render(r)}
     print(json.dumps(report, indent=2) if args.json else renderers.get(args.only or "", render)(report))
     return 0
 

@@ -188,11 +188,9 @@ def _marked(prefix: object) -> bool:
 
 
 def site_log() -> Path:
-    """The site's log, for the commands that read it without ``--log`` (``audit verify``, ``export``,
-    ``seal``): the default site file's ``audit_log``, else :data:`~gapship.installer.host.audit.DEFAULT_LOG`.
-    A broken site file is refused (exit 2 or 7): which log is the site's cannot be known then."""
-    site = site_module.load_site(None)
-    return site.audit_log if site is not None and site.audit_log is not None else audit.DEFAULT_LOG
+    """The site's log (:func:`~gapship.installer.formats.site.site_log`), default
+    :data:`~gapship.installer.host.audit.DEFAULT_LOG`."""
+    return site_module.site_log(audit.DEFAULT_LOG)
 
 
 def _open_logs(site_log: Path | None, extra: Path | None) -> audit.Journal | None:

@@ -54,12 +54,23 @@ def _reference_lines(check: RefCheck | None) -> list[str]:
 @click.option("--pubkey", type=click.Path(path_type=Path), help="The host's public key (HOST.pub) for --export.")
 @click.option("--previous", type=click.Path(path_type=Path),
               help="With --export: an earlier export of the same log, which this one must extend.")
+@click.option("--since", type=click.Path(path_type=Path),
+              help="With --export: a transparency-log export, checked from this accepted checkpoint on.")
+@click.option("--save-checkpoint", type=click.Path(path_type=Path),
+              help="With --since: write the export's checkpoint here once it is verified (the next --since).")
 @_PREFIX_OPTION
 @json_option
 def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | None, previous: Path | None,
-                   prefixes: tuple[Path, ...], as_json: bool) -> None:
+                   since: Path | None, save_checkpoint: Path | None, prefixes: tuple[Path, ...], as_json: bool) -> None:
     """Check that no line of the audit log was edited, deleted, inserted or reordered (exit 3 names the line),
     and that it holds every record the prefixes' receipts and host state name."""
+    if since is not None or save_checkpoint is not None:
+        from .audit_tlog import verify_since_command
+
+        if export_file is None or pubkey is None or since is None or log or previous or prefixes:
+            raise UsageError("--since needs --export FILE and --pubkey HOST.pub, and no --log, --previous or --prefix")
+        verify_since_command(export_file, pubkey, since, save_checkpoint, as_json)
+        return
     if export_file is None:
         if pubkey is not None or previous is not None:
             raise UsageError("--pubkey and --previous go with --export")
@@ -76,6 +87,11 @@ def verify_command(log: Path | None, export_file: Path | None, pubkey: Path | No
                          "own cross-check)")
     data = read_bounded(pubkey, cap=MAX_KEY_FILE_BYTES, refuse=_refuse_pubkey, follow_symlinks=True)
     key = PublicKey.from_pem(data, source=str(pubkey))
+    from ..host.tlog_export import is_tlog_export
+
+    if is_tlog_export(export_file):
+        raise UsageError(f"{export_file} is a transparency-log export: check it with --since CHECKPOINT",
+                         subject=str(export_file))
     before = verify_export(previous, pubkey=key) if previous is not None else None
     result = verify_export(export_file, pubkey=key, previous=before)
     lines = [
@@ -108,12 +124,27 @@ def _refuse_pubkey(r: Refusal) -> Exception:
               "unless the site file's audit_log names another).")
 @click.option("--host-key", "host_key_path", type=click.Path(path_type=Path),
               help=f"The host's signing key, made at first use (default: {DEFAULT_HOST_KEY}).")
+@click.option("--since", type=click.Path(path_type=Path),
+              help="Export only the records after this signed checkpoint, with a new checkpoint and the "
+                   "consistency proof from it (a compressed transparency-log export).")
+@click.option("--pq-host-key", "pq_key_path", type=click.Path(path_type=Path),
+              help="With --since: also sign the new checkpoint with this ML-DSA-87 key.")
+@click.option("--trust", "trust_dir", type=click.Path(path_type=Path),
+              help="With --since: the site's trust directory; if its root requires ML-DSA-87, sign with it too.")
 @_PREFIX_OPTION
 @json_option
-def export_command(out: Path, log: Path | None, host_key_path: Path | None, prefixes: tuple[Path, ...],
-                   as_json: bool) -> None:
+def export_command(out: Path, log: Path | None, host_key_path: Path | None, since: Path | None,
+                   pq_key_path: Path | None, trust_dir: Path | None, prefixes: tuple[Path, ...], as_json: bool) -> None:
     """Write a signed copy of the audit log that can travel back across the gap, with its cross-check
-    against the prefixes (an export of a log cut short is still written, and says what was cut: exit 3)."""
+    against the prefixes (an export of a log cut short is still written, and says what was cut: exit 3).
+    With --since: the records after that checkpoint only, with the proof that they extend it."""
+    if since is not None or pq_key_path is not None or trust_dir is not None:
+        from .audit_tlog import export_since_command
+
+        if since is None or prefixes:
+            raise UsageError("--pq-host-key and --trust go with --since; --since does not take --prefix")
+        export_since_command(log or site_log(), since, out, host_key_path, pq_key_path, trust_dir, as_json)
+        return
     check_export_target(out)  # a bad --out is refused before the host key is made
     key, created = host_key(host_key_path or DEFAULT_HOST_KEY)
     source = log or site_log()

@@ -318,4 +318,5 @@ for _name in ("verify", "install", "inspect", "status", "audit", "repair", "prun
     cli.add_lazy(_name, f"{__package__}.{_name}")
 for _name in ("push", "pull"):  # OCI registries (docs/oci.md)
     cli.add_lazy(_name, f"{__package__}.{_name}")
+cli.add_lazy("audit", f"{__package__}.audit_tlog")  # `audit append`, `audit checkpoint` (docs/audit.md)
 cli.add_lazy("trust", f"{__package__}.trust")  # `gapship trust show`, `update`, `add-sigstore`

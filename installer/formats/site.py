@@ -162,3 +162,11 @@ def _why_missing(path: Path) -> str:
     if dangling is not None:
         return f"cannot be reached: {dangling} is a symlink to {os.readlink(dangling)!r}, which does not exist"
     return "does not exist"
+
+
+def site_log(default: Path) -> Path:
+    """The site's log for the commands that read or append to it without ``--log`` (``audit verify``,
+    ``export``, ``seal``, ``append``, ``checkpoint``): the default site file's ``audit_log``, else
+    ``default``. A broken site file is refused (exit 2 or 7): which log is the site's cannot be known."""
+    site = load_site(None)
+    return site.audit_log if site is not None and site.audit_log is not None else default

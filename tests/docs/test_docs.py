@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 import pytest
 
 from gapship.bundler.cli.main import cli
@@ -671,6 +672,18 @@ def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: Ke
     runs["audit verify"].append(_json("audit", "verify", "--export", tmp_path / "export-2", "--pubkey",
                                       host_key.with_suffix(".pub"), "--previous", tmp_path / "export-1"))
     runs["audit seal"] = [_json("audit", "seal", "--log", log)]
+    # the same log as a transparency log: the installer's records above are its first leaves
+    runs["audit checkpoint"] = [_json("audit", "checkpoint", "--log", log, "--out", tmp_path / "cp-1",
+                                      "--host-key", host_key)]
+    appended = CliRunner().invoke(cli, ["audit", "append", "--log", str(log), "--json"],
+                                  input='{"kind": "inference", "request_id": "r-1"}\n', catch_exceptions=False)
+    assert appended.exit_code == 0, appended.output
+    runs["audit append"] = [json.loads(appended.stdout)]
+    runs["audit export"].append(_json("audit", "export", "--log", log, "--since", tmp_path / "cp-1", "--out",
+                                      tmp_path / "export-3", "--host-key", host_key))
+    runs["audit verify"].append(_json("audit", "verify", "--export", tmp_path / "export-3", "--pubkey",
+                                      host_key.with_suffix(".pub"), "--since", tmp_path / "cp-1",
+                                      "--save-checkpoint", tmp_path / "cp-2"))
 
 
 def test_cli_doc_lists_exactly_the_json_fields_of_add_sigstore(tmp_path: Path) -> None:

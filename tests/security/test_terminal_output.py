@@ -339,13 +339,16 @@ def test_no_command_prints_around_the_escaping_layer() -> None:
     installer/cli/group.py call ``click.echo``, and nothing calls ``print``, ``click.secho``,
     ``sys.stdout``/``sys.stderr`` writes, prints a traceback or makes a tqdm bar of its own."""
     writers = {"_write_line", "_write_json", "progress_bar"}  # group.py's: escape, JSON, tqdm with desc=escape(...)
+    # fast.py: `audit append` without click; its two writers escape through group.py's escape()
+    fast_writers = {"_emit_line", "_emit_json"}
     offenders = []
     for path in sorted([*REPO.glob("installer/cli/*.py"), *REPO.glob("bundler/cli/*.py")]):
         tree = ast.parse(path.read_text(), filename=str(path))
         allowed: set[int] = set()
-        if path == REPO / "installer" / "cli" / "group.py":
+        mine = {REPO / "installer" / "cli" / "group.py": writers, REPO / "installer" / "cli" / "fast.py": fast_writers}
+        if path in mine:
             for func in ast.walk(tree):
-                if isinstance(func, ast.FunctionDef) and func.name in writers:
+                if isinstance(func, ast.FunctionDef) and func.name in mine[path]:
                     allowed |= {id(n) for n in ast.walk(func)}
         offenders += [f"{path.relative_to(REPO)}:{n.lineno}: {ast.unparse(n.func)}" for n in ast.walk(tree)
                       if isinstance(n, ast.Call) and _is_output(n.func) and id(n) not in allowed]
