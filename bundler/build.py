@@ -17,8 +17,9 @@ from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import (
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, needed_format_version,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, ModelCard, needed_format_version,
 )
+from ..installer.deploy.deps import TARGET, Target
 from ..installer.formats.policy import parse_policy
 from ..installer.kit import Refusal, read_bounded
 from ..installer.safeguards import MAX_POLICY_BYTES
@@ -31,6 +32,8 @@ from .delta import Base, check_base_fits, may_come_from_base, source_hash
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
+from .sbom import render_sbom, require_cyclonedx, wheels_of
+from ..installer.sbom import SBOM_DIR, SBOM_PATH
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
 # The unit group matches exactly the keys of _UNITS ("Mi" without "B" is not one of them).
@@ -101,6 +104,7 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12. With a
     verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1)."""
     check_output_free(out)
+    require_cyclonedx()
     if base is not None:
         check_base_fits(base, name=spec.name, version=spec.version, algorithm=algorithm)
     keys = _distinct_keys([key, *also_sign])
@@ -222,22 +226,25 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
     reused = _reused(groups, base, algorithm, progress)
     writer = PayloadWriter(staging / CHUNKS, chunk_size=chunk_size, algorithm=algorithm,
                            mtime=int(created.timestamp()), progress=progress)
+    wheels = wheels_of(groups)
+    cards = {m.name: m.card for m in spec.models}
     try:
         for group in groups:
             for f in group:
                 if f.path not in reused:
                     writer.add(f.source, f.path, f.size, f.mode)
+        # The SBOM lists every other file by the hash the manifest gives it, so it goes last (docs/sbom.md).
+        listed = _components(groups, reused, writer.position_offsets(), writer.hashes_so_far(), cards)
+        sbom = render_sbom(name=spec.name, version=spec.version, created=created, algorithm=algorithm,
+                           components=listed, wheels=wheels, target=_target(groups))
+        writer.add_bytes(sbom, SBOM_PATH, 0o644)
         payload = writer.finish()
     finally:
         writer.abort()
-    offsets, hashes = iter(payload.offsets), iter(payload.hashes)
-    components = [
-        Component(kind=g.kind, name=g.name, files=tuple(
-            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
-            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
-            for path, size, mode in zip(g.paths, g.sizes, g.modes)))
-        for g in groups
-    ]
+    components = [*_components(groups, reused, payload.offsets, payload.hashes, cards),
+                  Component(kind="sbom", name=SBOM_DIR, files=(FileEntry(
+                      path=SBOM_PATH, size=len(sbom), mode=0o644, hash=payload.hashes[-1],
+                      offset=payload.offsets[-1]),))]
     ref = base.ref if base is not None else None
     return Manifest(
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -245,6 +252,28 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
         chunks=payload.chunks, components=tuple(components),
         format_version=needed_format_version(base=ref, components=components), base=ref,
     )
+
+
+def _components(groups: Sources, reused: dict[str, str], offsets_seq: Sequence[int], hashes_seq: Sequence[str],
+                cards: dict[str, ModelCard | None]) -> list[Component]:
+    """The manifest's components for ``groups``, the payload's files taking their offsets and hashes in order."""
+    offsets, hashes = iter(offsets_seq), iter(hashes_seq)
+    return [
+        Component(kind=g.kind, name=g.name, card=cards.get(g.name) if g.kind == "model" else None, files=tuple(
+            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
+            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
+            for path, size, mode in zip(g.paths, g.sizes, g.modes)))
+        for g in groups
+    ]
+
+
+def _target(groups: Sources) -> Target | None:
+    """The dependencies' target (for the SBOM's dependency markers), from the target.json being bundled."""
+    for g in groups:
+        for f in g:
+            if f.path == TARGET:
+                return Target.from_bytes(Path(f.source).read_bytes())
+    return None
 
 
 def _reused(groups: Sources, base: Base | None, algorithm: str, progress: Progress) -> dict[str, str]:

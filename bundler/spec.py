@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..installer.errors import GapshipError, UsageError
-from ..installer.formats.manifest import MAX_COMPONENTS, check_name, check_version
+from ..installer.formats.manifest import CARD_FIELDS, MAX_CARD_TEXT, MAX_COMPONENTS, ModelCard, check_name, check_version
 from ..installer.kit import Fields, Refusal, first_key, parse_toml, read_bounded
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few lines; anything near this is not one
@@ -20,6 +20,7 @@ MAX_MODELS = MAX_COMPONENTS - 2  # docs/format.md, "Limits": the policy and the 
 class ModelSource:
     name: str
     source: Path
+    card: ModelCard | None = None  # [model.card], format v2 (docs/format.md 11.2), listed in the SBOM
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,11 @@ def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
         where = f"model[{i}]"
         if not isinstance(entry, dict):
             raise UsageError(f"{where} must be a table")
-        _only(entry, {"name", "source"}, where)
+        _only(entry, {"name", "source", "card"}, where)
         model = _text(entry, "name", where)
         check_name(model, "model name")
-        models.append(ModelSource(model, base / _text(entry, "source", where)))
+        card = _model_card(entry["card"], where) if "card" in entry else None
+        models.append(ModelSource(model, base / _text(entry, "source", where), card))
     if len({m.name for m in models}) != len(models):
         raise UsageError("two [[model]] entries share a name")
     safeguards = _table(raw, "safeguards", "safeguards")
@@ -111,6 +113,23 @@ def _spec(raw: Mapping[str, Any], path: Path) -> BundleSpec:
     dependencies = _dependencies(raw["dependencies"], base) if "dependencies" in raw else None
     return BundleSpec(path=path, name=name, version=version, models=tuple(models),
                       safeguards=base / _text(safeguards, "source", "safeguards"), dependencies=dependencies)
+
+
+def _model_card(raw: object, where: str) -> ModelCard:
+    """``[model.card]``: the model card fields of docs/format.md 11.2, each a string. An unknown key is
+    refused (exit 2), never dropped. (Issue 18 owns the full spec reading of model cards; this is the
+    minimal parse the SBOM needs, kept in one function so that a merge keeps one of the two.)"""
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}.card must be a table")
+    _only(raw, set(CARD_FIELDS), f"{where}.card")
+    fields: dict[str, str] = {}
+    for key in CARD_FIELDS:
+        if key in raw:
+            text = _text(raw, key, f"{where}.card")
+            if len(text) > MAX_CARD_TEXT:
+                raise UsageError(f"{where}.card.{key} is over {MAX_CARD_TEXT} characters")
+            fields[key] = text
+    return ModelCard(**fields)
 
 
 _PYTHON_RE = re.compile(r"3\.[0-9]{1,2}")

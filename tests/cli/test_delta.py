@@ -296,7 +296,7 @@ def test_inspect_and_status_show_the_base(site: Site) -> None:
     assert code == 0, out
     assert out["base"]["version"] == "1.0.0"  # type: ignore[index]
     assert out["from_base"] == {"files": 2, "bytes": len(WEIGHTS) + len(CONFIG)}
-    assert out["carried"]["files"] == 2  # n.txt and the policy  # type: ignore[index]
+    assert out["carried"]["files"] == 3  # n.txt, the policy and the SBOM  # type: ignore[index]
     assert site.install("b2")[0] == 0
     code, out = run_json("status", "--prefix", site.prefix)
     assert code == 0, out

@@ -40,7 +40,7 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     code, out = run_json("build", spec, "--out", bundle, "--key", keys / "release.key", "--chunk-size", "4KiB")
     assert code == 0, out
     assert out["signer"] == keyid
-    assert out["files"] == len(MODEL_FILES) + 1  # and the safeguards policy
+    assert out["files"] == len(MODEL_FILES) + 2  # and the safeguards policy and the SBOM
     assert out["chunks"] == len(list((bundle / "chunks").iterdir()))
     trust = tmp_path / "trust"
     trust.mkdir()
