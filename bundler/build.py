@@ -32,6 +32,7 @@ from .delta import Base, check_base_fits, may_come_from_base, source_hash
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
+from .provenance import render_provenance, write_provenance
 from .sbom import render_sbom, require_cyclonedx, wheels_of
 from ..installer.sbom import SBOM_DIR, SBOM_PATH
 
@@ -92,7 +93,8 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
           expires: str | None = None, also_sign: Sequence[SigningKey] = (),
           dependencies: FrozenDependencies | None = None, offline: bool = False,
           include_gapship: bool = False, sources: Sources | None = None,
-          parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
+          parity: Fraction | None = None, base: Base | None = None,
+          command: Sequence[str] = ()) -> BuildResult:
     """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
 
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
@@ -102,7 +104,8 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     what :func:`~.sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
     dependencies, so that a caller who already walked the source tree need not walk it again.
     ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12. With a
-    verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1)."""
+    verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1).
+    ``command`` is the build command the provenance records (docs/sbom.md); default ``gapship build SPEC``."""
     check_output_free(out)
     require_cyclonedx()
     if base is not None:
@@ -114,7 +117,7 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
             sources = collect_sources(spec, deps)
         return _build(spec, out=out, keys=keys, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
                       now=now, expires=expires, policy_bytes=policy_bytes, groups=sources, parity=parity,
-                      base=base)
+                      base=base, command=tuple(command) or ("gapship", "build", spec.path.name))
 
 
 def check_output_free(out: Path) -> None:
@@ -135,7 +138,8 @@ def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path,
 
 def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: int, algorithm: str,
            progress: Progress, now: datetime | None, expires: str | None, policy_bytes: bytes,
-           groups: Sources, parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
+           groups: Sources, parity: Fraction | None = None, base: Base | None = None,
+           command: Sequence[str] = ()) -> BuildResult:
     created = _created(now).replace(microsecond=0)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
@@ -148,6 +152,9 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         (staging / MANIFEST).write_bytes(data)
         (staging / SIGNATURES).mkdir()
         keyids = tuple(write_signature(staging, data, k) for k in keys)
+        statement = render_provenance(manifest=manifest, manifest_bytes=data, spec=spec, command=command,
+                                      wheels=wheels_of(groups))
+        write_provenance(staging, statement, keys)
         added = None
         if parity is not None:  # the chunks were just written: read back from the page cache
             (staging / PARITY).mkdir()

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
     """Sign the exact manifest bytes of ``bundle``, and its parity layout when it has one
-    (docs/format.md, section 12); refuse to sign a manifest or layout that is not valid."""
+    (docs/format.md, section 12) and its provenance (11.4); refuse to sign a manifest or layout that is not valid."""
     from .parity import sign_parity
+    from .provenance import sign_provenance
 
     data = read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
     manifest = Manifest.from_bytes(data)
@@ -35,6 +36,7 @@ def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
         (bundle / SIGNATURES).mkdir(exist_ok=True)
         keyid = write_signature(bundle, data, key)
         sign_parity(bundle, key, manifest_bytes=data, algorithm=manifest.hash_algorithm)
+        sign_provenance(bundle, key)  # the provenance beside the manifest, when the bundle has one (docs/sbom.md)
         return keyid, manifest
     except OSError as e:
         raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None

@@ -10,6 +10,7 @@ that is not a CycloneDX JSON object is refused (exit 6).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,15 @@ def _license(licenses: object) -> str | None:
             if isinstance(named, str):
                 return named
     return None
+
+
+def make_read_only(version_dir: Path) -> None:
+    """``sbom/`` of a version's staging directory: files 0444, the folder 0555 (as ``safeguards/``),
+    before it is renamed into view."""
+    folder = version_dir / SBOM_DIR
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for child in folder.iterdir():
+        if child.is_file() and not child.is_symlink():
+            os.chmod(child, 0o444)
+    os.chmod(folder, 0o555)

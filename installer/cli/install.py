@@ -14,6 +14,7 @@ from ..bundle.verify import scan_chunks
 from ..errors import GapshipError, IntegrityError
 from ..host.state import HostState
 from ..deploy.install import install as install_bundle
+from ..provenance import load_provenance
 from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from ._host import HostContext, host_options
 from .group import bundle_argument, cli, emit, human_size, output_options, progress_bar, signer_names, trust_fields, \
@@ -59,10 +60,11 @@ def install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool, 
         _repair(bundle, verified, progress)
     try:
         decision = host.decide(bundle, verified, trust_dir=trust_dir)
+        provenance = load_provenance(bundle, verified)  # signed beside the manifest: checked before any write
         with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
             result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
                                     python=python, record_intent=host.intent,
-                                    compile_bytecode=compile_bytecode)
+                                    compile_bytecode=compile_bytecode, provenance=provenance)
     except IntegrityError as e:
         if repair_first or not _repairable(bundle, verified):
             raise

@@ -229,6 +229,7 @@ def test_rejects_delta_claiming_a_hash_the_base_lacks(site: Site, make_key: Call
     shutil.rmtree(site.root / "b2/signatures")
     (site.root / "b2/signatures").mkdir()
     write_signature(site.root / "b2", data, site.key.key)
+    shutil.rmtree(site.root / "b2/provenance")  # it names the old manifest (docs/format.md 11.4)
     code, out = site.install("b2")
     assert code == 3, out
     assert "has no file of that sha256 hash" in out["error"]["message"]  # type: ignore[index]

@@ -268,7 +268,7 @@ def test_rejects_parity_of_a_damaged_bundle(pristine: tuple[Path, Path, Path], t
     data(bundle, 7).write_bytes(b"\1" * CHUNK)
     result = run("parity", bundle, "--parity", "10%", "--key", pristine[2])
     assert result.exit_code == 3 and "chunks/00007.bin" in result.stderr
-    assert sorted(os.listdir(bundle)) == ["chunks", "manifest.json", "signatures"]
+    assert sorted(os.listdir(bundle)) == ["chunks", "manifest.json", "provenance", "signatures"]
 
 
 @pytest.mark.slow
