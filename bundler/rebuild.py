@@ -70,7 +70,12 @@ def first_difference(theirs: Manifest, ours: Manifest) -> str:
     """``<path> differs (...)`` for the first file, in manifest order, that differs, is missing or is extra;
     else the first top-level field."""
     a, b = list(theirs.files()), list(ours.files())
+    paths_a, paths_b = {f.path for f in a}, {f.path for f in b}
     for i in range(max(len(a), len(b))):
+        if i < len(b) and b[i].path not in paths_a:
+            return f"{b[i].path} is in the rebuild only"
+        if i < len(a) and a[i].path not in paths_b:
+            return f"{a[i].path} is missing from the rebuild"
         if i >= len(a):
             return f"{b[i].path} is in the rebuild only"
         if i >= len(b):
