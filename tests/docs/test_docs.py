@@ -275,6 +275,7 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     assert sorted(p.name for p in (outbox / "chunks").iterdir()) == [n for n in names if n != "00001.bin"]
     assert (outbox / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     assert (outbox / carried.relative_to(inbox)).read_bytes() == b"{}"
+    assert (outbox / "provenance" / "statement.json").read_bytes() == (bundle / "provenance" / "statement.json").read_bytes()
     assert not (outbox / "roots").exists()  # the bundle carries none
 
 
