@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .bundle.files import CHUNKS
 from .bundle.verify import read_small_files
 from .errors import UnsafeContentError
 from .formats.manifest import FileEntry, Manifest
@@ -26,6 +27,16 @@ _ALGORITHMS = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512"}
 
 def sbom_entry(m: Manifest) -> FileEntry | None:
     return next((f for f in m.files() if f.path == SBOM_PATH), None)
+
+
+def sbom_chunks_present(bundle: Path, m: Manifest) -> bool:
+    """Whether every chunk file holding the SBOM's bytes is there (a folder with only the manifest and
+    its signatures has none); whether they hold the right bytes is :func:`read_sbom`'s check."""
+    entry = sbom_entry(m)
+    if entry is None or entry.size == 0:
+        return True
+    first, last = entry.offset // m.chunk_size, (entry.end - 1) // m.chunk_size
+    return all((bundle / CHUNKS / m.chunks[i].name).exists() for i in range(first, min(last, len(m.chunks) - 1) + 1))
 
 
 def read_sbom(bundle: Path, m: Manifest) -> bytes | None:

@@ -14,7 +14,7 @@ import click
 from ..bundle.files import MAX_SIGNATURE_FILES, SIGNATURES, read_raw_bundle
 from ..errors import UsageError
 from ..provenance import PROVENANCE, STATEMENT, has_provenance
-from ..sbom import SBOM_PATH, packages, read_sbom
+from ..sbom import SBOM_PATH, packages, read_sbom, sbom_chunks_present, sbom_entry
 from ..formats.manifest import FileEntry, Manifest
 from ..trust import SignatureCheck, TrustStore, parse_unverified, verify_release
 from .group import bundle_argument, cli, emit, human_size, json_option, trust_dir_option
@@ -32,7 +32,7 @@ def inspect(bundle: Path, trust_dir: Path | None, show_sbom: bool, as_json: bool
     m = parse_unverified(raw)
     # The SBOM's bytes are checked against the manifest's hash (exit 3 when they differ); the manifest
     # itself only with --trust, as for everything inspect shows.
-    sbom = read_sbom(bundle, m)
+    sbom = read_sbom(bundle, m) if show_sbom or sbom_chunks_present(bundle, m) else None
     if show_sbom:
         if sbom is None:
             raise UsageError(f"{m.name} {m.version} carries no {SBOM_PATH} (built before gapship wrote SBOMs)",
@@ -65,7 +65,7 @@ def inspect(bundle: Path, trust_dir: Path | None, show_sbom: bool, as_json: bool
         "carried": _sums(m.payload_files()),  # the files whose bytes are in the payload
         "from_base": _sums(m.base_files()),  # the files a delta takes from its installed base
         "packages": packages(sbom) if sbom is not None else None,  # the SBOM's wheels (docs/sbom.md)
-        "sbom": SBOM_PATH if sbom is not None else None,
+        "sbom": SBOM_PATH if sbom_entry(m) is not None else None,
         "provenance": _provenance(bundle),
     }
     lines = [

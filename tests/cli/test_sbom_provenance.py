@@ -268,3 +268,13 @@ def test_check_against_keeps_the_rebuild_only_with_out(tmp_path: Path, key: KeyP
     assert run("build", spec, "--check-against", release, "--out", kept).exit_code == 0
     assert (kept / "manifest.json").read_bytes() == (release / "manifest.json").read_bytes()
     assert run("build", spec, "--out", tmp_path / "x").exit_code == 2  # --key is needed without --check-against
+
+
+def test_inspect_reads_a_manifest_without_its_chunks(bundle: Path) -> None:
+    """A pipeline inspects the manifest before the chunks arrive: no packages then, and no error."""
+    shutil.rmtree(bundle / "chunks")
+    code, out = run_json("inspect", bundle)
+    assert code == 0, out
+    assert out["packages"] is None and out["sbom"] == SBOM_PATH
+    code, out = run_json("inspect", bundle, "--sbom")
+    assert code == 3, out  # the SBOM itself was asked for: its chunk is missing
