@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -17,7 +17,7 @@ from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import (
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, ModelCard, needed_format_version,
+    MAX_CHUNK_SIZE, MAX_FILES, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, ModelCard, needed_format_version,
 )
 from ..installer.deploy.deps import TARGET, Target
 from ..installer.formats.policy import parse_policy
@@ -33,7 +33,7 @@ from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
 from .provenance import render_provenance, write_provenance
-from .sbom import render_sbom, require_cyclonedx, wheels_of
+from .sbom import WheelInfo, render_sbom, require_cyclonedx, wheels_of
 from ..installer.sbom import SBOM_DIR, SBOM_PATH
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
@@ -141,10 +141,12 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
            groups: Sources, parity: Fraction | None = None, base: Base | None = None,
            command: Sequence[str] = ()) -> BuildResult:
     created = _created(now).replace(microsecond=0)
+    _check_file_count(groups)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
     try:
-        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress, base)
+        wheels = wheels_of(groups)  # each wheel's METADATA, for the SBOM and the provenance
+        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress, base, wheels)
         if until is not None:
             manifest = replace(manifest, expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _check_policy_unchanged(manifest, policy_bytes, spec)
@@ -153,7 +155,7 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         (staging / SIGNATURES).mkdir()
         keyids = tuple(write_signature(staging, data, k) for k in keys)
         statement = render_provenance(manifest=manifest, manifest_bytes=data, spec=spec, command=command,
-                                      wheels=wheels_of(groups))
+                                      wheels=wheels)
         write_provenance(staging, statement, keys)
         added = None
         if parity is not None:  # the chunks were just written: read back from the page cache
@@ -168,6 +170,14 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         remove_tree(staging)
         raise
     return BuildResult(out=out, manifest=manifest, signer=keyids[0], signers=keyids, parity=added)
+
+
+def _check_file_count(groups: Sources) -> None:
+    """The SBOM is one file more than the sources: refuse a bundle no site would accept (docs/format.md, "Limits")."""
+    count = sum(len(g) for g in groups) + 1
+    if count > MAX_FILES:
+        raise UsageError(f"the bundle would hold {count} files with its SBOM, over the cap of {MAX_FILES}",
+                         subject="files")
 
 
 def _distinct_keys(keys: list[SigningKey]) -> list[SigningKey]:
@@ -228,12 +238,12 @@ def _staging_dir(out: Path) -> Path:
 
 
 def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size: int, algorithm: str,
-                   created: datetime, progress: Progress, base: Base | None = None) -> Manifest:
+                   created: datetime, progress: Progress, base: Base | None = None,
+                   wheels: Mapping[str, WheelInfo] | None = None) -> Manifest:
     (staging / CHUNKS).mkdir()
     reused = _reused(groups, base, algorithm, progress)
     writer = PayloadWriter(staging / CHUNKS, chunk_size=chunk_size, algorithm=algorithm,
                            mtime=int(created.timestamp()), progress=progress)
-    wheels = wheels_of(groups)
     cards = {m.name: m.card for m in spec.models}
     try:
         for group in groups:
@@ -243,7 +253,7 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
         # The SBOM lists every other file by the hash the manifest gives it, so it goes last (docs/sbom.md).
         listed = _components(groups, reused, writer.position_offsets(), writer.hashes_so_far(), cards)
         sbom = render_sbom(name=spec.name, version=spec.version, created=created, algorithm=algorithm,
-                           components=listed, wheels=wheels, target=_target(groups))
+                           components=listed, wheels=wheels or {}, target=_target(groups))
         writer.add_bytes(sbom, SBOM_PATH, 0o644)
         payload = writer.finish()
     finally:

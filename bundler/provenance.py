@@ -13,11 +13,13 @@ the dependency files. Written as canonical JSON (docs/format.md 4.1).
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..installer import __version__
 from ..installer.bundle.files import SIGNATURES
+from ..installer.errors import UsageError
 from ..installer.crypto.hashing import new_hasher
 from ..installer.crypto.keys import signature_file_name
 from ..installer.formats.manifest import Component, Manifest
@@ -37,7 +39,9 @@ def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: Bundle
     algorithm = manifest.hash_algorithm
     subjects = [{"name": MANIFEST_SUBJECT, "digest": {algorithm: _digest(manifest_bytes, algorithm)}}]
     subjects += [{"name": f"chunks/{c.name}", "digest": {algorithm: c.hash}} for c in manifest.chunks]
-    spec_bytes = read_bounded(spec.path, cap=MAX_SPEC_BYTES, refuse=lambda r: OSError(r.strerror), follow_symlinks=True)
+    spec_bytes = read_bounded(spec.path, cap=MAX_SPEC_BYTES, follow_symlinks=True,
+                              refuse=lambda r: UsageError(f"spec {r.path}: cannot read it again: {r.strerror}",
+                                                          subject=str(r.path)))
     epoch = manifest.created
     statement = {
         "_type": STATEMENT_TYPE,
@@ -67,8 +71,6 @@ def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: Bundle
 
 
 def _epoch(created: str) -> int:
-    from datetime import datetime, timezone
-
     return int(datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp())
 
 

@@ -40,6 +40,7 @@ EXTRA = "gapship[sbom]"
 MAX_METADATA_BYTES = 4 * 1024 * 1024  # a wheel's METADATA; real ones are a few KiB (a README at most)
 _NAMESPACE = uuid.UUID("6f1d9b43-5d0e-4b53-9d3e-1c1c0b5a7e19")  # gapship's, for the SBOM serial number
 _ALGORITHMS = {"sha256": "SHA_256", "sha384": "SHA_384", "sha512": "SHA_512"}
+_CDX_NAMES = {"sha256": "SHA-256", "sha384": "SHA-384", "sha512": "SHA-512"}  # the same, as CycloneDX writes them
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,13 @@ def render_sbom(*, name: str, version: str, created: datetime, algorithm: str, c
     bom.metadata.tools.components.add(Cdx(type=ComponentType.LIBRARY, name="cyclonedx-python-lib",
                                           version=_version("cyclonedx-python-lib")))
     children: list[Cdx] = []
-    cards: dict[str, dict[str, object]] = {}
+    added: dict[str, dict[str, object]] = {}  # bom-ref -> members added to the library's JSON output
     hashes = {f.path: f.hash for c in components for f in c.files}
     for comp in components:
         if comp.kind == "model":
-            children.append(_model(comp, algorithm))
+            children.append(_model(comp))
             card = _model_card(comp)
-            if card:
-                cards[f"model:{comp.name}"] = card
+            added[f"model:{comp.name}"] = {"components": _files(comp, algorithm), **({"modelCard": card} if card else {})}
         elif comp.kind == "safeguards":
             children.append(_file_like(ComponentType.DATA, "safeguards-policy", POLICY_PATH,
                                        hashes[POLICY_PATH], algorithm, ref="safeguards:policy"))
@@ -131,7 +131,7 @@ def render_sbom(*, name: str, version: str, created: datetime, algorithm: str, c
         bom.components.add(child)
     _register_relations(bom, root, children, wheels, libraries, target)
     text = JsonV1Dot6(bom).output_as_string()
-    return _canonical(json.loads(text), cards)
+    return _canonical(json.loads(text), added)
 
 
 def _version(distribution: str) -> str:
@@ -161,14 +161,22 @@ def _file_like(kind: Any, name: str, path: str, digest: str, algorithm: str, *, 
     return Cdx(type=kind, name=name, bom_ref=ref, hashes=_hashes(digest, algorithm), description=path)
 
 
-def _model(comp: Component, algorithm: str) -> CdxComponent:
+def _files(comp: Component, algorithm: str) -> list[dict[str, object]]:
+    """One CycloneDX ``file`` component per model file, written as JSON directly rather than through
+    the library's objects: those cost about a millisecond each to build and serialise, and a bundle
+    may hold 200,000 files (docs/format.md, "Limits"), which took over ten minutes. The tests check
+    the result against the schema like the rest."""
+    alg = _CDX_NAMES[algorithm]
+    return [{"bom-ref": f"file:{f.path}", "hashes": [{"alg": alg, "content": f.hash}], "name": f.path, "type": "file"}
+            for f in comp.files]
+
+
+def _model(comp: Component) -> CdxComponent:
     from cyclonedx.model.component import Component as Cdx, ComponentType, Pedigree
 
     card = comp.card
-    files = [_file_like(ComponentType.FILE, f.path, f.path, f.hash, algorithm, ref=f"file:{f.path}")
-             for f in comp.files]
     model = Cdx(type=ComponentType.MACHINE_LEARNING_MODEL, name=comp.name, bom_ref=f"model:{comp.name}",
-                components=files, licenses=_licenses(card.license if card else None, expression=True),
+                licenses=_licenses(card.license if card else None, expression=True),
                 description=card.description if card else None)
     if card is not None and card.base_model:
         model.pedigree = Pedigree(ancestors=[Cdx(type=ComponentType.MACHINE_LEARNING_MODEL, name=card.base_model,
@@ -248,11 +256,9 @@ def _applies(req: Requirement, target: Target | None) -> bool:
         return True
 
 
-def _canonical(doc: dict[str, Any], cards: Mapping[str, dict[str, object]]) -> bytes:
+def _canonical(doc: dict[str, Any], added: Mapping[str, dict[str, object]]) -> bytes:
     for comp in doc.get("components", []):
-        card = cards.get(comp.get("bom-ref", ""))
-        if card:
-            comp["modelCard"] = card
+        comp.update(added.get(comp.get("bom-ref", ""), {}))
     # Compact, sorted keys (the form of docs/format.md 4.1, without its number rules): small enough to
     # sit with the policy in a bundle's first chunk; `jq .` shows it indented.
     return (json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
