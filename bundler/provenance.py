@@ -25,7 +25,9 @@ from ..installer.crypto.keys import signature_file_name
 from ..installer.formats.manifest import Component, Manifest
 from ..installer.host.atomic import atomic_write
 from ..installer.kit import canonical_json, read_bounded
-from ..installer.provenance import MANIFEST_SUBJECT, PREDICATE_TYPE, PROVENANCE, STATEMENT, STATEMENT_TYPE
+from ..installer.provenance import (
+    MANIFEST_SUBJECT, MAX_STATEMENT_BYTES, PREDICATE_TYPE, PROVENANCE, STATEMENT, STATEMENT_TYPE,
+)
 from .keys import SigningKey
 from .sbom import WheelInfo
 from .spec import MAX_SPEC_BYTES, BundleSpec
@@ -123,13 +125,22 @@ def write_provenance(bundle: Path, statement: bytes, keys: Sequence[SigningKey])
         sign_provenance(bundle, key, statement)
 
 
+def provenance_statement(bundle: Path) -> bytes | None:
+    """The bundle's ``provenance/statement.json``, or None when it has none (an older bundle)."""
+    path = bundle / PROVENANCE / STATEMENT
+    if not path.is_file() or path.is_symlink():
+        return None
+    return read_bounded(path, cap=MAX_STATEMENT_BYTES, refuse=lambda r: UsageError(
+        f"cannot read {r.path}: {r.strerror}", subject=str(r.path)))
+
+
 def sign_provenance(bundle: Path, key: SigningKey, statement: bytes | None = None) -> None:
     """Add ``key``'s signature over the statement (``gapship sign`` calls this with the bundle's own)."""
     folder = bundle / PROVENANCE
     if statement is None:
-        if not (folder / STATEMENT).is_file():
+        statement = provenance_statement(bundle)
+        if statement is None:
             return
-        statement = (folder / STATEMENT).read_bytes()
     os.makedirs(folder / SIGNATURES, exist_ok=True)
     name = signature_file_name(key.public.keyid, key.algorithm)
     atomic_write(folder / SIGNATURES / name, key.sign(statement))

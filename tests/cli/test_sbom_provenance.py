@@ -278,3 +278,29 @@ def test_inspect_reads_a_manifest_without_its_chunks(bundle: Path) -> None:
     assert out["packages"] is None and out["sbom"] == SBOM_PATH
     code, out = run_json("inspect", bundle, "--sbom")
     assert code == 3, out  # the SBOM itself was asked for: its chunk is missing
+
+
+def test_sign_sigstore_also_signs_the_provenance(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site that trusts only a CI identity accepts the provenance by that identity too. The network
+    steps (Fulcio, Rekor, OIDC) are replaced by a stand-in that records which bytes it signed."""
+    from gapship.bundler import sign as sign_module
+
+    class Signed:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def to_json(self) -> str:
+            return json.dumps({"over": hashlib.sha256(self.data).hexdigest()})
+
+    monkeypatch.setattr(sign_module, "_require_sigstore_signing", lambda: None)
+    monkeypatch.setattr(sign_module, "_given_or_ambient_identity", lambda token: "identity")
+    monkeypatch.setattr(sign_module, "_trust_config", lambda: None)
+    monkeypatch.setattr(sign_module, "_sign", lambda config, token, data: Signed(data))
+    monkeypatch.setattr(sign_module, "_certificate_identity", lambda signed: ("ci@example.org", "https://issuer.example"))
+    signature, _ = sign_module.sign_bundle_sigstore(bundle, identity_token="token")
+    name = signature.file.rsplit("/", 1)[-1]
+    statement = (bundle / "provenance" / "statement.json").read_bytes()
+    manifest = (bundle / "manifest.json").read_bytes()
+    assert json.loads((bundle / "provenance" / "signatures" / name).read_bytes()) == \
+        {"over": hashlib.sha256(statement).hexdigest()}
+    assert json.loads((bundle / "signatures" / name).read_bytes()) == {"over": hashlib.sha256(manifest).hexdigest()}
