@@ -39,7 +39,7 @@ show_tree() {
 step "Set up: a virtual environment in .venv with gapship installed"
 command -v python3 >/dev/null || { echo "demo.sh needs python3 (3.11 or later)" >&2; exit 1; }
 [ -x .venv/bin/python ] || run python3 -m venv .venv
-run .venv/bin/python -m pip install -q --disable-pip-version-check .
+run .venv/bin/python -m pip install -q --disable-pip-version-check ".[sbom]"
 export PATH="$PWD/.venv/bin:$PATH"
 run gapship --version
 

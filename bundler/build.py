@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -17,8 +17,9 @@ from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import (
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, needed_format_version,
+    MAX_CHUNK_SIZE, MAX_FILES, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, needed_format_version,
 )
+from ..installer.deploy.deps import TARGET, Target
 from ..installer.formats.policy import parse_policy
 from ..installer.kit import Refusal, read_bounded
 from ..installer.safeguards import MAX_POLICY_BYTES
@@ -31,6 +32,9 @@ from .delta import Base, check_base_fits, may_come_from_base, source_hash
 from .keys import SigningKey
 from .sign import write_signature
 from .spec import BundleSpec
+from .provenance import render_provenance, write_provenance
+from .sbom import WheelInfo, render_sbom, require_cyclonedx, wheels_of
+from ..installer.sbom import SBOM_DIR, SBOM_PATH
 
 DEFAULT_CHUNK_SIZE = 64 * 1024**2
 # The unit group matches exactly the keys of _UNITS ("Mi" without "B" is not one of them).
@@ -97,7 +101,8 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
           expires: str | None = None, also_sign: Sequence[SigningKey] = (),
           dependencies: FrozenDependencies | None = None, offline: bool = False,
           include_gapship: bool = False, sources: Sources | None = None,
-          parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
+          parity: Fraction | None = None, base: Base | None = None,
+          command: Sequence[str] = ()) -> BuildResult:
     """Write a complete, signed bundle to ``out`` (which must not exist yet), or nothing at all.
 
     ``expires`` is a duration after the creation time (``90d``) or an absolute time (docs/trust.md);
@@ -107,8 +112,10 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
     what :func:`~.sources.collect_sources` (or ``add_dependencies``) returned for this spec and these
     dependencies, so that a caller who already walked the source tree need not walk it again.
     ``parity``: the share of parity chunks to add (``--parity 10%``: 1/10), docs/format.md section 12. With a
-    verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1)."""
+    verified ``base`` (:func:`~.delta.load_base`), the bundle is a delta of it (docs/format.md, 11.1).
+    ``command`` is the build command the provenance records (docs/sbom.md); default ``gapship build SPEC``."""
     check_output_free(out)
+    require_cyclonedx()
     if base is not None:
         check_base_fits(base, name=spec.name, version=spec.version, algorithm=algorithm)
     keys = _distinct_keys([key, *also_sign])
@@ -118,7 +125,7 @@ def build(spec: BundleSpec, *, out: Path, key: SigningKey, chunk_size: int = DEF
             sources = collect_sources(spec, deps)
         return _build(spec, out=out, keys=keys, chunk_size=chunk_size, algorithm=algorithm, progress=progress,
                       now=now, expires=expires, policy_bytes=policy_bytes, groups=sources, parity=parity,
-                      base=base)
+                      base=base, command=tuple(command) or ("gapship", "build", spec.path.name))
 
 
 def check_output_free(out: Path) -> None:
@@ -139,12 +146,15 @@ def _dependencies(spec: BundleSpec, given: FrozenDependencies | None, out: Path,
 
 def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: int, algorithm: str,
            progress: Progress, now: datetime | None, expires: str | None, policy_bytes: bytes,
-           groups: Sources, parity: Fraction | None = None, base: Base | None = None) -> BuildResult:
+           groups: Sources, parity: Fraction | None = None, base: Base | None = None,
+           command: Sequence[str] = ()) -> BuildResult:
     created = _created(now).replace(microsecond=0)
+    _check_file_count(groups)
     until = parse_expires(expires, start=created) if expires is not None else None
     staging = _staging_dir(out)
     try:
-        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress, base)
+        wheels = wheels_of(groups)  # each wheel's METADATA, for the SBOM and the provenance
+        manifest = _write_payload(staging, spec, groups, chunk_size, algorithm, created, progress, base, wheels)
         if until is not None:
             manifest = replace(manifest, expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _check_policy_unchanged(manifest, policy_bytes, spec)
@@ -152,6 +162,9 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         (staging / MANIFEST).write_bytes(data)
         (staging / SIGNATURES).mkdir()
         keyids = tuple(write_signature(staging, data, k) for k in keys)
+        statement = render_provenance(manifest=manifest, manifest_bytes=data, spec=spec, command=command,
+                                      wheels=wheels)
+        write_provenance(staging, statement, keys)
         added = None
         if parity is not None:  # the chunks were just written: read back from the page cache
             (staging / PARITY).mkdir()
@@ -165,6 +178,14 @@ def _build(spec: BundleSpec, *, out: Path, keys: list[SigningKey], chunk_size: i
         remove_tree(staging)
         raise
     return BuildResult(out=out, manifest=manifest, signer=keyids[0], signers=keyids, parity=added)
+
+
+def _check_file_count(groups: Sources) -> None:
+    """The SBOM is one file more than the sources: refuse a bundle no site would accept (docs/format.md, "Limits")."""
+    count = sum(len(g) for g in groups) + 1
+    if count > MAX_FILES:
+        raise UsageError(f"the bundle would hold {count} files with its SBOM, over the cap of {MAX_FILES}",
+                         subject="files")
 
 
 def _distinct_keys(keys: list[SigningKey]) -> list[SigningKey]:
@@ -225,7 +246,8 @@ def _staging_dir(out: Path) -> Path:
 
 
 def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size: int, algorithm: str,
-                   created: datetime, progress: Progress, base: Base | None = None) -> Manifest:
+                   created: datetime, progress: Progress, base: Base | None = None,
+                   wheels: Mapping[str, WheelInfo] | None = None) -> Manifest:
     (staging / CHUNKS).mkdir()
     reused = _reused(groups, base, algorithm, progress)
     writer = PayloadWriter(staging / CHUNKS, chunk_size=chunk_size, algorithm=algorithm,
@@ -235,17 +257,18 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
             for f in group:
                 if f.path not in reused:
                     writer.add(f.source, f.path, f.size, f.mode)
+        # The SBOM lists every other file by the hash the manifest gives it, so it goes last (docs/sbom.md).
+        listed = _components(groups, reused, writer.position_offsets(), writer.hashes_so_far())
+        sbom = render_sbom(name=spec.name, version=spec.version, created=created, algorithm=algorithm,
+                           components=listed, wheels=wheels or {}, target=_target(groups))
+        writer.add_bytes(sbom, SBOM_PATH, 0o644)
         payload = writer.finish()
     finally:
         writer.abort()
-    offsets, hashes = iter(payload.offsets), iter(payload.hashes)
-    components = [
-        Component(kind=g.kind, name=g.name, origin=g.origin, card=g.card, left_out=g.left_out, files=tuple(
-            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
-            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
-            for path, size, mode in zip(g.paths, g.sizes, g.modes)))
-        for g in groups
-    ]
+    components = [*_components(groups, reused, payload.offsets, payload.hashes),
+                  Component(kind="sbom", name=SBOM_DIR, files=(FileEntry(
+                      path=SBOM_PATH, size=len(sbom), mode=0o644, hash=payload.hashes[-1],
+                      offset=payload.offsets[-1]),))]
     ref = base.ref if base is not None else None
     return Manifest(
         name=spec.name, version=spec.version, created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -253,6 +276,28 @@ def _write_payload(staging: Path, spec: BundleSpec, groups: Sources, chunk_size:
         chunks=payload.chunks, components=tuple(components),
         format_version=needed_format_version(base=ref, components=components), base=ref,
     )
+
+
+def _components(groups: Sources, reused: dict[str, str], offsets_seq: Sequence[int],
+                hashes_seq: Sequence[str]) -> list[Component]:
+    """The manifest's components for ``groups``, the payload's files taking their offsets and hashes in order."""
+    offsets, hashes = iter(offsets_seq), iter(hashes_seq)
+    return [
+        Component(kind=g.kind, name=g.name, origin=g.origin, card=g.card, left_out=g.left_out, files=tuple(
+            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
+            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
+            for path, size, mode in zip(g.paths, g.sizes, g.modes)))
+        for g in groups
+    ]
+
+
+def _target(groups: Sources) -> Target | None:
+    """The dependencies' target (for the SBOM's dependency markers), from the target.json being bundled."""
+    for g in groups:
+        for f in g:
+            if f.path == TARGET:
+                return Target.from_bytes(Path(f.source).read_bytes())
+    return None
 
 
 def _reused(groups: Sources, base: Base | None, algorithm: str, progress: Progress) -> dict[str, str]:

@@ -281,6 +281,35 @@ class PayloadWriter:
             raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
         self._put(_ZEROS[:padded(self.position) - self.position])
 
+    def add_bytes(self, data: bytes, path: str, mode: int) -> None:
+        """Like :meth:`add`, for a file made by the build itself (the SBOM, docs/sbom.md)."""
+        self._put(member_header(path, len(data), mode, self.mtime))
+        self._offsets.append(self.position)
+        self._spans.append((self.position, self.position + len(data)))
+        self._put(data)
+        self.progress(len(data))
+        self._put(_ZEROS[:padded(self.position) - self.position])
+
+    def position_offsets(self) -> Sequence[int]:
+        """Where each file added so far starts in the stream."""
+        return self._offsets
+
+    def hashes_so_far(self) -> list[str]:
+        """The hash of every file added so far, in order: waits for the file-hash stage to catch up
+        (once per build, before the SBOM, which lists them, is added). A file that ends exactly where
+        the stream now ends has not been closed by the stage yet; only an empty one can, and its hash
+        is that of no bytes."""
+        self._submit()
+        self._pipeline.drain()
+        if self._pipeline.failed():
+            self._pipeline.close()
+        done = list(self._file_hashes.digests)
+        pending = len(self._offsets) - len(done)
+        if pending:
+            assert all(start == stop for start, stop in self._spans)
+            done += [new_hasher(self._file_hashes.algorithm).hexdigest()] * pending
+        return done
+
     def finish(self) -> Payload:
         """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
         stages, fsync the chunks, and return what was written."""

@@ -17,7 +17,9 @@ from ..installer.bundle.files import MANIFEST, SIGNATURES, read_capped
 from ..installer.errors import HostError, IntegrityError, UsageError
 from ..installer.crypto.keys import signature_file_name
 from ..installer.formats.manifest import MAX_MANIFEST_BYTES, Manifest
+from ..installer.provenance import PROVENANCE
 from .keys import SigningKey
+from .provenance import provenance_statement
 
 if TYPE_CHECKING:
     from sigstore.models import Bundle, ClientTrustConfig
@@ -26,8 +28,9 @@ if TYPE_CHECKING:
 
 def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
     """Sign the exact manifest bytes of ``bundle``, and its parity layout when it has one
-    (docs/format.md, section 12); refuse to sign a manifest or layout that is not valid."""
+    (docs/format.md, section 12) and its provenance (11.4); refuse to sign a manifest or layout that is not valid."""
     from .parity import sign_parity
+    from .provenance import sign_provenance
 
     data = read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
     manifest = Manifest.from_bytes(data)
@@ -35,6 +38,7 @@ def sign_bundle(bundle: Path, key: SigningKey) -> tuple[str, Manifest]:
         (bundle / SIGNATURES).mkdir(exist_ok=True)
         keyid = write_signature(bundle, data, key)
         sign_parity(bundle, key, manifest_bytes=data, algorithm=manifest.hash_algorithm)
+        sign_provenance(bundle, key)  # the provenance beside the manifest, when the bundle has one (docs/sbom.md)
         return keyid, manifest
     except OSError as e:
         raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None
@@ -71,12 +75,19 @@ def sign_bundle_sigstore(bundle: Path, *, identity_token: str | None = None,
         raise UsageError("no OIDC identity for sigstore: pass --identity-token, run in CI with OIDC "
                          "credentials, or run in a terminal for the browser flow", subject="--identity-token")
     config = _trust_config()
-    signed = _sign(config, token or _interactive_identity(config), data)
+    token = token or _interactive_identity(config)
+    signed = _sign(config, token, data)
     identity, issuer = _certificate_identity(signed)
     name = hashlib.sha256(f"{identity}\n{issuer}".encode()).hexdigest()[:16] + SIGSTORE_SUFFIX
+    # The provenance beside the manifest is accepted by the same release decision (docs/format.md 11.4):
+    # a site that trusts only this identity needs its signature there too.
+    statement = provenance_statement(bundle)
+    signed_statement = _sign(config, token, statement) if statement is not None else None
     try:
         (bundle / SIGNATURES).mkdir(exist_ok=True)
         atomic_write(bundle / SIGNATURES / name, signed.to_json().encode("utf-8"))
+        if signed_statement is not None:
+            atomic_write(bundle / PROVENANCE / SIGNATURES / name, signed_statement.to_json().encode("utf-8"))
     except OSError as e:
         raise HostError(f"cannot write a signature into {bundle}: {e.strerror}", subject=str(bundle)) from None
     return SigstoreSignature(file=f"{SIGNATURES}/{name}", identity=identity, issuer=issuer), manifest

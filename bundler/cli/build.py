@@ -3,6 +3,10 @@ bundle (docs/spec.md, docs/release-engineer.md)."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -18,14 +22,17 @@ from ..parity import parse_percent
 from ..deps.freeze import frozen_dependencies
 from ..keys import SigningKey
 from ..sources import add_dependencies, collect_sources
+from ..rebuild import check_same, load_reference
 from ..spec import load_spec
 
 
 @cli.command()
 @click.argument("spec", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
-@click.option("--key", "key_files", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Private signing key (repeatable: e.g. an Ed25519 and an ML-DSA-87 key for hybrid signing).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Bundle directory to create (required, but with --check-against, where the rebuild is kept).")
+@click.option("--key", "key_files", multiple=True, type=click.Path(path_type=Path),
+              help="Private signing key (repeatable: e.g. an Ed25519 and an ML-DSA-87 key for hybrid signing). "
+                   "Required, but with --check-against (a throwaway key signs the rebuild).")
 @click.option("--chunk-size", default="64MiB", show_default=True,
               help="Chunk size, e.g. 64MiB or 4GB.")
 @click.option("--hash", "hash_algorithm", type=click.Choice(HASH_ALGORITHMS), default="sha256", show_default=True,
@@ -47,11 +54,23 @@ from ..spec import load_spec
 @click.option("--download", is_flag=True,
               help="Fetch what a model's Hugging Face source lacks into its cache first (snapshot_download, with the "
                    "model's include/exclude; needs gapship[hf] and the network).")
+@click.option("--check-against", "against_dir", type=click.Path(path_type=Path),
+              help="Rebuild SPEC with this bundle's SOURCE_DATE_EPOCH, chunk size, hash and expiry, and exit 0 only "
+                   "if the manifest is byte-identical (else 3, naming the first file that differs).")
 @output_options
-def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
+def build(spec: Path, out: Path | None, key_files: tuple[Path, ...], chunk_size: str, hash_algorithm: str,
           expires: str | None, offline: bool, include_gapship: bool, parity_percent: str | None,
-          base_dir: Path | None, base_trust: Path | None, download: bool, as_json: bool, progress: bool | None) -> None:
+          base_dir: Path | None, base_trust: Path | None, download: bool, against_dir: Path | None, as_json: bool,
+          progress: bool | None) -> None:
     """Freeze the models, safeguards and Python dependencies of SPEC into a signed, chunked bundle at OUT."""
+    if against_dir is not None:
+        with _rebuild_place(out) as place:
+            _check_against(spec, against_dir, place, key_files=key_files, offline=offline,
+                           include_gapship=include_gapship, base_dir=base_dir, base_trust=base_trust,
+                           download=download, as_json=as_json, progress=progress)
+        return
+    if out is None or not key_files:
+        raise click.UsageError(f"Missing option '{'--out' if out is None else '--key'}'.")
     size = parse_size(chunk_size)
     share = parse_percent(parity_percent) if parity_percent is not None else None
     if share is not None and not have_zfec():
@@ -71,7 +90,7 @@ def build(spec: Path, out: Path, key_files: tuple[Path, ...], chunk_size: str, h
         with progress_bar(total, "build", progress) as bar:
             result = build_bundle(bundle_spec, out=out, key=key, chunk_size=size, progress=bar,
                                   algorithm=hash_algorithm, expires=expires, also_sign=others, dependencies=deps,
-                                  sources=sources, parity=share, base=base)
+                                  sources=sources, parity=share, base=base, command=_command())
     m = result.manifest
     emit(as_json, result.to_dict(), [
         f"built {m.name} {m.version} at {result.out}: {m.file_count} files, "
@@ -97,3 +116,43 @@ def _model_lines(m: Manifest) -> list[str]:
             lines.append(f"model {comp.name}: selection left out {comp.left_out.files} file(s), "
                          f"{human_size(comp.left_out.bytes)}")
     return lines
+
+
+def _command() -> tuple[str, ...]:
+    """The build command as typed, for the provenance (docs/sbom.md); empty when not run as ``gapship``
+    (a test's CliRunner), and the library then records ``gapship build SPEC``."""
+    return ("gapship", *sys.argv[1:]) if Path(sys.argv[0]).name == "gapship" else ()
+
+
+@contextmanager
+def _rebuild_place(out: Path | None) -> Iterator[Path]:
+    """Where --check-against builds: OUT when given (kept), else a private folder removed afterwards."""
+    if out is not None:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="gapship-rebuild-") as folder:
+        yield Path(folder) / "bundle"
+
+
+def _check_against(spec: Path, against: Path, out: Path, *, key_files: tuple[Path, ...], offline: bool,
+                   include_gapship: bool, base_dir: Path | None, base_trust: Path | None, download: bool,
+                   as_json: bool, progress: bool | None) -> None:
+    """Rebuild with the reference's own parameters (docs/sbom.md, "Independent rebuilds"); exit 3 on a difference."""
+    reference = load_reference(against)
+    m = reference.manifest
+    keys = [SigningKey.load(k) for k in key_files] or [SigningKey.generate()]
+    bundle_spec = load_spec(spec)
+    base = None if base_dir is None else load_base(base_dir, keys=[k.public for k in keys], trust_dir=base_trust)
+    check_output_free(out)
+    with frozen_dependencies(bundle_spec.dependencies, offline=offline, include_gapship=include_gapship,
+                             work_dir=out.parent) as deps:
+        sources = collect_sources(bundle_spec, deps, download=download)
+        with progress_bar(sum(group.size for group in sources), "rebuild", progress) as bar:
+            result = build_bundle(bundle_spec, out=out, key=keys[0], also_sign=keys[1:], chunk_size=m.chunk_size,
+                                  algorithm=m.hash_algorithm, expires=m.expires, now=reference.created,
+                                  dependencies=deps, sources=sources, base=base, progress=bar, command=_command())
+    checked = check_same(reference, (out / "manifest.json").read_bytes())
+    emit(as_json, {**result.to_dict(), "check_against": checked.to_dict()}, [
+        f"rebuilt {m.name} {m.version} with SOURCE_DATE_EPOCH={checked.to_dict()['source_date_epoch']}: "
+        f"manifest identical to {against} ({reference.digest})",
+    ])

@@ -3,31 +3,53 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..bundle.files import read_raw_bundle
+import click
+
+from ..bundle.files import MAX_SIGNATURE_FILES, SIGNATURES, read_raw_bundle
+from ..errors import UsageError
+from ..provenance import PROVENANCE, STATEMENT, has_provenance
+from ..sbom import SBOM_PATH, packages, read_sbom, sbom_chunks_present, sbom_entry
 from ..formats.manifest import Component, FileEntry, Manifest
-from ..trust import SignatureCheck, TrustStore, parse_unverified
+from ..trust import SignatureCheck, TrustStore, parse_unverified, verify_release
 from .group import bundle_argument, cli, emit, human_size, json_option, trust_dir_option
 
 
 @cli.command()
 @bundle_argument
 @trust_dir_option(help="Also say which signatures are valid for this trust directory.", required=False)
+@click.option("--sbom", "show_sbom", is_flag=True,
+              help="Print the bundle's SBOM (sbom/bom.cdx.json), exactly the bundled bytes, and nothing else.")
 @json_option
-def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
+def inspect(bundle: Path, trust_dir: Path | None, show_sbom: bool, as_json: bool) -> None:
     """Show what BUNDLE holds, who signed it and its sizes. Does NOT verify anything unless --trust."""
     raw = read_raw_bundle(bundle)
     m = parse_unverified(raw)
+    # The SBOM's bytes are checked against the manifest's hash (exit 3 when they differ); the manifest
+    # itself only with --trust, as for everything inspect shows.
+    sbom = read_sbom(bundle, m) if show_sbom or sbom_chunks_present(bundle, m) else None
+    if show_sbom:
+        if sbom is None:
+            raise UsageError(f"{m.name} {m.version} carries no {SBOM_PATH} (built before gapship wrote SBOMs)",
+                             subject=SBOM_PATH)
+        if trust_dir is not None:
+            verify_release(raw.manifest_bytes, raw.signatures, TrustStore.from_dir(trust_dir))
+        sys.stdout.flush()
+        sys.stdout.buffer.write(sbom)  # the exact bytes: no decoding, no newline added
+        sys.stdout.buffer.flush()
+        return
     checks: tuple[SignatureCheck, ...] = ()
     if trust_dir is not None:
         from ..trust import check_signatures
 
         checks = check_signatures(raw.manifest_bytes, raw.signatures, TrustStore.from_dir(trust_dir))
     signatures = [c.to_dict() for c in checks] if checks else [{"file": n} for n in sorted(raw.signatures)]
-    payload = {
+    payload: dict[str, Any] = {
         "verified": False,
         "bundle": {"name": m.name, "version": m.version},
         "created": m.created,
@@ -44,12 +66,16 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
         "base": m.base.to_dict() if m.base is not None else None,  # a delta's base (docs/format.md, 11.1)
         "carried": _sums(m.payload_files()),  # the files whose bytes are in the payload
         "from_base": _sums(m.base_files()),  # the files a delta takes from its installed base
+        "packages": packages(sbom) if sbom is not None else None,  # the SBOM's wheels (docs/sbom.md)
+        "sbom": SBOM_PATH if sbom_entry(m) is not None else None,
+        "provenance": _provenance(bundle),
     }
     lines = [
         f"{m.name} {m.version} (format v{m.format_version}, created {m.created})",
         f"payload: {human_size(m.payload_size)} in {len(m.chunks)} chunk(s) of {human_size(m.chunk_size)}, {m.hash_algorithm}",
         *(line for c in m.components for line in _component_lines(c)),
         *_delta_lines(m, payload),
+        *_package_lines(payload["packages"]),
         "signatures:",
         *(f"  {s['file']}  {s.get('status', '')}" for s in signatures),
     ]
@@ -68,6 +94,24 @@ def _component_lines(c: Component) -> list[str]:
     if shown:  # the description may be 4096 characters: --json has it
         lines.append("    card: " + ", ".join(f"{k} {v!r}" for k, v in shown.items()))
     return lines
+
+
+def _provenance(bundle: Path) -> dict[str, object] | None:
+    """The provenance files present (unverified here: ``verify`` checks them, docs/format.md 11.4)."""
+    if not has_provenance(bundle):
+        return None
+    try:
+        names = sorted(os.listdir(bundle / PROVENANCE / SIGNATURES))[:MAX_SIGNATURE_FILES]
+    except OSError:
+        names = []
+    return {"file": f"{PROVENANCE}/{STATEMENT}", "signatures": [f"{PROVENANCE}/{SIGNATURES}/{n}" for n in names]}
+
+
+def _package_lines(found: list[dict[str, object]] | None) -> list[str]:
+    if not found:
+        return []
+    return [f"packages ({len(found)}, from {SBOM_PATH}):",
+            *(f"  {p['name']} {p['version']}  {p['license'] or '(no license declared)'}" for p in found)]
 
 
 def _sums(files: Iterable[FileEntry]) -> dict[str, int]:

@@ -15,6 +15,7 @@ from ..errors import GapshipError, IntegrityError, UsageError
 from ..host.state import HostState
 from ..deploy.install import install as install_bundle
 from ..host.hfcache import Published, check_publishable, entries_of
+from ..provenance import load_provenance
 from ..trust import Allowances, TrustStore, VerifiedManifest, verify_manifest
 from ._hf import chosen_cache, hf_cache_option, publish_locked, published_lines
 from ._host import HostContext, host_options
@@ -83,10 +84,11 @@ def _install(bundle: Path, trust_dir: Path, prefix: Path, allow_reinstall: bool,
             check_publishable(cache, bundle=verified.manifest.name, entries=entries_of(
                 verified.manifest, manifest_bytes=verified.manifest_bytes,
                 installed=lambda model: decision is None or model in decision.enabled))
+        provenance = load_provenance(bundle, verified)  # signed beside the manifest: checked before any write
         with progress_bar(verified.manifest.payload_size, "install", progress) as bar:
             result = install_bundle(bundle, verified, prefix=prefix, progress=bar, state=state, site=decision,
                                     python=python, record_intent=host.intent,
-                                    compile_bytecode=compile_bytecode)
+                                    compile_bytecode=compile_bytecode, provenance=provenance)
     except IntegrityError as e:
         if repair_first or not _repairable(bundle, verified):
             raise

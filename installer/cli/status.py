@@ -23,12 +23,13 @@ from packaging.version import InvalidVersion, Version
 
 from ..formats.authorization import parse_time
 from .group import cli, emit, json_option
-from ..errors import UsageError
+from ..errors import GapshipError, UsageError
 from ..deploy.install import CURRENT, MAX_RECEIPT_BYTES, RECEIPT, STAGING_PREFIX
 from ..formats.site import load_site
 from ..bundle.files import MANIFEST
 from ..formats.manifest import MAX_MANIFEST_BYTES
-from ..kit import Malformed, Refusal, parse_json, read_bounded
+from ..kit import Malformed, Refusal, parse_json, read_bounded, read_optional
+from ..sbom import MAX_SBOM_BYTES, SBOM_PATH, packages
 
 BUNDLE_EXPIRES = "bundle_expires"  # in the receipt (since it recorded it) and in `status --json`
 
@@ -102,7 +103,21 @@ def _version(path: Path, active: str | None, now: datetime) -> dict[str, Any]:
         "expires": authorization_expires,  # kept: the earliest authorization expiry, as before
         "base": _base(receipt.get("base")),  # a delta's base (null: a full bundle, or an older receipt)
         "shared": receipt.get("shared") if isinstance(receipt.get("shared"), dict) else None,
+        **_packages(path),
     }
+
+
+def _packages(path: Path) -> dict[str, Any]:
+    """``packages``: the wheels the installed SBOM lists (docs/sbom.md), with ``sbom`` its path; both
+    null for a version installed without one; ``sbom_problem`` when it is there but cannot be read."""
+    sbom = path / SBOM_PATH
+    try:
+        data = read_optional(sbom, cap=MAX_SBOM_BYTES, refuse=_receipt_problem)
+        if data is None:
+            return {"sbom": None, "packages": None}
+        return {"sbom": str(sbom), "packages": packages(data)}
+    except (OSError, ValueError, GapshipError) as e:
+        return {"sbom": str(sbom), "packages": None, "sbom_problem": f"{SBOM_PATH} unreadable: {e}"}
 
 
 def _base(raw: object) -> dict[str, Any] | None:
@@ -164,4 +179,6 @@ def _lines(v: dict[str, Any]) -> list[str]:
     for a in v["authorizations"]:
         state = "EXPIRED" if a["expired"] else "valid until"
         lines.append(f"     authorization {str(a['id'])[:23]} {state} {a['expires']}")
+    if v.get("packages"):
+        lines.append("     packages: " + ", ".join(f"{p['name']} {p['version']}" for p in v["packages"]))
     return lines

@@ -9,6 +9,7 @@ import click
 
 from ..bundle.files import read_raw_bundle
 from ..bundle.parity import load_parity
+from ..provenance import load_provenance
 from ..bundle.verify import verify_chunk_file, verify_chunks
 from ..oci.transfer import verify_registry_chunks
 from ..trust import TrustStore, verify_manifest
@@ -47,6 +48,7 @@ def _verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_jso
     verified = host.note(verify_manifest(raw, trust=trust))
     m = verified.manifest
     parity = load_parity(bundle, verified)
+    provenance = load_provenance(bundle, verified)  # docs/format.md 11.4: signed beside the manifest
     if chunk_files:
         checked = [verify_chunk_file(path, verified, parity) for path in chunk_files]
         count, size = len(checked), sum(c.size for c in checked)
@@ -73,12 +75,15 @@ def _verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_jso
                    "signers": list(parity.signers), "repairable": True, "damaged_groups": [], "needed": 0}
         if parity else None,
         "site": host.summary(),
+        "provenance": {"signers": list(provenance.signers)} if provenance else None,
         **trust_fields(verified),
     }, [
         f"OK {m.name} {m.version}: signed by {signer_names(verified.trust or trust, verified.signers)}",
         f"OK {count} of {len(m.chunks)} chunk(s) verified ({human_size(size)})",
         *([f"OK {len(parity.layout.parity)} parity chunk(s) in {len(parity.layout.groups)} group(s), layout signed by "
            f"{signer_names(verified.trust or trust, parity.signers)}"] if parity and not chunk_files else []),
+        *([f"OK provenance signed by {signer_names(verified.trust or trust, provenance.signers)}"]
+          if provenance else []),
         *trust_lines(verified, persisted=False),
         *host.lines(),
     ])

@@ -48,6 +48,8 @@ from ..host.fs import remove_tree
 from ..host.share import read_only
 from ..host.strict import UNSAFE_BITS, installer_uid
 from ..kit import Malformed, Refusal, canonical_json, open_regular, parse_json, read_bounded
+from ..provenance import MAX_STATEMENT_BYTES, PROVENANCE, STATEMENT, VerifiedProvenance
+from ..sbom import SBOM_DIR
 from ..safeguards import EFFECTIVE_POLICY, INSTALLED_AUTHORIZATIONS, SAFEGUARDS_DIR, SiteDecision
 from ..trust import VerifiedManifest
 from .deps import VENV, WHEELS, DependencyPlan
@@ -94,7 +96,7 @@ class _Layout:
 
 def check_version_dir(target: Path, verified: VerifiedManifest, *, site: SiteDecision | None,
                       deps: DependencyPlan | None, receipt: dict[str, object],
-                      progress: Progress = no_progress) -> None:
+                      progress: Progress = no_progress, provenance: VerifiedProvenance | None = None) -> None:
     """Return if ``target`` is exactly what installing ``verified`` here would have made (module
     docstring); raise :class:`IntegrityError` naming the first path that is not."""
     m = verified.manifest
@@ -104,8 +106,9 @@ def check_version_dir(target: Path, verified: VerifiedManifest, *, site: SiteDec
             raise _Differs(".", "is not a directory")
         _check_owner(".", st, want=0o755)
         caches = _caches(target, verified)
-        _walk(target, _layout(verified, site), skip=caches, venv=deps is not None)
+        _walk(target, _layout(verified, site, provenance), skip=caches, venv=deps is not None)
         _check_records(target, verified, site=site, deps=deps, receipt=receipt)
+        _check_provenance(target, provenance)
         _check_payload(target, verified, site, progress)
         if deps is not None:
             check_venv(target, deps, caches=caches)
@@ -131,14 +134,15 @@ def _parents(rel: str) -> list[str]:
 
 def _read_only(rel: str) -> bool:
     top = rel.split("/", 1)[0]
-    return top in (SAFEGUARDS_DIR, INSTALLED_AUTHORIZATIONS, EFFECTIVE_POLICY)
+    return top in (SAFEGUARDS_DIR, INSTALLED_AUTHORIZATIONS, EFFECTIVE_POLICY, SBOM_DIR, PROVENANCE)
 
 
 def _dir_mode(rel: str) -> int:
     return 0o555 if _read_only(rel) else 0o755
 
 
-def _layout(verified: VerifiedManifest, site: SiteDecision | None) -> _Layout:
+def _layout(verified: VerifiedManifest, site: SiteDecision | None,
+            provenance: VerifiedProvenance | None = None) -> _Layout:
     layout = _Layout()
     for f in verified.manifest.files():
         if site is None or site.select(f):
@@ -155,6 +159,11 @@ def _layout(verified: VerifiedManifest, site: SiteDecision | None) -> _Layout:
             layout.file(f"{folder}/{DOCUMENT}", 0o444, len(auth.document))
             for name, data in auth.signature_files.items():
                 layout.file(f"{folder}/{SIGNATURES}/{name}", 0o444, len(data))
+    if provenance is not None:  # docs/sbom.md: installed read-only beside the version
+        layout.file(f"{PROVENANCE}/{STATEMENT}", 0o444, len(provenance.statement))
+        layout.dir(f"{PROVENANCE}/{SIGNATURES}")
+        for name, data in provenance.signature_files.items():
+            layout.file(f"{PROVENANCE}/{SIGNATURES}/{name}", 0o444, len(data))
     return layout
 
 
@@ -287,6 +296,16 @@ def _check_records(target: Path, verified: VerifiedManifest, *, site: SiteDecisi
         raise _Differs(RECEIPT, "records other dependencies than this install")
     if site is not None:
         _check_site_records(target, verified, site)
+
+
+def _check_provenance(target: Path, provenance: VerifiedProvenance | None) -> None:
+    if provenance is None:
+        return
+    if _read(target, f"{PROVENANCE}/{STATEMENT}", MAX_STATEMENT_BYTES) != provenance.statement:
+        raise _Differs(f"{PROVENANCE}/{STATEMENT}", "differs from the bundle's provenance")
+    for name, data in provenance.signature_files.items():
+        if _read(target, f"{PROVENANCE}/{SIGNATURES}/{name}") != data:
+            raise _Differs(f"{PROVENANCE}/{SIGNATURES}/{name}", "differs from the bundle's provenance signature")
 
 
 def _check_site_records(target: Path, verified: VerifiedManifest, site: SiteDecision) -> None:

@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..provenance import VerifiedProvenance, install_provenance
+from ..sbom import make_read_only
 from .. import __version__
 from .extract import extract_payload
 from ..host.atomic import atomic_file, fsync_dir
@@ -150,7 +152,7 @@ RecordIntent = Callable[[Intent], Sequence[AuditRef]]
 def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress: Progress = no_progress,
             state: HostState | None = None, site: SiteDecision | None = None,
             python: str | None = None, record_intent: RecordIntent | None = None,
-            compile_bytecode: bool = False) -> InstallResult:
+            compile_bytecode: bool = False, provenance: VerifiedProvenance | None = None) -> InstallResult:
     """Install ``verified`` from the bundle directory ``bundle`` into ``prefix``; return or raise.
     On any failure the previous ``current`` and every installed version are left as they were.
 
@@ -160,7 +162,9 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
     and returns the audit references the receipt and the state keep (the module docstring).
     With a ``site`` decision (docs/safeguards.md), models not enabled there are not written.
     ``python`` is the interpreter for the dependencies' venv (default: the one running gapship);
-    ``compile_bytecode`` whether its Python files are compiled to bytecode."""
+    ``compile_bytecode`` whether its Python files are compiled to bytecode. A verified ``provenance``
+    (:func:`~..provenance.load_provenance`) is installed read-only beside the files, as the SBOM is
+    (docs/sbom.md)."""
     m = verified.manifest
     source_for(bundle).check_names(m)  # the signed chunk list, nothing missing and nothing extra
     deps = plan_dependencies(bundle, verified, python=python)  # refuses a mismatch before any write
@@ -182,7 +186,8 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         intend = _intender(record_intent, verified, prefix, previous, plan)
         if target.exists() or target.is_symlink():
             receipt = _check_same_bundle(target, verified)
-            check_version_dir(target, verified, site=site, deps=deps, receipt=receipt, progress=progress)
+            check_version_dir(target, verified, site=site, deps=deps, receipt=receipt, progress=progress,
+                              provenance=provenance)
             refs = intend("already-installed")
             _record(state, snapshot, verified, plan, receipt=_receipt_digest(target), audit=refs)
             mark_site(prefix, site.site if site else None)
@@ -193,7 +198,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         # A delta's base is found, and every file it takes from it mapped, before anything is written.
         reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
         staging = Path(_mkdtemp(home))
-        record = _ReceiptFacts(overrides=overrides, site=site)
+        record = _ReceiptFacts(overrides=overrides, site=site, provenance=provenance)
         try:
             extract_payload(bundle, m, staging, progress=progress, select=select)
             share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
@@ -454,6 +459,7 @@ class _ReceiptFacts:
     overrides: tuple[str, ...]
     site: SiteDecision | None
     shared: ShareCounts = field(default_factory=ShareCounts)
+    provenance: VerifiedProvenance | None = None
 
 
 def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFacts, *, marker: bool) -> None:
@@ -469,6 +475,9 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
         (staging / INCOMPLETE).write_bytes(b"")
     _settle_modes(staging)
     write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))  # read-only, so last
+    make_read_only(staging)  # sbom/ (docs/sbom.md)
+    if record.provenance is not None:
+        install_provenance(staging, record.provenance)
 
 
 def _write_receipt(target: Path, verified: VerifiedManifest, deps: DependencyPlan | None, record: _ReceiptFacts,

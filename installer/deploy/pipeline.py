@@ -121,6 +121,13 @@ class Pipeline:
         """Give back a buffer that was acquired but not submitted."""
         self._free.put(slot)
 
+    def drain(self, depth: int | None = None) -> None:
+        """Wait until every stage has seen every block submitted so far (all buffers are free again).
+        The producer must hold no buffer; ``depth`` is the one given to the constructor."""
+        slots = [self.acquire()[0] for _ in range(depth or DEFAULT_DEPTH)]
+        for slot in slots:
+            self._free.put(slot)
+
     def failed(self) -> bool:
         return bool(self._errors)
 

@@ -5,7 +5,7 @@ bytes in, bytes out, no I/O.
   recommends for artifacts, so registries without artifact support (distribution 2.8) store it too;
 - one layer per file of the bundle directory, each with its path in the bundle as
   ``org.opencontainers.image.title`` (so ``oras pull`` rebuilds the directory): ``manifest.json``,
-  ``signatures/*``, ``roots/*``, ``authorizations/*/*`` and ``parity/**`` as small layers with their
+  ``signatures/*``, ``roots/*``, ``authorizations/*/*``, ``parity/**`` and ``provenance/**`` as small layers with their
   own media types; every chunk as a :data:`CHUNK_TYPE` layer, its index in the signed chunk list in
   :data:`INDEX_KEY`.
 
@@ -33,17 +33,19 @@ SIGNATURE_TYPE = "application/vnd.gapship.signature.v1"
 ROOT_TYPE = "application/vnd.gapship.root.v1+json"
 AUTHORIZATION_TYPE = "application/vnd.gapship.authorization.v1"
 PARITY_TYPE = "application/vnd.gapship.parity.v1"
+PROVENANCE_TYPE = "application/vnd.gapship.provenance.v1"
 TITLE_KEY = "org.opencontainers.image.title"
 INDEX_KEY = "io.gapship.chunk.index"
 NAME_KEY, VERSION_KEY = "io.gapship.bundle.name", "io.gapship.bundle.version"
 
 # Which top folder holds which media type; a path elsewhere is refused.
 SIDE_TYPES = {"manifest.json": MANIFEST_LAYER_TYPE, "signatures": SIGNATURE_TYPE, "roots": ROOT_TYPE,
-              "authorizations": AUTHORIZATION_TYPE, "parity": PARITY_TYPE, "chunks": CHUNK_TYPE}
+              "authorizations": AUTHORIZATION_TYPE, "parity": PARITY_TYPE, "provenance": PROVENANCE_TYPE,
+              "chunks": CHUNK_TYPE}
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-# authorizations/ID/signatures/FILE and parity/signatures/FILE are the deepest paths
-_DEPTH = {"authorizations": 4, "parity": 3}
+# authorizations/ID/signatures/FILE, parity/signatures/FILE and provenance/signatures/FILE are the deepest paths
+_DEPTH = {"authorizations": 4, "parity": 3, "provenance": 3}
 MAX_LAYERS = 100_000 + 5_000  # the manifest's chunk cap plus parity and side files
 
 

@@ -29,6 +29,7 @@ from ..crypto.hashing import Progress, no_progress
 from ..errors import GapshipError, IntegrityError, UsageError
 from ..formats.manifest import MAX_MANIFEST_BYTES, Chunk, Manifest
 from ..formats.parity import PARITY
+from ..provenance import MAX_STATEMENT_BYTES, PROVENANCE, STATEMENT
 from ..trust import TrustStore, VerifiedManifest, parse_unverified, verify_manifest
 from .artifact import (CHUNK_TYPE, EMPTY_DATA, EMPTY_DIGEST, Artifact, Layer, build_manifest, media_type_for,
                        parse_artifact, safe_path)
@@ -39,7 +40,7 @@ DEFAULT_JOBS = 4
 # The chunks fetched ahead of the one the install reads, at most this many bytes in all (and at least
 # two chunks): enough to keep --jobs connections busy, bounded whatever the chunk size.
 MAX_PREFETCH_BYTES = 256 * 1024 * 1024
-_SIDE_FOLDERS = ("signatures", "roots", "authorizations", PARITY)
+_SIDE_FOLDERS = ("signatures", "roots", "authorizations", PARITY, PROVENANCE)
 MAX_SIDE_FILES = 64 * 3 + 64 * 65 + 50_000 + 1000  # signatures, roots, authorizations, parity
 
 
@@ -129,7 +130,7 @@ def _bundle_blobs(bundle: Path, m: Manifest) -> list[_Blob]:
 
 
 def _side_files(bundle: Path) -> list[str]:
-    """The files under signatures/, roots/, authorizations/ and parity/, sorted, regular files only."""
+    """The files under signatures/, roots/, authorizations/, parity/ and provenance/, sorted, regular files only."""
     out: list[str] = []
 
     def walk(rel: str, depth: int) -> None:
@@ -193,7 +194,7 @@ def resolve(client: RegistryClient) -> Artifact:
 
 
 def fetch_small_files(client: RegistryClient, artifact: Artifact, out: Path, *, parity: bool) -> None:
-    """Write the artifact's manifest.json, signatures/, roots/ and authorizations/ (and, with
+    """Write the artifact's manifest.json, signatures/, roots/, authorizations/ and provenance/ (and, with
     ``parity``, parity/'s layout and signatures) under ``out``, each blob checked against its digest,
     and capped by its size before a byte is fetched: the bounded readers check them again."""
     budget = MAX_UNVERIFIED_BYTES
@@ -204,10 +205,11 @@ def fetch_small_files(client: RegistryClient, artifact: Artifact, out: Path, *, 
         if layer.media_type == CHUNK_TYPE or (path.startswith(f"{PARITY}/") and
                                               (not parity or _is_parity_chunk(path))):
             continue
-        cap = MAX_MANIFEST_BYTES if path == MANIFEST else budget
+        own = {MANIFEST: MAX_MANIFEST_BYTES, f"{PROVENANCE}/{STATEMENT}": MAX_STATEMENT_BYTES}  # caps of their own
+        cap = own.get(path, budget)
         if layer.size > cap:
             raise IntegrityError(f"{path} in {client.ref} is {layer.size} bytes, over the {cap}-byte cap", subject=path)
-        if path != MANIFEST:
+        if path not in own:
             budget -= layer.size
         _fetch_to(client, layer, out / path, what=path)
 

@@ -178,7 +178,7 @@ def test_build_reports_what_it_wrote(tmp_path: Path, make_key: Callable[[str], K
     out = tmp_path / "out"
     result = run("build", make_spec(), "--out", out, "--key", key.private, "--chunk-size", "1KiB")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith(f"built demo 1.0.0 at {out}: 3 files, ")
+    assert result.stdout.startswith(f"built demo 1.0.0 at {out}: 4 files, ")
     assert f"signed by {key.keyid[:16]}" in result.stdout
 
 
@@ -219,4 +219,4 @@ def test_single_file_source_and_two_models(tmp_path: Path, make_key: Callable[[s
     assert (installed / "models" / "two" / "a.txt").read_bytes() == b"a\n"
     components = json.loads((out / "manifest.json").read_bytes())["components"]
     assert [(c["kind"], c["name"]) for c in components] == [("model", "one"), ("model", "two"),
-                                                            ("safeguards", "safeguards")]
+                                                            ("safeguards", "safeguards"), ("sbom", "sbom")]

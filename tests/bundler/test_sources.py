@@ -115,5 +115,5 @@ def test_build_walks_and_stats_each_model_file_once(tmp_path: Path, make_key: Ca
     files = {str(model / rel) for rel in FILES}
     assert sorted(p for p in stats if p in files) == sorted(files)  # (os.walk also lstats the folders)
     manifest = Manifest.from_bytes((out / "manifest.json").read_bytes())
-    assert sorted(f.path for f in manifest.files()) == sorted(["safeguards/policy.toml",
+    assert sorted(f.path for f in manifest.files()) == sorted(["safeguards/policy.toml", "sbom/bom.cdx.json",
                                                                *(f"models/tiny/{rel}" for rel in FILES)])

@@ -229,6 +229,7 @@ def test_rejects_delta_claiming_a_hash_the_base_lacks(site: Site, make_key: Call
     shutil.rmtree(site.root / "b2/signatures")
     (site.root / "b2/signatures").mkdir()
     write_signature(site.root / "b2", data, site.key.key)
+    shutil.rmtree(site.root / "b2/provenance")  # it names the old manifest (docs/format.md 11.4)
     code, out = site.install("b2")
     assert code == 3, out
     assert "has no file of that sha256 hash" in out["error"]["message"]  # type: ignore[index]
@@ -296,7 +297,7 @@ def test_inspect_and_status_show_the_base(site: Site) -> None:
     assert code == 0, out
     assert out["base"]["version"] == "1.0.0"  # type: ignore[index]
     assert out["from_base"] == {"files": 2, "bytes": len(WEIGHTS) + len(CONFIG)}
-    assert out["carried"]["files"] == 2  # n.txt and the policy  # type: ignore[index]
+    assert out["carried"]["files"] == 3  # n.txt, the policy and the SBOM  # type: ignore[index]
     assert site.install("b2")[0] == 0
     code, out = run_json("status", "--prefix", site.prefix)
     assert code == 0, out

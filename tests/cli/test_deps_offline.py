@@ -49,6 +49,19 @@ def test_offline_build_and_install_without_network(tmp_path: Path, house: Wheelh
     ran = subprocess.run(offline(python, "-c", code), capture_output=True, text=True)
     assert ran.stdout.split() == ["pure", "plat", str(prefix / "demo" / "current" / "venv")], ran.stderr
 
+    # docs/sbom.md: the SBOM of real pip-frozen wheels is schema-valid, status lists them, and an
+    # offline rebuild from the same find_links folder is byte-identical
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    sbom = _gapship("inspect", bundle, "--sbom")
+    assert sbom.returncode == 0 and JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.stdout) is None
+    status = json.loads(_gapship("status", "--prefix", prefix, "--json").stdout)
+    listed = status["bundles"][0]["versions"][0]["packages"]
+    assert sorted(p["name"] for p in listed) == ["gsdemo-plat", "gsdemo-pure"]
+    rebuilt = _gapship("build", spec, "--check-against", bundle, "--offline", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr + rebuilt.stdout
+
 
 def _wheels_of_gapships_dependencies(folder: Path) -> Path:
     """gapship's own dependencies as wheels, rebuilt from the test venv (so no index is needed)."""

@@ -33,7 +33,7 @@ from gapship.installer.trust import TrustStore, verify_manifest
 from gapship_testing import gapship_script, noise, run, run_json, tree, write_spec
 
 CHUNK = 1000
-WEIGHTS = 36 * 1024 + 100  # a 40960-byte payload: 41 chunks
+WEIGHTS = 33 * 1024 + 100  # with the policy and the SBOM, a 40960-byte payload: 41 chunks
 N = 41
 GROUPS, M = 6, 2
 
@@ -268,7 +268,7 @@ def test_rejects_parity_of_a_damaged_bundle(pristine: tuple[Path, Path, Path], t
     data(bundle, 7).write_bytes(b"\1" * CHUNK)
     result = run("parity", bundle, "--parity", "10%", "--key", pristine[2])
     assert result.exit_code == 3 and "chunks/00007.bin" in result.stderr
-    assert sorted(os.listdir(bundle)) == ["chunks", "manifest.json", "signatures"]
+    assert sorted(os.listdir(bundle)) == ["chunks", "manifest.json", "provenance", "signatures"]
 
 
 @pytest.mark.slow

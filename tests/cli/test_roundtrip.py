@@ -40,7 +40,7 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     code, out = run_json("build", spec, "--out", bundle, "--key", keys / "release.key", "--chunk-size", "4KiB")
     assert code == 0, out
     assert out["signer"] == keyid
-    assert out["files"] == len(MODEL_FILES) + 1  # and the safeguards policy
+    assert out["files"] == len(MODEL_FILES) + 2  # and the safeguards policy and the SBOM
     assert out["chunks"] == len(list((bundle / "chunks").iterdir()))
     trust = tmp_path / "trust"
     trust.mkdir()
@@ -68,7 +68,8 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     assert out["manifest_digest"] == _sha256(manifest_bytes)
     assert out["previous"] is None
     policy = (spec.parent / "policy.toml").read_bytes()
-    assert out["bytes"] == sum(len(d) for d in MODEL_FILES.values()) + len(policy)
+    sbom = run("inspect", bundle, "--sbom").stdout_bytes
+    assert out["bytes"] == sum(len(d) for d in MODEL_FILES.values()) + len(policy) + len(sbom)
 
     current = prefix / "demo" / "current"
     assert current.is_symlink() and os.readlink(current) == "1.0.0"
@@ -79,7 +80,8 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     assert (version_dir / "models" / "tiny" / "config.json").stat().st_mode & 0o777 == 0o644
     sig_name = f"signatures/{keyid}.ed25519.sig"
     assert _files_under(version_dir) == {f"models/tiny/{rel}" for rel in MODEL_FILES} | {
-        "safeguards/policy.toml", "receipt.json", "manifest.json", sig_name}
+        "safeguards/policy.toml", "receipt.json", "manifest.json", sig_name,
+        "sbom/bom.cdx.json", "provenance/statement.json", f"provenance/{sig_name}"}  # docs/sbom.md
     assert (version_dir / "manifest.json").read_bytes() == manifest_bytes
     assert (version_dir / sig_name).read_bytes() == (bundle / sig_name).read_bytes()
 
@@ -87,7 +89,7 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     assert receipt["manifest_digest"] == _sha256(manifest_bytes)
     assert receipt["signers"] == [keyid]
     assert receipt["bundle"] == {"name": "demo", "version": "1.0.0"}
-    assert receipt["files"] == len(MODEL_FILES) + 1
+    assert receipt["files"] == len(MODEL_FILES) + 2  # and the policy and the SBOM
     assert not [p for p in (prefix / "demo").iterdir() if p.name.startswith(".staging-")]
 
     code, out = run_json("inspect", bundle)
@@ -96,7 +98,7 @@ def test_round_trip_through_the_cli(tmp_path: Path, make_spec: Callable[..., Pat
     assert out["bundle"] == {"name": "demo", "version": "1.0.0"}
     assert out["chunk_size"] == 4096
     assert [(c["kind"], c["name"], c["files"]) for c in out["components"]] == [
-        ("model", "tiny", len(MODEL_FILES)), ("safeguards", "safeguards", 1)]
+        ("model", "tiny", len(MODEL_FILES)), ("safeguards", "safeguards", 1), ("sbom", "sbom", 1)]
     assert out["signatures"] == [{"file": f"{keyid}.ed25519.sig"}]
     code, out = run_json("inspect", bundle, "--trust", trust)
     assert code == 0 and out["signatures"][0]["status"] == "valid", out

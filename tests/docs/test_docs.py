@@ -276,6 +276,7 @@ def test_pipeline_script_forwards_good_chunks_and_rejects_a_damaged_one(
     assert sorted(p.name for p in (outbox / "chunks").iterdir()) == [n for n in names if n != "00001.bin"]
     assert (outbox / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     assert (outbox / carried.relative_to(inbox)).read_bytes() == b"{}"
+    assert (outbox / "provenance" / "statement.json").read_bytes() == (bundle / "provenance" / "statement.json").read_bytes()
     assert not (outbox / "roots").exists()  # the bundle carries none
 
 
@@ -523,7 +524,7 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     bundle = tmp_path / "bundle"
     runs: dict[str, list[dict[str, object]]] = {
         "keygen": [_json("keygen", "fresh", "--out-dir", tmp_path / "k")],
-        "build": [_json("build", make_spec(), "--out", bundle, "--key", key.private, "--chunk-size", "1KiB")],
+        "build": [_json("build", spec := make_spec(), "--out", bundle, "--key", key.private, "--chunk-size", "1KiB")],
     }
     (bundle / "signatures" / "note.txt").write_text("not a signature\n")  # reported with keyid null
     runs["sign"] = [_json("sign", bundle, "--key", second.private)]
@@ -532,11 +533,13 @@ def test_cli_doc_lists_exactly_the_json_fields(tmp_path: Path, make_key, make_tr
     runs["install"] = [_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix"),
                        _json("install", bundle, "--trust", trust, "--prefix", tmp_path / "hf-prefix",
                              "--hf-cache", tmp_path / "hf-cache")]
-    runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust)]
+    runs["inspect"] = [_json("inspect", bundle), _json("inspect", bundle, "--trust", trust),
+                       _json("inspect", _bundle_with_wheels(tmp_path / "wheels", key, make_spec))]
     runs["parity"] = [_json("parity", bundle, "--parity", "50%", "--key", key.private)]
     runs["build"].append(_json("build", make_spec(), "--out", tmp_path / "with-parity", "--key", key.private,
                                "--chunk-size", "1KiB", "--parity", "10%"))
     runs["verify"].append(_json("verify", bundle, "--trust", trust))  # with parity/
+    runs["build"].append(_json("build", spec, "--check-against", bundle))  # an independent rebuild
     (bundle / "chunks" / "00000.bin").unlink()
     runs["repair"] = [_json("repair", bundle, "--trust", trust)]
     runs["sign"].append(_json("sign", bundle, "--sigstore", "--identity-token", "not-a-real-token"))
@@ -587,6 +590,17 @@ def _removal_runs(work: Path, key: KeyPair, trust: Path, make_spec: Callable[...
 
 # Objects keyed by a name (a role, a bundle): the doc names such a key with a placeholder.
 _MAP_KEYS = ((re.compile(r"^roles\.[a-z]+\."), "roles.<role>."), (re.compile(r"^state\.bundles\.[^.]+\."), "state.bundles.<name>."))
+
+
+def _bundle_with_wheels(folder: Path, key: KeyPair, make_spec: Callable[..., Path]) -> Path:
+    """A bundle whose SBOM lists wheels (inspect's packages[]), built without pip (tests/support/sbom_testing.py)."""
+    from gapship.bundler.build import build
+    from gapship.bundler.spec import load_spec
+    from sbom_testing import three_wheels
+
+    build(load_spec(make_spec()), out=folder / "bundle", key=key.key, chunk_size=4096,
+          dependencies=three_wheels(folder))
+    return folder / "bundle"
 
 
 def _generic(field: str) -> str:
@@ -660,6 +674,8 @@ def _site_runs(runs: dict[str, list[dict[str, object]]], tmp_path: Path, key: Ke
     old.mkdir()
     receipt = json.loads((prefix / "demo" / "current" / "receipt.json").read_bytes())
     (old / "receipt.json").write_text(json.dumps({k: v for k, v in receipt.items() if k != "bundle_expires"}))
+    (old / "sbom").mkdir()
+    (old / "sbom" / "bom.cdx.json").write_text("not an SBOM")  # listed with sbom_problem
     runs["status"] = [_json("status", "--prefix", prefix, "--site-config", site)]
     runs["trust show"] = [_json("trust", "show", "--trust", authority, "--prefix", prefix),
                           _json("trust", "show", "--trust", legacy_trust)]

@@ -112,7 +112,7 @@ def _assert_installed_exactly(prefix: Path, before: dict[str, Any], manifest_byt
         if inner in RECORDS or inner.startswith("signatures/"):
             continue
         f = files[inner]  # KeyError: a file the manifest does not list
-        mode = 0o444 if inner.startswith("safeguards/") else f.mode  # read-only on purpose (docs/safeguards.md)
+        mode = 0o444 if inner.startswith(("safeguards/", "sbom/")) else f.mode  # read-only on purpose (docs/safeguards.md, sbom.md)
         assert entry[1] == mode and sha256(entry[2]) == f.hash and len(entry[2]) == f.size, inner
         seen.add(inner)
     assert seen == set(files)

@@ -309,7 +309,8 @@ def test_refused_first_install_of_a_new_name_leaves_no_trace(site: Site) -> None
 def test_installed_tree_modes_do_not_depend_on_umask(site: Site, victim: Path, umask: str) -> None:
     """Run by an admin with umask 000, directories must not become world-writable (anyone could then
     add or swap model files after verification); with 077 the serving user must still read them.
-    Directories are 755, records 644, files exactly their manifest mode; safeguards/ is read-only."""
+    Directories are 755, records 644, files exactly their manifest mode; safeguards/, sbom/ and
+    provenance/ are read-only."""
     result = _finished(run_harness("umask", umask, site, victim))
     assert result.returncode == 0, result
     version = site.home / "2.0.0"
@@ -318,7 +319,7 @@ def test_installed_tree_modes_do_not_depend_on_umask(site: Site, victim: Path, u
     declared = {f["path"]: f["mode"] for c in manifest["components"] for f in c["files"]}
     for rel, mode in modes.items():
         path = version / rel
-        if rel == "safeguards" or rel.startswith("safeguards/"):  # read-only on purpose (docs/safeguards.md)
+        if rel.split("/")[0] in ("safeguards", "sbom", "provenance"):  # read-only on purpose (docs/safeguards.md, sbom.md)
             assert mode == (0o555 if path.is_dir() else 0o444), (rel, oct(mode))
         elif path.is_dir():
             assert mode == 0o755, (rel, oct(mode))

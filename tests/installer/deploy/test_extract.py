@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,7 @@ def resign(bundle: Path, key: KeyPair, *, payload: Callable[[bytearray], None] =
     for sig in (bundle / "signatures").iterdir():
         sig.unlink()
     write_signature(bundle, data_bytes, key.key)
+    shutil.rmtree(bundle / "provenance")  # it names the old manifest (docs/format.md 11.4); a bundle may have none
 
 
 @pytest.fixture

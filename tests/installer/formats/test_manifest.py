@@ -48,8 +48,9 @@ def test_round_trip_bytes(data: bytes) -> None:
     assert m.to_bytes() == data
     assert Manifest.from_dict(m.to_dict()) == m
     assert (m.name, m.version, m.hash_algorithm, m.chunk_size) == ("demo", "1.0.0", "sha256", 1024)
-    assert [f.path for f in m.files()] == ["models/tiny/w.bin", "models/tiny/é.txt", "safeguards/policy.toml"]
-    assert m.file_count == 3
+    assert [f.path for f in m.files()] == ["models/tiny/w.bin", "models/tiny/é.txt", "safeguards/policy.toml",
+                                           "sbom/bom.cdx.json"]
+    assert m.file_count == 4
     assert m.chunk("00001.bin") == m.chunks[1] and m.chunk("99999.bin") is None
     assert "é".encode() in data  # UTF-8 as is, not \\u escapes (RFC 8785)
 
@@ -223,8 +224,8 @@ def test_manifest_bytes_are_to_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """Batches of one file, of two (the model's 7 files end in a short batch), and one batch for all."""
     monkeypatch.setattr(manifest_module, "_BATCH", batch)
     manifest, written = _manifest(tmp_path, FILES, expires=expires)
-    assert [c.kind for c in manifest.components] == ["model", "safeguards", "dependencies"]
-    assert manifest.components[-1].files == ()
+    assert [c.kind for c in manifest.components] == ["model", "safeguards", "dependencies", "sbom"]
+    assert manifest.components[-2].files == ()
     assert (manifest.expires is None) == (expires is None)
     assert manifest.to_bytes() == canonical_json(manifest.to_dict()) == written
 
