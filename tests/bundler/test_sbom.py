@@ -118,7 +118,7 @@ def test_rejects_unknown_model_card_key(tmp_path: Path, make_key: Callable[[str]
     spec.write_text(spec.read_text().replace('source = "model"\n', 'source = "model"\n[model.card]\nlicence = "MIT"\n'))
     result = run("build", spec, "--out", tmp_path / "out", "--key", make_key("release").private)
     assert result.exit_code == 2
-    assert "model[0].card has unknown key 'licence'" in result.stderr
+    assert "model 'tiny': [model.card] has unknown key 'licence'" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
