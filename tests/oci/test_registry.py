@@ -45,6 +45,10 @@ def test_push_install_verify_pull_through_a_tls_registry(tmp_path: Path, tls_reg
     assert code == 0, got
     assert got["status"] == "installed"
     assert (prefix / "demo" / "1.0.0" / "tiny" / "weights.bin").exists() or any((prefix / "demo" / "1.0.0").rglob("weights.bin"))
+    # the signed provenance travels as layers of its own, and the registry install keeps it as a directory's does
+    assert (bundle / "provenance" / "statement.json").is_file()
+    assert (prefix / "demo" / "1.0.0" / "provenance" / "statement.json").read_bytes() == \
+        (bundle / "provenance" / "statement.json").read_bytes()
 
     pulled = tmp_path / "pulled"
     code, got = run_json("pull", ref, "--trust", trust, "--out", pulled, *tls_registry.options(creds))
