@@ -1,29 +1,36 @@
 """Streaming the payload into a staging directory (docs/format.md, "Installing").
 
-One pass over the chunks, in order, through a :class:`~.pipeline.Pipeline` of three stages that
-each see every block read, on their own threads (docs/benchmarks.md has the measurements):
+One pass over the chunks, in order, through a :class:`~.pipeline.Pipeline` of two stages that each
+see every block read, on their own threads (docs/benchmarks.md has the measurements):
 
-- the chunk check hashes each byte into its chunk's hash and compares it at the chunk's end;
 - the stream check compares each tar header region with the manifest, hashes each file byte into
   its file's hash and compares it at the file's end, and refuses non-zero padding;
 - the writer creates each file in staging, where the signed manifest says, and writes its bytes.
 
-All three read the same buffer, which is not refilled until all three are done with it: the
-installer hashes what it writes, so media that changes between reads cannot slip in unverified
-bytes (RAUC CVE-2020-25860). Layout comes from the signed manifest alone; tar headers are only
-compared. Nothing becomes visible before every check passed: the staging directory is renamed into
-place by the caller only after :func:`extract_payload` returned, and removed on any error.
+Both read the same buffer, which is not refilled until both are done with it: the installer hashes
+what it writes, so media that changes between reads cannot slip in unverified bytes (RAUC
+CVE-2020-25860). Layout comes from the signed manifest alone; tar headers are only compared.
+Nothing becomes visible before every check passed: the staging directory is renamed into place by
+the caller only after :func:`extract_payload` returned, and removed on any error.
 
-Why the file hash is still checked although every byte written is already covered by a verified
-chunk hash: against an outside attacker it adds nothing (a file that passes its chunk hashes but not
-its file hash would take a SHA-256 second preimage, or a signer who signed an inconsistent
-manifest), but it is the one end-to-end check of this module's own mapping of chunk bytes to file
-bytes (offsets, segment boundaries, buffers shared between threads). It runs on its own core,
-beside the chunk hash, so it costs little wall time.
+Which hash is checked on the way in: the file hashes, and not the chunk hashes, as one SHA-256 pass.
+Every byte that an install makes visible is a file byte, and each file's hash, from the signed
+manifest, is checked over the very buffers that were written; the file hash is also the stronger of
+the two, since it is what a release approves (a build that changes a file and signs chunk hashes
+to match is refused by it alone: tests/security/test_transfer.py). The bytes that never reach the
+disk are checked too: each tar header region against the manifest's entry (section 5.1; headers are
+only compared, never obeyed, and the region's place and length come from the manifest) and every
+byte of padding and of the end of the archive against zero. So a chunk hash would add no check of
+what is installed. It stays the unit of transfer: ``gapship verify``, repair and parity check
+chunks, and so does this module when something fails (next paragraph). Measured on the 2 GiB
+benchmark (docs/benchmarks.md, "Large install"), the second SHA-256 pass was 1.3 of the install's
+3.6 CPU-seconds and kept the install CPU-bound on two cores at about half of the durable write limit.
 
-An error found inside a chunk is reported only after that chunk's hash was checked, so a damaged
-chunk is reported as damage (exit 3), not as whatever the damage looked like: errors are ranked by
-(chunk, kind), and a chunk's own size and hash errors come first.
+A failed install reports a damaged chunk as damage (exit 3), whatever the damage looked like to the
+stream check (a header that no longer matches, exit 6; a file hash, exit 3 naming the file): once
+a stage has failed, the chunks up to the one being read are hashed again from the bundle (that read
+only picks the message; the install is refused either way), and the first whose size or hash is
+wrong is what is reported. Of problems in different chunks, the earliest in the payload wins.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pipeline import Block, Flusher, Pipeline
+from .pipeline import Block, Output, Pipeline
 from .tarstream import check_header_region, is_zero
 from ..bundle.files import chunk_path, open_nofollow
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
-from ..crypto.hashing import Progress, new_hasher, no_progress
+from ..crypto.hashing import READ_SIZE, Progress, hash_fd, new_hasher, no_progress
 from ..formats.manifest import BLOCK, END_OF_ARCHIVE, RECORD, FileEntry, Manifest, padded
 
 HEADER, DATA, ZEROS = "header", "data", "zeros"
@@ -47,9 +54,10 @@ HEADER, DATA, ZEROS = "header", "data", "zeros"
 # end of the archive (docs/format.md "Offsets, header regions and the end of the archive"), both
 # shorter; anything longer simply falls back to the slow is_zero.
 _ZEROS = bytes(END_OF_ARCHIVE + RECORD + BLOCK)
-# Error ranks within one chunk: its size, then its hash, then anything its bytes turned out to hold,
-# then the host's own trouble (a full disk) while writing them.
-SIZE_RANK, HASH_RANK, CONTENT_RANK, HOST_RANK = 0, 1, 2, 3
+# Error ranks within one chunk: its size, then anything its bytes turned out to hold, then the host's
+# own trouble (a full disk) while writing them. A chunk's hash, checked only after a failure
+# (_damaged_chunk), outranks them all.
+SIZE_RANK, CONTENT_RANK, HOST_RANK = 0, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,58 @@ def plan(manifest: Manifest) -> Iterator[Segment]:
     yield Segment(cursor, manifest.payload_size, ZEROS)
 
 
+# -- lanes: the payload cut into runs of whole files, read interleaved so that files hash in parallel --
+
+# SHA-256 is sequential within one file, so one stream check is one core, whatever the machine has:
+# on the 2 GiB benchmark the file hashes alone took 1.3 to 1.6 s, more than the disk needs to take the
+# bytes durably. So the payload is cut, at file boundaries, into runs of at least RUN_MIN bytes, and
+# the runs are dealt to LANES lanes (the one with the fewest bytes so far takes the next run). Each
+# lane has its own stream check and writer, on their own threads, and the producer reads a block of
+# each lane in turn: two large files are hashed and written at once, each byte still read once,
+# into one pool of buffers. A run holds whole files, headers and padding included, so every check
+# of a lane sees all it needs.
+RUN_MIN = 32 * 1024 * 1024
+LANES = max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    start: int
+    end: int
+    lane: int
+
+
+def runs(manifest: Manifest, lanes: int) -> list[Run]:
+    """The payload [0, payload_size) cut before a file's header region once at least RUN_MIN bytes
+    were taken since the last cut, each run given to the lane with the fewest bytes so far."""
+    cuts, cursor = [0], 0
+    for f in manifest.payload_files():
+        if cursor - cuts[-1] >= RUN_MIN:
+            cuts.append(cursor)
+        cursor = padded(f.end)
+    cuts.append(manifest.payload_size)
+    load = [0] * lanes
+    out = []
+    for start, end in zip(cuts, cuts[1:]):
+        lane = min(range(lanes), key=lambda k: load[k])
+        load[lane] += end - start
+        out.append(Run(start, end, lane))
+    return out
+
+
+def lane_plan(manifest: Manifest, lane_runs: list[Run]) -> Iterator[Segment]:
+    """The segments of :func:`plan` that start inside ``lane_runs`` (one lane's runs, in order)."""
+    pending = iter(lane_runs)
+    run = next(pending, None)
+    for seg in plan(manifest):
+        while run is not None and seg.start >= run.end:
+            run = next(pending, None)
+        if run is None:
+            return
+        if seg.start >= run.start:
+            yield seg
+
+
 class _Cursor:
     """Walks the segment plan in step with the blocks of the stream (each stage has its own)."""
 
@@ -96,26 +156,6 @@ class _Cursor:
             start, pos = start + take, pos + take
             if done:
                 self.segment = next(self.segments, None)
-
-
-class _ChunkCheck:
-    """Each chunk's bytes into its hash; compared when the chunk's last block arrives."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.hasher: Any = None
-
-    def feed(self, block: Block) -> None:
-        if self.hasher is None:
-            self.hasher = new_hasher(self.manifest.hash_algorithm)
-        self.hasher.update(block.data)
-        if block.last:
-            chunk = self.manifest.chunks[block.tag]
-            digest, self.hasher = self.hasher.hexdigest(), None
-            if digest != chunk.hash:
-                subject = f"chunks/{chunk.name}"
-                raise IntegrityError(f"{subject} does not match its {self.manifest.hash_algorithm} hash in the manifest",
-                                     subject=subject)
 
 
 class _HeaderCheck:
@@ -158,10 +198,11 @@ class _HeaderCheck:
 
 
 class _StreamCheck:
-    """Everything the payload's bytes must prove, apart from chunk hashes: each tar header region
-    declares exactly its manifest entry, each file's bytes match its hash, padding is zero."""
+    """Everything one lane's bytes must prove: each tar header region declares exactly its manifest
+    entry, each file's bytes match its hash, padding is zero."""
 
-    def __init__(self, segments: Iterator[Segment], algorithm: str) -> None:
+    def __init__(self, segments: Iterator[Segment], algorithm: str, lane: int = 0) -> None:
+        self.lane = lane
         self.cursor = _Cursor(segments)
         self.algorithm = algorithm
         self.header = bytearray()
@@ -169,6 +210,8 @@ class _StreamCheck:
         self.hasher: Any = None
 
     def feed(self, block: Block) -> None:
+        if block.lane != self.lane:
+            return
         for seg, piece, done in self.cursor.pieces(block.data, block.position):
             if seg.kind == DATA:
                 if self.hasher is None:
@@ -201,18 +244,20 @@ class _Writer:
     nothing: the checks run beside it (:class:`_StreamCheck`), and a failed check removes the whole
     staging directory, so a file may be created before its header region was compared."""
 
-    def __init__(self, root: Path, segments: Iterator[Segment], select: Callable[[FileEntry], bool] | None) -> None:
+    def __init__(self, root: Path, segments: Iterator[Segment], select: Callable[[FileEntry], bool] | None,
+                 lane: int = 0) -> None:
+        self.lane = lane
         self.root = root
         self.select = select
         self.cursor = _Cursor(segments)
         self.dirs: set[str] = set()
         self.dir_name: str | None = None
         self.dir_fd = -1  # the directory files are being created in: a short path walk per file
-        self.fd = -1
-        self.written = 0  # bytes of the open file
-        self.flusher = Flusher()
+        self.out = Output()  # the open file, if any (large ones written with O_DIRECT)
 
     def feed(self, block: Block) -> None:
+        if block.lane != self.lane:
+            return
         for seg, piece, done in self.cursor.pieces(block.data, block.position):
             if seg.kind == DATA:
                 self._write(piece)
@@ -229,27 +274,24 @@ class _Writer:
         parent, _, name = f.path.rpartition("/")
         if parent != self.dir_name:
             self._enter(parent)
-        self.fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                          dir_fd=self.dir_fd)
-        self.written = 0
-        self.flusher.new_file()
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.dir_fd)
+        self.out.start(fd, f.size)
         if f.size == 0:
             self._close(f)
 
     def _write(self, piece: memoryview) -> None:
-        if self.fd < 0:
-            return
-        self.written += len(piece)
-        while len(piece):
-            piece = piece[os.write(self.fd, piece):]
-        self.flusher.wrote(self.fd, self.written)
+        if self.out.fd >= 0:
+            self.out.write(piece)
 
     def _close(self, f: FileEntry) -> None:
-        if self.fd < 0:
+        if self.out.fd < 0:
             return
-        os.fchmod(self.fd, f.mode)
-        os.close(self.fd)
-        self.fd = -1
+        fd = self.out.finish()
+        try:
+            os.fchmod(fd, f.mode)
+        finally:
+            os.close(fd)
 
     def _enter(self, parent: str) -> None:
         """Make ``parent`` the directory new files go into (the manifest's paths are already checked
@@ -266,64 +308,158 @@ class _Writer:
 
     def abort(self) -> None:
         """Close whatever is open (after success too)."""
-        self.flusher.close()
-        for fd in (self.fd, self.dir_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.fd = self.dir_fd = -1
+        self.out.close()
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: Progress = no_progress,
                     select: Callable[[FileEntry], bool] | None = None) -> None:
     """Write every file of ``manifest`` under ``root`` (an empty private directory), or raise.
-    With ``select``, only the files it accepts are written; the others are still read, checked
-    (header, hash) and hashed into their chunk, so the chunk checks are unchanged."""
-    writer = _Writer(root, plan(manifest), select)
-    stages = (_ChunkCheck(manifest), _StreamCheck(plan(manifest), manifest.hash_algorithm), writer)
-    pipeline = Pipeline(stages, ranks=(HASH_RANK, CONTENT_RANK, HOST_RANK), keep_going=(True, False, False),
-                        name="gapship-install")
+    With ``select``, only the files it accepts are written; the others are still read and checked
+    (header, hash), so what is refused does not depend on the site."""
+    cut = runs(manifest, LANES)
+    lanes = sorted({r.lane for r in cut})
+    checks = [_StreamCheck(lane_plan(manifest, [r for r in cut if r.lane == k]), manifest.hash_algorithm, k)
+              for k in lanes]
+    writers = [_Writer(root, lane_plan(manifest, [r for r in cut if r.lane == k]), select, k) for k in lanes]
+    # The checks keep going after another lane failed: an earlier problem in their lane must still be
+    # found, so that the first problem in the payload is the one reported (the producer stops each lane
+    # at the failure's position).
+    pipeline = Pipeline([*checks, *writers], ranks=[CONTENT_RANK] * len(checks) + [HOST_RANK] * len(writers),
+                        keep_going=[True] * len(checks) + [False] * len(writers), name="gapship-install")
+    readers = [_LaneReader(bundle, manifest, [r for r in cut if r.lane == k], k, pipeline, progress,
+                           to=(i, len(checks) + i)) for i, k in enumerate(lanes)]
     try:
-        for index in range(len(manifest.chunks)):
-            try:
-                _read_chunk(bundle, manifest, index, pipeline, progress)
-            except GapshipError as e:  # a missing or unreadable chunk: ranked like its size
-                pipeline.record(e, tag=index, rank=SIZE_RANK, position=manifest.chunk_offset(index))
-            if pipeline.failed():
-                break
+        try:
+            _interleave(readers, pipeline)
+        finally:
+            for reader in readers:
+                reader.close()
         pipeline.close()
-    except OSError as e:
-        raise _host_error(e, root) from None
+    except (GapshipError, OSError) as e:
+        first = pipeline.first_error()
+        if first is not None:
+            # A chunk with a size error is itself the damage; before it, any damaged chunk wins.
+            damaged = _damaged_chunk(bundle, manifest, until=first.tag + (first.rank != SIZE_RANK))
+            if damaged is not None:
+                raise damaged from None
+        if isinstance(e, OSError):
+            raise _host_error(e, root) from None
+        raise
     finally:
         pipeline.abort()
-        writer.abort()
+        for writer in writers:
+            writer.abort()
 
 
-def _read_chunk(bundle: Path, m: Manifest, index: int, pipeline: Pipeline, progress: Progress) -> None:
-    """Read chunk ``index`` into the pipeline, all of it even after a stage failed, so that its own
-    hash is known before anything its bytes caused is reported."""
-    chunk = m.chunks[index]
-    subject = f"chunks/{chunk.name}"
-    start = m.chunk_offset(index)
-    fd = open_nofollow(chunk_path(bundle, chunk.name))
-    try:
-        seen = 0
-        while seen < chunk.size:
-            slot, view = pipeline.acquire()
-            n = os.readv(fd, [view[: min(len(view), chunk.size - seen)]])
-            if n == 0:
-                pipeline.release(slot)
-                pipeline.record(IntegrityError(f"{subject} is truncated: {seen} of {chunk.size} bytes", subject=subject),
-                                tag=index, rank=SIZE_RANK, position=start + seen)
-                return
-            last = seen + n == chunk.size
-            if last and os.read(fd, 1):  # one byte past the declared end: the chunk was extended
-                pipeline.record(IntegrityError(f"{subject} is longer than the {chunk.size} bytes the manifest declares",
-                                               subject=subject), tag=index, rank=SIZE_RANK, position=start + seen)
-            pipeline.submit(slot, Block(view[:n], start + seen, index, last))
-            seen += n
-            progress(n)
-    finally:
-        os.close(fd)
+def _interleave(readers: list[_LaneReader], pipeline: Pipeline) -> None:
+    """A block of each lane in turn. Once something failed, a lane goes on only while it is still
+    before the failure in the payload: whatever it finds there is the earlier problem."""
+    active = list(readers)
+    while active:
+        for reader in list(active):
+            if not reader.step():
+                active.remove(reader)
+        first = pipeline.first_error()
+        if first is not None:
+            active = [r for r in active if r.position < first.position]
+
+
+def open_chunk(bundle: Path, m: Manifest, index: int) -> int:
+    """A read-only descriptor on chunk ``index``'s bytes: the one place the install gets a chunk from
+    (a missing chunk, a symlink or a special file is refused as damage, exit 3)."""
+    return open_nofollow(chunk_path(bundle, m.chunks[index].name))
+
+
+class _LaneReader:
+    """Reads one lane's runs, a block at a time, never across a chunk's end or a run's end. A chunk
+    shorter or longer than declared is recorded as that chunk's damage; the lane then stops."""
+
+    def __init__(self, bundle: Path, m: Manifest, lane_runs: list[Run], lane: int, pipeline: Pipeline,
+                 progress: Progress, *, to: tuple[int, int]) -> None:
+        self.bundle, self.m, self.lane, self.pipeline, self.progress = bundle, m, lane, pipeline, progress
+        self.to = to  # this lane's stream check and writer: no other stage sees its blocks
+        self.runs = iter(lane_runs)
+        run = next(self.runs)
+        self.position, self.end = run.start, run.end
+        self.index, self.fd = -1, -1  # the chunk open for reading
+
+    def step(self) -> bool:
+        """Read and hand out one block; False when the lane is done (or stopped by damage)."""
+        if self.position >= self.end:
+            run = next(self.runs, None)
+            if run is None:
+                return False
+            self.position, self.end = run.start, run.end
+        m = self.m
+        index = self.position // m.chunk_size
+        start = m.chunk_offset(index)
+        size = m.chunks[index].size
+        if index != self.index and not self._open(index):
+            return False
+        slot, view = self.pipeline.acquire()
+        want = min(len(view), self.end - self.position, start + size - self.position)
+        inside = self.position - start
+        n = os.preadv(self.fd, [view[:want]], inside)
+        if n < want:
+            self.pipeline.release(slot)
+            return self._damage(index, f"is truncated: {os.fstat(self.fd).st_size} of {size} bytes", inside + n)
+        last = inside + n == size
+        if last and os.pread(self.fd, 1, size):  # one byte past the declared end: the chunk was extended
+            self._damage(index, f"is longer than the {size} bytes the manifest declares", size)
+        self.pipeline.submit(slot, Block(view[:n], self.position, index, last, self.lane), to=self.to)
+        self.position += n
+        self.progress(n)
+        return True
+
+    def _open(self, index: int) -> bool:
+        self.close()
+        try:
+            self.fd = open_chunk(self.bundle, self.m, index)
+        except GapshipError as e:  # a missing or unreadable chunk: ranked like its size
+            self.pipeline.record(e, tag=index, rank=SIZE_RANK, position=self.position)
+            return False
+        self.index = index
+        return True
+
+    def _damage(self, index: int, what: str, inside: int) -> bool:
+        subject = f"chunks/{self.m.chunks[index].name}"
+        self.pipeline.record(IntegrityError(f"{subject} {what}", subject=subject), tag=index, rank=SIZE_RANK,
+                             position=self.m.chunk_offset(index) + inside)
+        return False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd, self.index = -1, -1
+
+
+def _damaged_chunk(bundle: Path, m: Manifest, *, until: int) -> GapshipError | None:
+    """After a failure: the first of chunks ``0 .. until - 1`` whose size or hash is wrong, as the
+    error to report (module docstring), or None when they are all intact."""
+    buffer = bytearray(READ_SIZE)
+    for index in range(min(until, len(m.chunks))):
+        chunk = m.chunks[index]
+        subject = f"chunks/{chunk.name}"
+        try:
+            fd = open_chunk(bundle, m, index)
+        except GapshipError as e:
+            return e
+        try:
+            digest, seen = hash_fd(fd, m.hash_algorithm, limit=chunk.size, buffer=buffer)
+        finally:
+            os.close(fd)
+        if seen < chunk.size:
+            return IntegrityError(f"{subject} is truncated: {seen} of {chunk.size} bytes", subject=subject)
+        if seen > chunk.size:
+            return IntegrityError(f"{subject} is longer than the {chunk.size} bytes the manifest declares",
+                                  subject=subject)
+        if digest != chunk.hash:
+            return IntegrityError(f"{subject} does not match its {m.hash_algorithm} hash in the manifest",
+                                  subject=subject)
+    return None
 
 
 def _host_error(e: OSError, root: Path) -> GapshipError:

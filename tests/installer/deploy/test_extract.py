@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from gapship.bundler.payload import member_header
 from gapship.bundler.sign import write_signature
+from gapship.installer.deploy import extract as _extract
 from gapship.installer.deploy import pipeline as _pipeline
 from gapship.installer.deploy.extract import _HeaderCheck
 from gapship.installer.deploy.tarstream import check_header_region
@@ -83,6 +84,14 @@ def resign(bundle: Path, key: KeyPair, *, payload: Callable[[bytearray], None] =
     write_signature(bundle, data_bytes, key.key)
 
 
+@pytest.fixture(autouse=True, params=["one-lane", "lanes"])
+def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: the payload as one lane, and cut before every file into runs dealt to two
+    lanes that are read interleaved (installer/deploy/extract.py)."""
+    monkeypatch.setattr(_extract, "LANES", 2)
+    monkeypatch.setattr(_extract, "RUN_MIN", 1 if request.param == "lanes" else 2**62)
+
+
 @pytest.fixture
 def setup(tmp_path: Path, make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
           make_bundle: Callable[..., Path]) -> tuple[Path, Path, Path, KeyPair]:
@@ -98,11 +107,15 @@ def install_fails(bundle: Path, trust: Path, prefix: Path, *, code: int, kind: s
     return message
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["page-cache", "o-direct"])
 @pytest.mark.parametrize(("block", "chunk"), [(512, 512), (700, 1000), (4096, 1536), (0, 4096)])
 def test_installs_exact_bytes_for_any_block_and_chunk_size(
-        block: int, chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_key: Callable[[str], KeyPair],
-        make_trust: Callable[..., Path], make_bundle: Callable[..., Path]) -> None:
+        block: int, chunk: int, direct: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path], make_bundle: Callable[..., Path]) -> None:
+    """Any cut of the stream, with every file through the page cache, or every file written with
+    O_DIRECT where its pieces are aligned (its unaligned pieces through the page cache)."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.setattr(_pipeline, "DIRECT_MIN", 1 if direct else 2**62)
     key = make_key("release")
     reference = make_bundle(key, files=FILES, chunk_size=chunk)  # the default 1 MiB blocks
     if block:
