@@ -86,8 +86,8 @@ def resign(bundle: Path, key: KeyPair, *, payload: Callable[[bytearray], None] =
 
 @pytest.fixture(autouse=True, params=["one-lane", "lanes"])
 def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test twice: the payload as one lane, and cut before every file into runs dealt to two
-    lanes that are read interleaved (installer/deploy/extract.py)."""
+    """Every test twice: the payload as one lane, and every non-empty file a run of its own, dealt
+    to two lanes that are read interleaved (installer/deploy/extract.py)."""
     monkeypatch.setattr(_extract, "LANES", 2)
     monkeypatch.setattr(_extract, "RUN_MIN", 1 if request.param == "lanes" else 2**62)
 
@@ -270,3 +270,24 @@ def test_header_shortcut_takes_the_common_case() -> None:
     checker.check(member_header(entries[0].path, entries[0].size, entries[0].mode, MTIME), entries[0])
     for e in entries[1:]:
         assert checker._expected(e) == member_header(e.path, e.size, e.mode, MTIME)
+
+
+@pytest.mark.parametrize("lanes_count", [1, 2, 3])
+@pytest.mark.parametrize("run_min", [1, 600, 5000, 2**62])
+def test_lanes_cover_the_payload_once_in_order(lanes_count: int, run_min: int, setup: tuple[Path, Path, Path, KeyPair],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs tile [0, payload_size) at file boundaries, and the lanes' plans together are the
+    whole plan: every segment exactly once, each lane's in payload order."""
+    bundle = setup[0]
+    m = Manifest.from_bytes((bundle / "manifest.json").read_bytes())
+    monkeypatch.setattr(_extract, "RUN_MIN", run_min)
+    cut = _extract.runs(m, lanes_count)
+    assert [r.start for r in cut][0] == 0 and cut[-1].end == m.payload_size
+    assert all(a.end == b.start for a, b in zip(cut, cut[1:]))
+    whole = list(_extract.plan(m))
+    starts = {s.start for s in whole if s.kind == _extract.HEADER}
+    assert all(r.start in starts | {0, whole[-1].start} for r in cut)  # before a header or the end of the archive
+    lanes = [list(_extract.plan(m, [r for r in cut if r.lane == k])) for k in range(lanes_count)]
+    for lane in lanes:
+        assert lane == sorted(lane, key=lambda s: s.start)
+    assert sorted((s for lane in lanes for s in lane), key=lambda s: s.start) == whole
