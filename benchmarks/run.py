@@ -72,7 +72,7 @@ safeguards = ["audit-log"]
 [models.{model}]
 sites = ["bench"]
 """
-TARGETS_NOTE = "targets from issue 6 (2-core machine)"
+TARGETS_NOTE = "targets from issues 6 and 16 (2-core machine)"
 LIMIT_SHARE = "large install as a share of the durable write limit (1 = as fast as the disk allows)"
 LIMIT_VS_TAR = "durable write limit vs tar -x alone (the most any install that flushes can reach)"
 
@@ -428,12 +428,15 @@ def targets(rows: list[dict[str, object]]) -> list[Target]:
         return found[0] if found else None
 
     wanted = [
+        ("install (large) vs durable write limit, >= 0.85 of it", ("large", "install", "durable write limit"), 0.85),
         ("install (large) vs tar -x, speed-up >= 1.5", ("large", "install", "tar -x"), 1.5),
         ("install (large) vs three-pass, speed-up >= 4", ("large", "install", "three-pass"), 4.0),
         ("verify (large) vs one openssl dgst, speed-up >= 1.7", ("large", "verify", "openssl"), 1.7),
         ("verify (large) vs parallel SHA-256 limit, >= 0.85 of it", ("large", "verify", "parallel"), 0.85),
         ("build (large) vs tar -c | sha256sum, speed-up >= 1", ("large", "build", "tar -c | sha256sum"), 1.0),
-        ("install (small files) vs tar -x, speed-up >= 1", ("small", "install", "tar -x"), 1.0),
+        ("build (large) vs tar -c | openssl dgst, >= 0.6 of it", ("large", "build", "tar -c | openssl"), 0.6),
+        ("install (small files) vs tar -x; sync, speed-up >= 1", ("small", "install", "tar -x; sync"), 1.0),
+        ("install (small files) vs tar -x, >= 0.8 of it", ("small", "install", "tar -x"), 0.8),
     ]
     out = []
     for text, (dataset, step, name), goal in wanted:

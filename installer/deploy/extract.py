@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pipeline import Block, Flusher, Pipeline
+from .pipeline import Block, Output, Pipeline
 from .tarstream import check_header_region, is_zero
 from ..bundle.source import source_for
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
@@ -209,8 +209,9 @@ class _Writer:
         self.dir_name: str | None = None
         self.dir_fd = -1  # the directory files are being created in: a short path walk per file
         self.fd = -1
-        self.written = 0  # bytes of the open file
-        self.flusher = Flusher()
+        # large files with O_DIRECT from the pipeline's page-aligned buffers (no page-cache copy), the
+        # rest through the page cache with early write-back (pipeline.Output)
+        self.out = Output()
 
     def feed(self, block: Block) -> None:
         for seg, piece, done in self.cursor.pieces(block.data, block.position):
@@ -231,24 +232,20 @@ class _Writer:
             self._enter(parent)
         self.fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                           dir_fd=self.dir_fd)
-        self.written = 0
-        self.flusher.new_file()
+        self.out.start(self.fd, f.size)
         if f.size == 0:
             self._close(f)
 
     def _write(self, piece: memoryview) -> None:
         if self.fd < 0:
             return
-        self.written += len(piece)
-        while len(piece):
-            piece = piece[os.write(self.fd, piece):]
-        self.flusher.wrote(self.fd, self.written)
+        self.out.write(piece)
 
     def _close(self, f: FileEntry) -> None:
         if self.fd < 0:
             return
         os.fchmod(self.fd, f.mode)
-        os.close(self.fd)
+        os.close(self.out.finish())
         self.fd = -1
 
     def _enter(self, parent: str) -> None:
@@ -266,10 +263,9 @@ class _Writer:
 
     def abort(self) -> None:
         """Close whatever is open (after success too)."""
-        self.flusher.close()
-        for fd in (self.fd, self.dir_fd):
-            if fd >= 0:
-                os.close(fd)
+        self.out.close()  # closes the open file, if any
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
         self.fd = self.dir_fd = -1
 
 

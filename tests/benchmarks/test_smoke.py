@@ -53,7 +53,7 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
     targets = report["targets"]
     assert [t["target"] for t in targets][-1].startswith("peak RSS")  # type: ignore[index]
     uv = any(str(r["contender"]).startswith("uv ") for r in rows)
-    assert len(targets) == 7 + (4 if uv else 2)  # type: ignore[arg-type]
+    assert len(targets) == 10 + (4 if uv else 2)  # type: ignore[arg-type]
     assert "small made-up wheels" in str(report["settings"]["deps_wheels"])  # type: ignore[index]
     bounds: list[dict[str, object]] = report["bounds"]  # type: ignore[assignment]
     assert [b["figure"] for b in bounds] == [_load_script().LIMIT_SHARE, _load_script().LIMIT_VS_TAR]

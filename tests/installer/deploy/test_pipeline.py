@@ -154,3 +154,86 @@ def test_producer_does_not_hang_if_a_stage_thread_dies() -> None:
     pipeline._queues[0].put(object())  # type: ignore[arg-type]  # not unpackable: the thread dies
     with pytest.raises(RuntimeError, match="stage stopped unexpectedly"):
         produce(pipeline, 5)
+
+
+# -- Output: large files with O_DIRECT, the rest through the page cache ---------------------------
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[memoryview]:
+    """``data`` copied into a page-aligned mapping (as the pipeline's buffers are), cut at ``cuts``."""
+    import mmap
+
+    buffer = mmap.mmap(-1, max(len(data), 1))
+    buffer[:len(data)] = data
+    view, out, start = memoryview(buffer), [], 0
+    for end in [*cuts, len(data)]:
+        out.append(view[start:end])
+        start = end
+    return out
+
+
+def _output_flags(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+@pytest.mark.parametrize("cuts", [[], [512], [4096, 8192], [1000], [512, 1536, 1537]])
+def test_output_writes_exact_bytes_direct_where_aligned(cuts: list[int], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gapship.installer.deploy import pipeline as _pipeline
+
+    monkeypatch.setattr(_pipeline, "DIRECT_MIN", 1)
+    data = os.urandom(3 * 4096 + 77)
+    out = _pipeline.Output()
+    path = tmp_path / "f.bin"
+    out.start(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), len(data))
+    if not out.direct:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    for piece in _pieces(data, cuts):
+        was_direct = out.direct
+        out.write(piece)
+        assert out.direct == (was_direct and len(piece) % 512 == 0)  # an unaligned piece ends direct writing
+    assert not _output_flags(out.fd) & os.O_DIRECT  # the unaligned tail went through the page cache
+    os.close(out.finish())
+    out.close()
+    assert path.read_bytes() == data
+
+
+def test_output_falls_back_to_the_page_cache_where_o_direct_is_refused(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs and some other filesystems refuse O_DIRECT (EINVAL): the file is written all the same."""
+    import errno
+    import fcntl
+
+    from gapship.installer.deploy import pipeline as _pipeline
+
+    real = fcntl.fcntl
+
+    def refuse_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(_pipeline, "DIRECT_MIN", 1)
+    monkeypatch.setattr(_pipeline.fcntl, "fcntl", refuse_direct)
+    data = os.urandom(8192)
+    out = _pipeline.Output()
+    path = tmp_path / "f.bin"
+    out.start(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), len(data))
+    assert not out.direct and not out.direct_works
+    for piece in _pieces(data, [4096]):
+        out.write(piece)
+    os.close(out.finish())
+    out.close()
+    assert path.read_bytes() == data
+
+
+def test_output_keeps_small_files_in_the_page_cache(tmp_path: Path) -> None:
+    from gapship.installer.deploy.pipeline import DIRECT_MIN, Output
+
+    out = Output()
+    out.start(os.open(tmp_path / "small", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), DIRECT_MIN - 1)
+    assert not out.direct
+    os.close(out.finish())
+    out.close()
