@@ -630,7 +630,7 @@ class TransparencyLog:
         pos, stop = self._offset(first), self._offset(end)
         if first and os.pread(self._fd, 1, pos - 1) != b"\n":
             raise self._bad_store(f"index entry {first - 1} (the end of record {first}) is not the end of a line")
-        if stop != self._known_bytes:
+        if end == self.size and stop != self._known_bytes:
             raise self._bad_store(f"index entry {end - 1} (the end of record {end}) is not the end of the records")
         level0, i, carry = self._level(0), first, b""
         while pos < stop:
@@ -686,6 +686,9 @@ class TransparencyLog:
                 have = os.pread(fd, 32 * m, 32 * j)
                 if have != want:
                     d = _first_diff(have, want, 32)
+                    if first and (j + d) << level < first:  # it covers older leaves too: is a child the bad
+                        self._check_leaves(0, first)       # one? (the whole tree checked, to name the
+                        self._check_nodes(0, end)          # deepest; on this failure path only)
                     what = "is missing" if len(have) < (d + 1) * 32 else "is not the hash of its two children"
                     raise self._bad_store(f"node {j + d} of level-{level:02d} {what}")
                 j += m
