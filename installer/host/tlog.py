@@ -21,6 +21,9 @@ with one ``write``, then ``fdatasync``: one sync per batch, however many records
 commit). A record is acknowledged only after that sync. A write or sync that fails (a full disk) is cut
 off again, so what was acknowledged stays and nothing half-written does; a process killed half-way
 leaves at most an unacknowledged torn tail, which the next open cuts off.
+
+A checkpoint is signed only after the store was checked against the records since the last
+checkpoint this host signed, and the tree against that checkpoint (:meth:`TransparencyLog.check_store`).
 """
 
 from __future__ import annotations
