@@ -476,3 +476,18 @@ def test_append_with_checkpoints_refuses_a_level_truncated_under_it(tmp_path: Pa
     assert proc.returncode == 3, err
     assert b"leaf 5 in level-00" in err and b"nothing signed" in err
     assert not list((tmp_path / "log.jsonl.tree" / "checkpoints").glob("*.note"))
+
+
+def test_export_since_refuses_to_sign_over_a_bad_store(signed_site: Site) -> None:
+    _flip(signed_site.log.with_name("audit.jsonl.tree") / "level-00", 45)
+    out = signed_site.vendor / "exp"
+    done = run("audit", "export", "--log", signed_site.log, "--since", signed_site.vendor / "cp1", "--out", out,
+               "--host-key", signed_site.key)
+    assert done.exit_code == 3 and "leaf 45 in level-00" in done.output, done.output
+    assert not out.exists()
+    assert [p.name for p in (signed_site.log.with_name("audit.jsonl.tree") / "checkpoints").glob("*.note")] == [
+        "0000000000000040.note"]
+    _refused(signed_site, "cp2", "leaf 45 in level-00")
+    exported = signed_site.export(signed_site.vendor / "cp1", "exp")
+    code, output = signed_site.verify(exported, signed_site.vendor / "cp1")
+    assert code == 0, output
