@@ -114,23 +114,42 @@ def append_command(log: Path | None, max_batch: int, max_delay_ms: float, ack: b
 @_HOST_KEY_OPTION
 @_PQ_KEY_OPTION
 @_TRUST_OPTION
+@click.option("--rebuild-store", is_flag=True,
+              help="First rebuild the node store (LOG.tree/) from the records, then check and sign: the repair "
+                   "when the check finds the store does not match them.")
 @json_option
 def checkpoint_command(log: Path | None, out: Path, host_key_path: Path | None, pq_key_path: Path | None,
-                       trust_dir: Path | None, as_json: bool) -> None:
-    """Sign a checkpoint of the transparency log (C2SP tlog-checkpoint: origin, size, root hash)."""
+                       trust_dir: Path | None, rebuild_store: bool, as_json: bool) -> None:
+    """Sign a checkpoint of the transparency log (C2SP tlog-checkpoint: origin, size, root hash).
+
+    The node store is first checked against the records since the last checkpoint this host signed
+    (the whole tree for the first), and the tree against that checkpoint: a mismatch exits 3 and
+    nothing is signed."""
     from ..host.atomic import atomic_write
 
     path = log or site_log(DEFAULT_LOG)
     _check_out(out)
     with TransparencyLog.open(path) as tlog:
         keys, made = signers(tlog, host_key_path, pq_key_path, trust_dir)
-        cp, note = tlog.checkpoint(keys)
+        cp, note = tlog.checkpoint(keys, rebuild=rebuild_store)
+        check = tlog.last_check
+    assert check is not None
     atomic_write(out, note)
     from ..host.tlog_export import b64
 
+    checked = (f"checked records {check.since + 1}..{check.size} against the node store"
+               if check.size > check.since else "no records since it")
+    lines = [f"rebuilt the node store of {path} from its {check.size} record(s)"] if check.rebuilt else []
+    if check.source:
+        lines.append(f"{checked}; the tree is consistent with the checkpoint of size {check.since} this host "
+                     f"signed ({check.source})" + (": the rebuild made the store consistent" if check.rebuilt else ""))
+    else:
+        lines.append(f"no earlier checkpoint by this host: checked the whole tree ({check.size} record(s)) against "
+                     "the records" + (": the rebuilt store matches them" if check.rebuilt else ""))
     emit(as_json, {"log": str(path), "out": str(out), "origin": cp.origin, "size": cp.size, "root": b64(cp.root),
-                   "algorithms": [k.public.algorithm for k in keys]},
-         [*made, f"checkpoint of {path}: {cp.size} record(s), root {b64(cp.root)}, signed by "
+                   "algorithms": [k.public.algorithm for k in keys], "checked_from": check.since,
+                   "consistent_with": check.source or None, "rebuilt": check.rebuilt},
+         [*made, *lines, f"checkpoint of {path}: {cp.size} record(s), root {b64(cp.root)}, signed by "
           f"{', '.join(k.public.algorithm for k in keys)}; written to {out}"])
 
 

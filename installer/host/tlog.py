@@ -21,6 +21,9 @@ with one ``write``, then ``fdatasync``: one sync per batch, however many records
 commit). A record is acknowledged only after that sync. A write or sync that fails (a full disk) is cut
 off again, so what was acknowledged stays and nothing half-written does; a process killed half-way
 leaves at most an unacknowledged torn tail, which the next open cuts off.
+
+A checkpoint is signed only after the store was checked against the records since the last
+checkpoint this host signed, and the tree against that checkpoint (:meth:`TransparencyLog.check_store`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ MAX_LINE_BYTES = 64 * 1024  # as installer/host/audit.py: a record line, newline
 MAX_DEPTH = 32
 RESERVED = ("seq", "prev", "audit_version")
 MAX_CHECKPOINT_BYTES = 64 * 1024
+MAX_NOTES_TRIED = 16  # kept checkpoints tried (largest first) for the last one this host signed
 _SHA256 = hashlib.sha256
 _DECODE = json.JSONDecoder().decode
 # the chain's canonical JSON (installer/kit.py canonical_json), as a bound method: one record per call
@@ -183,6 +187,25 @@ class Recovery:
     adopted_lines: int = 0
 
 
+@dataclass(frozen=True)
+class StoreCheck:
+    """What was checked before a checkpoint was signed: leaves ``since`` .. ``size - 1`` against the
+    records (``since`` 0: the whole tree), and consistency with the checkpoint in ``source``."""
+
+    since: int
+    size: int
+    source: str
+    rebuilt: bool
+
+
+def _first_diff(a: bytes, b: bytes, width: int) -> int:
+    """The index of the first ``width``-byte item where ``a`` and ``b`` differ (or where one ends)."""
+    for i in range(0, max(len(a), len(b)), width):
+        if a[i:i + width] != b[i:i + width]:
+            return i // width
+    return min(len(a), len(b)) // width
+
+
 def tree_dir(path: Path) -> Path:
     return path.with_name(path.name + ".tree")
 
@@ -211,6 +234,9 @@ class TransparencyLog:
         self._seq = 0
         self._prev = GENESIS
         self.recovery = Recovery()
+        self._signed: Checkpoint | None = None  # the last checkpoint this object signed
+        self.rebuilt = False  # the store was rebuilt from the records (checkpoint(rebuild=True))
+        self.last_check: StoreCheck | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -503,17 +529,173 @@ class TransparencyLog:
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
-    def checkpoint(self, signers: Sequence[NoteSigner]) -> tuple[Checkpoint, bytes]:
-        """Sign a checkpoint of the tree as it is now, keep it in ``checkpoints/``, return it."""
+    def checkpoint(self, signers: Sequence[NoteSigner], *, rebuild: bool = False) -> tuple[Checkpoint, bytes]:
+        """Sign a checkpoint of the tree as it is now, keep it in ``checkpoints/``, return it.
+
+        The root is signed only once it is checked (:meth:`check_store`): the store against the
+        records since the last checkpoint this host signed, and the tree against that checkpoint. A
+        mismatch raises :class:`IntegrityError` (exit 3) naming the first bad leaf or node, and nothing
+        is signed. ``rebuild`` first rebuilds the store from the records (the documented repair)."""
         from ..formats.note import Checkpoint
 
         with self._locked():
-            cp = Checkpoint(origin=self.origin, size=self.size, root=self.root())
+            if rebuild:
+                self._rebuild_store()
+            root, self.last_check = self.check_store(signers)
+            cp = Checkpoint(origin=self.origin, size=self.size, root=root)
             note = cp.sign(signers)
             self._keep(cp, note)
             for fd in [self._index, *self._levels]:
                 os.fsync(fd)  # the proofs of a signed head should survive a power cut too
+            self._signed = cp
         return cp, note
+
+    # -- checking the store before signing ----------------------------------------------------------------
+
+    def _rebuild_store(self) -> None:
+        """Rebuild the node store from the records: the catch-up's own path when the index does not
+        match the lines (every level and the index emptied, then every line adopted again)."""
+        for p in self._dir.glob("level-*"):  # levels this process has not opened, from another store
+            if p.name[6:].isdigit():
+                self._level(int(p.name[6:]))
+        self._truncate_store(0)
+        self._known_bytes = -1
+        self.recovery.adopted_lines = 0
+        self._catch_up()
+        self.rebuilt = True
+
+    def last_signed(self, signers: Sequence[NoteSigner]) -> tuple[Checkpoint, str] | None:
+        """The last checkpoint this host signed for this log, and where it came from: the one this
+        process signed, else the largest note in ``checkpoints/`` whose signature verifies with
+        ``signers``' keys and whose origin is this log's (notes that do not verify are passed over; at
+        most :data:`MAX_NOTES_TRIED` of them)."""
+        from ..errors import GapshipError
+        from ..formats.note import open_checkpoint
+
+        if self._signed is not None:
+            return self._signed, "the checkpoint this process signed"
+        folder = self._dir / "checkpoints"
+        if not folder.is_dir():
+            return None
+        notes = sorted((p for p in folder.glob("*.note") if p.stem.isdigit()), key=lambda p: int(p.stem), reverse=True)
+        keys = [(s.name, s.public) for s in signers]
+        for p in notes[:MAX_NOTES_TRIED]:
+            try:
+                with open(p, "rb") as f:
+                    data = f.read(MAX_CHECKPOINT_BYTES + 1)
+                return open_checkpoint(data, keys, source=str(p), origin=self.origin), str(p)
+            except (OSError, GapshipError):
+                continue
+        return None
+
+    def check_store(self, signers: Sequence[NoteSigner]) -> tuple[bytes, StoreCheck]:
+        """The root of the tree, checked (under the lock): level 0 against the records' lines since the
+        last checkpoint this host signed (the whole tree when there is none), the upper nodes that
+        cover them against their children, and the tree against that checkpoint by a consistency proof
+        from the store. Raises :class:`IntegrityError` naming the first bad leaf or node."""
+        found = self.last_signed(signers)
+        since, source = found if found is not None else (None, "")
+        old = since.size if since is not None else 0
+        n = self.size
+        if since is not None and since.size > n:
+            raise self._contradicts(since, source, f"the log has {n} record(s), fewer than the {since.size} it signed")
+        self._check_leaves(old, n)
+        self._check_nodes(old, n)
+        root = self.root()
+        if since is not None:
+            try:
+                merkle.verify_consistency(old, n, since.root, root, self.consistency_proof(old))
+            except merkle.ProofError:
+                # name the bad node if the store holds one (the whole tree checked: the failure path only)
+                self._check_leaves(0, old)
+                self._check_nodes(0, n)
+                raise self._contradicts(since, source, "the tree of its records is not consistent with it") from None
+        return root, StoreCheck(since=old, size=n, source=source, rebuilt=self.rebuilt)
+
+    def _contradicts(self, since: Checkpoint, source: str, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"audit log {self.path} contradicts the checkpoint of size {since.size} this host signed ({source}): {why}; "
+            "its records were cut or rewritten since; nothing signed", subject=str(self.path),
+            hint=f"the records, not the node store, changed: `gapship audit verify --log {self.path}` shows the "
+                 "damage; a rebuild of the store cannot fix it")
+
+    def _bad_store(self, what: str) -> IntegrityError:
+        return IntegrityError(
+            f"node store {self._dir} does not match the records of {self.path}: {what}; nothing signed",
+            subject=str(self._dir),
+            hint=f"the store is derived from the records: `gapship audit checkpoint --log {self.path} --out FILE "
+                 "--rebuild-store` rebuilds it from them, checks it again and signs")
+
+    def _check_leaves(self, first: int, end: int) -> None:
+        """Level 0 and the index for leaves ``first`` .. ``end - 1`` against the records' lines."""
+        if first >= end:
+            return
+        pos, stop = self._offset(first), self._offset(end)
+        if first and os.pread(self._fd, 1, pos - 1) != b"\n":
+            raise self._bad_store(f"index entry {first - 1} (the end of record {first}) is not the end of a line")
+        if end == self.size and stop != self._known_bytes:
+            raise self._bad_store(f"index entry {end - 1} (the end of record {end}) is not the end of the records")
+        level0, i, carry = self._level(0), first, b""
+        while pos < stop:
+            chunk = carry + os.pread(self._fd, min(8 << 20, stop - pos), pos)
+            if len(chunk) == len(carry):
+                raise IntegrityError(f"{self.path} ends before record {end}", subject=str(self.path))
+            base = pos - len(carry)
+            pos += len(chunk) - len(carry)
+            cut = chunk.rfind(b"\n") + 1
+            parts, carry = chunk[:cut].split(b"\n")[:-1], chunk[cut:]
+            if not parts:
+                continue
+            if i == first and first:
+                self._check_seq(parts[0], first)
+            if i + len(parts) > end:
+                raise self._bad_store(f"the records hold more lines after leaf {first} than the store's {end - first}")
+            sha = _SHA256
+            want = b"".join([sha(b"\x00" + p).digest() for p in parts])
+            have = os.pread(level0, len(want), i * 32)
+            if have != want:
+                raise self._bad_store(f"leaf {i + _first_diff(have, want, 32)} in level-00 is not the hash of its record")
+            ends = _ends(base, parts, 1)
+            if os.pread(self._index, 8 * len(ends), i * 8) != struct.pack(f"<{len(ends)}Q", *ends):
+                have_idx = os.pread(self._index, 8 * len(ends), i * 8)
+                j = _first_diff(have_idx, struct.pack(f"<{len(ends)}Q", *ends), 8)
+                raise self._bad_store(f"index entry {i + j} is not where record {i + j + 1} ends")
+            i += len(parts)
+        if carry or i != end:
+            raise self._bad_store(f"the store has {end - first} leaves after leaf {first}, the records {i - first}")
+
+    def _check_seq(self, line: bytes, first: int) -> None:
+        try:
+            seq = json.loads(line).get("seq")
+        except (ValueError, AttributeError):
+            return  # not a record (a sealed line): the leaf hashes and the line count still bind it
+        if isinstance(seq, int) and seq != first + 1:
+            raise self._bad_store(f"index entry {first - 1} points at record {seq}, not record {first + 1}")
+
+    def _check_nodes(self, first: int, end: int) -> None:
+        """Every stored node at levels 1 and up that covers a leaf in ``first`` .. ``end - 1``, against
+        the hash of its two children."""
+        level = 1
+        while end >> level:
+            below, fd = self._level(level - 1), self._level(level)
+            j, hi = first >> level, end >> level
+            while j < hi:
+                m = min(hi - j, 1 << 16)
+                kids = os.pread(below, 64 * m, 64 * j)
+                if len(kids) != 64 * m:
+                    raise self._bad_store(f"level-{level - 1:02d} lacks node {j * 2 + len(kids) // 32}")
+                node = merkle.node_hash
+                want = b"".join([node(kids[x:x + 32], kids[x + 32:x + 64]) for x in range(0, len(kids), 64)])
+                have = os.pread(fd, 32 * m, 32 * j)
+                if have != want:
+                    d = _first_diff(have, want, 32)
+                    if first and (j + d) << level < first:  # it covers older leaves too: is a child the bad
+                        self._check_leaves(0, first)       # one? (the whole tree checked, to name the
+                        self._check_nodes(0, end)          # deepest; on this failure path only)
+                    what = "is missing" if len(have) < (d + 1) * 32 else "is not the hash of its two children"
+                    raise self._bad_store(f"node {j + d} of level-{level:02d} {what}")
+                j += m
+            level += 1
 
     def _keep(self, cp: Checkpoint, note: bytes) -> None:
         from .atomic import atomic_write

@@ -336,3 +336,158 @@ def test_checkpoint_is_signed_with_ml_dsa_87_when_the_trust_root_requires_it(tmp
     done = run("audit", "checkpoint", "--log", log, "--out", tmp_path / "cp2", "--host-key", tmp_path / "host" / "h.key",
                "--trust", legacy, "--json")
     assert done.exit_code == 0 and json.loads(done.stdout)["algorithms"] == ["ed25519"]
+
+
+# -- the host checks the node store before it signs a checkpoint (docs/audit.md, "Checkpoints") ----------
+
+
+def _true_root(log: Path) -> bytes:
+    """The RFC 6962 root of the records file's lines, from nothing but the file."""
+    from gapship.installer.crypto import merkle
+
+    lines = log.read_bytes().split(b"\n")[:-1]
+    return merkle.root(merkle.memory_source([merkle.leaf_hash(line) for line in lines]), len(lines))
+
+
+def _signed(site: Site, note: Path) -> tuple[int, bytes]:
+    from gapship.installer.crypto.keys import PublicKey
+    from gapship.installer.formats.note import open_checkpoint
+    from gapship.installer.host.tlog import TransparencyLog
+
+    pub = PublicKey.from_pem(site.key.with_suffix(".pub").read_bytes(), source="host.pub")
+    with TransparencyLog.open(site.log) as t:
+        origin = t.origin
+    cp = open_checkpoint(note.read_bytes(), [(origin, pub)], source=str(note), origin=origin)
+    return cp.size, cp.root
+
+
+def _flip(path: Path, node: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(node * 32 + 7)
+        byte = f.read(1)
+        f.seek(node * 32 + 7)
+        f.write(bytes([byte[0] ^ 0x20]))
+
+
+def _refused(site: Site, name: str, *named: str) -> None:
+    """``audit checkpoint`` exits 3 with one line naming the damage; nothing signed, the log untouched;
+    after the documented repair (--rebuild-store) it signs the records' true root."""
+    before = site.log.read_bytes()
+    kept = sorted((site.log.parent / "audit.jsonl.tree" / "checkpoints").glob("*.note"))
+    out = site.vendor / name
+    done = run("audit", "checkpoint", "--log", site.log, "--out", out, "--host-key", site.key)
+    assert done.exit_code == 3, done.output
+    error = [line for line in done.output.splitlines() if line.startswith("gapship: error:")]
+    assert len(error) == 1 and "nothing signed" in error[0], done.output
+    for what in named:
+        assert what in error[0], done.output
+    assert "--rebuild-store" in done.output
+    assert not out.exists()
+    assert sorted((site.log.parent / "audit.jsonl.tree" / "checkpoints").glob("*.note")) == kept
+    assert site.log.read_bytes() == before
+    done = run("audit", "checkpoint", "--log", site.log, "--out", out, "--host-key", site.key, "--rebuild-store")
+    assert done.exit_code == 0, done.output
+    assert "rebuilt the node store" in done.output
+    assert _signed(site, out) == (site.n, _true_root(site.log))
+    assert site.log.read_bytes() == before
+
+
+@pytest.fixture
+def signed_site(site: Site) -> Site:
+    """40 records under a checkpoint this host signed, 30 more after it."""
+    site.add(30)
+    site.checkpoint("cp1")
+    site.add(30)
+    return site
+
+
+def test_rejects_flipped_byte_in_level_0(signed_site: Site) -> None:
+    _flip(signed_site.log.with_name("audit.jsonl.tree") / "level-00", 50)
+    _refused(signed_site, "cp2", "leaf 50 in level-00")
+
+
+def test_rejects_flipped_byte_in_an_upper_level(signed_site: Site) -> None:
+    _flip(signed_site.log.with_name("audit.jsonl.tree") / "level-02", 13)  # leaves 52..55
+    _refused(signed_site, "cp2", "node 13 of level-02")
+
+
+def test_rejects_flipped_node_under_the_signed_checkpoint(signed_site: Site) -> None:
+    # node 0 of level 05 (leaves 0..31) is in the root of the 70-record tree: the consistency proof
+    # from the store fails, and the whole-tree check then names the node
+    _flip(signed_site.log.with_name("audit.jsonl.tree") / "level-05", 0)
+    _refused(signed_site, "cp2", "node 0 of level-05")
+
+
+def test_rejects_flipped_leaf_on_the_first_checkpoint(site: Site) -> None:
+    site.add(20)
+    _flip(site.log.with_name("audit.jsonl.tree") / "level-00", 3)  # no earlier checkpoint: the whole tree
+    _refused(site, "cp1", "leaf 3 in level-00")
+
+
+def test_rejects_store_of_another_log(signed_site: Site, tmp_path: Path) -> None:
+    other = tmp_path / "other" / "audit.jsonl"  # as many records, of the same lengths, other contents
+    append(other, [{"kind": "inference", "request_id": f"x{i}", "outcome": "served"} for i in range(signed_site.n)])
+    assert len(other.read_bytes()) == len(signed_site.log.read_bytes())
+    store = signed_site.log.with_name("audit.jsonl.tree")
+    for p in store.glob("level-*"):
+        p.unlink()
+    for p in [*other.with_name("audit.jsonl.tree").glob("level-*"), other.with_name("audit.jsonl.tree") / "index"]:
+        shutil.copy(p, store / p.name)
+    _refused(signed_site, "cp2", "leaf 40 in level-00")
+
+
+def test_truncated_level_is_recomputed_and_checked_before_signing(signed_site: Site) -> None:
+    # a fresh command's catch-up recomputes a level that fell short (the crash recovery) from the level
+    # below; the check then covers the recomputed nodes, and the root signed is the records' own
+    store = signed_site.log.with_name("audit.jsonl.tree")
+    os.truncate(store / "level-01", 5 * 32)
+    _flip(store / "level-00", 60)  # and a bad leaf under it: recomputing level 1 must not launder it
+    _refused(signed_site, "cp2", "leaf 60 in level-00")
+
+
+def test_rejects_records_cut_below_the_signed_checkpoint(signed_site: Site) -> None:
+    data = signed_site.log.read_bytes()
+    keep = b"".join(line + b"\n" for line in data.split(b"\n")[:30])
+    signed_site.log.write_bytes(keep)
+    out = signed_site.vendor / "cp2"
+    done = run("audit", "checkpoint", "--log", signed_site.log, "--out", out, "--host-key", signed_site.key)
+    assert done.exit_code == 3 and "fewer than the 40 it signed" in done.output, done.output
+    assert not out.exists()
+    done = run("audit", "checkpoint", "--log", signed_site.log, "--out", out, "--host-key", signed_site.key,
+               "--rebuild-store")
+    assert done.exit_code == 3 and "a rebuild of the store cannot fix it" in done.output, done.output
+
+
+def test_append_with_checkpoints_refuses_a_level_truncated_under_it(tmp_path: Path) -> None:
+    # a level cut while `audit append` runs is not caught up (the appender owns the store): the next
+    # automatic checkpoint finds the hole and stops the append, exit 3; what was acknowledged stays
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.Popen([*GAPSHIP, "audit", "append", "--log", str(log), "--max-delay", "0", "--ack",
+                             "--checkpoint-every", "50", "--host-key", str(tmp_path / "k.key")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"".join(json.dumps(r).encode() + b"\n" for r in records(0, 10)))
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith(b"ack 1 ")
+    while log.read_bytes().count(b"\n") < 10:  # every ack line printed; the store matches 10 records
+        proc.stdout.readline()
+    os.truncate(tmp_path / "log.jsonl.tree" / "level-00", 5 * 32)
+    _, err = proc.communicate(b"".join(json.dumps(r).encode() + b"\n" for r in records(10, 60)), timeout=60)
+    assert proc.returncode == 3, err
+    assert b"leaf 5 in level-00" in err and b"nothing signed" in err
+    assert not list((tmp_path / "log.jsonl.tree" / "checkpoints").glob("*.note"))
+
+
+def test_export_since_refuses_to_sign_over_a_bad_store(signed_site: Site) -> None:
+    _flip(signed_site.log.with_name("audit.jsonl.tree") / "level-00", 45)
+    out = signed_site.vendor / "exp"
+    done = run("audit", "export", "--log", signed_site.log, "--since", signed_site.vendor / "cp1", "--out", out,
+               "--host-key", signed_site.key)
+    assert done.exit_code == 3 and "leaf 45 in level-00" in done.output, done.output
+    assert not out.exists()
+    assert [p.name for p in (signed_site.log.with_name("audit.jsonl.tree") / "checkpoints").glob("*.note")] == [
+        "0000000000000040.note"]
+    _refused(signed_site, "cp2", "leaf 45 in level-00")
+    exported = signed_site.export(signed_site.vendor / "cp1", "exp")
+    code, output = signed_site.verify(exported, signed_site.vendor / "cp1")
+    assert code == 0, output
