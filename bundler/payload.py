@@ -15,7 +15,7 @@ import os
 import tarfile
 from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,11 +274,23 @@ class PayloadWriter:
 
     def add_bytes(self, data: bytes, path: str, mode: int) -> None:
         """Like :meth:`add`, for a file made by the build itself (the SBOM, docs/sbom.md)."""
-        self._put(member_header(path, len(data), mode, self.mtime))
+        self.add_pieces((data,), len(data), path, mode)
+
+    def add_pieces(self, pieces: Iterable[bytes], size: int, path: str, mode: int) -> None:
+        """Like :meth:`add_bytes`, for a file of ``size`` bytes given a piece at a time (the SBOM at the
+        file cap: never whole in memory). Pieces adding up to another size are a bug: refused."""
+        self._put(member_header(path, size, mode, self.mtime))
         self._offsets.append(self.position)
-        self._spans.append((self.position, self.position + len(data)))
-        self._put(data)
-        self.progress(len(data))
+        self._spans.append((self.position, self.position + size))
+        seen = 0
+        for piece in pieces:
+            seen += len(piece)
+            if seen > size:
+                break
+            self._put(piece)
+        if seen != size:
+            raise AssertionError(f"{path}: its pieces are not the {size} bytes announced")
+        self.progress(size)
         self._put(_ZEROS[:padded(self.position) - self.position])
 
     def position_offsets(self) -> Sequence[int]:

@@ -12,9 +12,13 @@ the dependency files. Written as canonical JSON (docs/format.md 4.1).
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import secrets
 from datetime import datetime, timezone
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 
 from ..installer import __version__
@@ -38,16 +42,21 @@ BUILDER_ID = "urn:gapship:builder:gapship-build"  # the one builder: gapship bui
 
 def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: BundleSpec, command: Sequence[str],
                       wheels: Mapping[str, WheelInfo]) -> bytes:
+    """The statement's canonical JSON and a newline. Its two long lists (a subject per chunk, an input
+    per file: 100,000 and 200,000 at the caps) are written an entry at a time into the output instead
+    of as one dict of dicts serialised whole, which peaked near 300 MB at the file cap; the bytes are
+    the same (tests/bundler/test_sbom_golden.py)."""
     algorithm = manifest.hash_algorithm
-    subjects = [{"name": MANIFEST_SUBJECT, "digest": {algorithm: _digest(manifest_bytes, algorithm)}}]
-    subjects += [{"name": f"chunks/{c.name}", "digest": {algorithm: c.hash}} for c in manifest.chunks]
+    head = {"name": MANIFEST_SUBJECT, "digest": {algorithm: _digest(manifest_bytes, algorithm)}}
+    subjects = chain((head,), ({"name": f"chunks/{c.name}", "digest": {algorithm: c.hash}} for c in manifest.chunks))
+    marker = f"gapship-list-{secrets.token_hex(16)}"
     spec_bytes = read_bounded(spec.path, cap=MAX_SPEC_BYTES, follow_symlinks=True,
                               refuse=lambda r: UsageError(f"spec {r.path}: cannot read it again: {r.strerror}",
                                                           subject=str(r.path)))
     epoch = manifest.created
     statement = {
         "_type": STATEMENT_TYPE,
-        "subject": subjects,
+        "subject": f"{marker}-subject",
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
@@ -61,7 +70,7 @@ def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: Bundle
                     "SOURCE_DATE_EPOCH": _epoch(epoch), "hash_algorithm": algorithm,
                     "chunk_size": manifest.chunk_size, "format_version": manifest.format_version,
                 },
-                "resolvedDependencies": _inputs(manifest, spec, wheels),
+                "resolvedDependencies": f"{marker}-inputs",
             },
             "runDetails": {
                 "builder": {"id": BUILDER_ID, "version": {"gapship": __version__}},
@@ -69,7 +78,23 @@ def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: Bundle
             },
         },
     }
-    return canonical_json(statement) + b"\n"
+    lists = {b"subject": subjects, b"inputs": _inputs(manifest, spec, wheels)}
+    parts = re.split(f'"{marker}-(subject|inputs)"'.encode(), canonical_json(statement))
+    if sorted(parts[1::2]) != sorted(lists):  # each placeholder once: the marker is random
+        raise AssertionError(f"provenance list placeholders out of place: {parts[1::2]!r}")
+    out = io.BytesIO()  # getvalue() hands over its buffer: the statement is held once, not twice
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.write(part)
+            continue
+        out.write(b"[")
+        for n, entry in enumerate(lists[part]):
+            if n:
+                out.write(b",")
+            out.write(canonical_json(entry))
+        out.write(b"]")
+    out.write(b"\n")
+    return out.getvalue()
 
 
 def _epoch(created: str) -> int:
@@ -82,14 +107,13 @@ def _digest(data: bytes, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def _inputs(manifest: Manifest, spec: BundleSpec, wheels: Mapping[str, WheelInfo]) -> list[dict[str, object]]:
+def _inputs(manifest: Manifest, spec: BundleSpec, wheels: Mapping[str, WheelInfo]) -> Iterator[dict[str, object]]:
     """Every file of the bundle but the SBOM (made by the build itself), by digest, with where it came from."""
     deps = spec.dependencies
     where_from: dict[str, object] = {}
     if deps is not None:
         where_from = {"index_url": deps.index_url or "https://pypi.org/simple",
                       "find_links": [p.name for p in deps.find_links]}
-    out: list[dict[str, object]] = []
     for comp in manifest.components:
         if comp.kind == "sbom":
             continue
@@ -102,8 +126,7 @@ def _inputs(manifest: Manifest, spec: BundleSpec, wheels: Mapping[str, WheelInfo
                 entry["annotations"] = where_from
             if f.from_base:
                 entry["annotations"] = {"source": "base"}
-            out.append(entry)
-    return out
+            yield entry
 
 
 def _uri(comp: Component, path: str, wheels: Mapping[str, WheelInfo]) -> str | None:

@@ -21,27 +21,42 @@ from ..installer.trust import manifest_digest
 
 @dataclass(frozen=True)
 class Reference:
-    """The release to rebuild: its manifest, read as it is (nothing is trusted: only compared)."""
+    """The release to rebuild: the digest of its manifest's bytes, read as they are (nothing is
+    trusted: only compared), and the fields the rebuild takes from it. Neither the bytes nor the parsed
+    manifest are kept through the rebuild (at the file cap they are 30 MB and more, on top of the
+    build's own, which kept ``build --check-against`` over 200 MB): equal digests are equal bytes, and
+    :attr:`manifest` reads the file again only to name a difference."""
 
     path: Path
-    manifest: Manifest
-    manifest_bytes: bytes
+    digest: str  # manifest_digest of the bytes read, "<algorithm>:<hex>"
+    name: str
+    version: str
+    created_text: str
+    expires: str | None
+    hash_algorithm: str
+    chunk_size: int
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest.from_bytes(_read(self.path))
 
     @property
     def created(self) -> datetime:
         """Its ``created``: the ``SOURCE_DATE_EPOCH`` the rebuild uses."""
-        return datetime.strptime(self.manifest.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-
-    @property
-    def digest(self) -> str:
-        return manifest_digest(self.manifest_bytes, self.manifest.hash_algorithm)
+        return datetime.strptime(self.created_text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 def load_reference(bundle: Path) -> Reference:
     if not bundle.is_dir():
         raise UsageError(f"--check-against {str(bundle)!r} is not a bundle directory", subject=str(bundle))
-    data = read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
-    return Reference(path=bundle, manifest=Manifest.from_bytes(data), manifest_bytes=data)
+    data = _read(bundle)
+    m = Manifest.from_bytes(data)
+    return Reference(path=bundle, digest=manifest_digest(data, m.hash_algorithm), name=m.name, version=m.version, created_text=m.created,
+                     expires=m.expires, hash_algorithm=m.hash_algorithm, chunk_size=m.chunk_size)
+
+
+def _read(bundle: Path) -> bytes:
+    return read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
 
 
 @dataclass(frozen=True)
@@ -57,11 +72,11 @@ class RebuildResult:
 
 def check_same(reference: Reference, rebuilt: bytes) -> RebuildResult:
     """Return when ``rebuilt`` is exactly the reference's manifest; else raise naming the first difference."""
-    if rebuilt == reference.manifest_bytes:
+    if manifest_digest(rebuilt, reference.hash_algorithm) == reference.digest:
         return RebuildResult(reference=reference, identical=True)
     ours = Manifest.from_bytes(rebuilt)
     difference = first_difference(reference.manifest, ours)
-    raise IntegrityError(f"the rebuild is not {reference.manifest.name} {reference.manifest.version} at "
+    raise IntegrityError(f"the rebuild is not {reference.name} {reference.version} at "
                          f"{reference.path}: {difference}", subject=difference.split(" ", 1)[0],
                          hint="the inputs or the builder differ; compare the two SBOMs and provenances")
 

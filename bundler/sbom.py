@@ -15,11 +15,14 @@ them, timestamp = the bundle's creation time, sorted keys), so a rebuild makes t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import secrets
 import uuid
 import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.parser import HeaderParser
 from typing import TYPE_CHECKING, Any
@@ -103,24 +106,55 @@ def render_sbom(*, name: str, version: str, created: datetime, algorithm: str, c
                 wheels: Mapping[str, WheelInfo], target: Target | None = None) -> bytes:
     """The SBOM's bytes for a bundle with these components (every file hash already known) and these
     wheels (bundle path -> metadata). Compact JSON with sorted keys and one trailing newline."""
+    return b"".join(sbom_stream(name=name, version=version, created=created, algorithm=algorithm,
+                                components=components, wheels=wheels, target=target).pieces())
+
+
+@dataclass(frozen=True)
+class SbomStream:
+    """The SBOM's bytes as pieces, and how many there are in all: what :func:`render_sbom` returns,
+    written a piece at a time. At the file cap (200,000 files) the one-dict rendering peaked near 380 MB
+    (a dict per file, then the whole text, then its bytes); the pieces are made twice (once to count
+    them, once to write them) and never held together."""
+
+    skeleton: tuple[bytes, ...]  # the library's document around the models' file lists, in order
+    lists: tuple[Component, ...]  # the model whose file list goes after skeleton[i]
+    algorithm: str
+    size: int = 0
+
+    def pieces(self) -> Iterator[bytes]:
+        for i, part in enumerate(self.skeleton):
+            yield part
+            if i < len(self.lists):
+                yield from _file_list(self.lists[i], self.algorithm)
+
+
+def sbom_stream(*, name: str, version: str, created: datetime, algorithm: str, components: Sequence[Component],
+                wheels: Mapping[str, WheelInfo], target: Target | None = None) -> SbomStream:
+    """:func:`render_sbom`'s bytes, to be written a piece at a time (:meth:`SbomStream.pieces`)."""
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component as Cdx, ComponentType
     from cyclonedx.output.json import JsonV1Dot6
 
     root = Cdx(type=ComponentType.APPLICATION, name=name, version=version, bom_ref=f"bundle:{name}@{version}")
-    bom = Bom(serial_number=uuid.uuid5(_NAMESPACE, _identity(name, version, algorithm, components)),
+    bom = Bom(serial_number=_serial(name, version, algorithm, components),
               metadata=BomMetaData(component=root, timestamp=created))
     bom.metadata.tools.components.add(Cdx(type=ComponentType.APPLICATION, name="gapship", version=_version("gapship")))
     bom.metadata.tools.components.add(Cdx(type=ComponentType.LIBRARY, name="cyclonedx-python-lib",
                                           version=_version("cyclonedx-python-lib")))
     children: list[Cdx] = []
     added: dict[str, dict[str, object]] = {}  # bom-ref -> members added to the library's JSON output
-    hashes = {f.path: f.hash for c in components for f in c.files}
+    # Each model's file list is a placeholder string in the document, replaced by the list when written.
+    marker = f"gapship-file-list-{secrets.token_hex(16)}"
+    models: list[Component] = []
+    needed = {POLICY_PATH, *wheels}
+    hashes = {f.path: f.hash for c in components for f in c.files if f.path in needed}
     for comp in components:
         if comp.kind == "model":
             children.append(_model(comp))
             card = _model_card(comp)
-            added[f"model:{comp.name}"] = {"components": _files(comp, algorithm), **({"modelCard": card} if card else {})}
+            added[f"model:{comp.name}"] = {"components": f"{marker}-{len(models)}", **({"modelCard": card} if card else {})}
+            models.append(comp)
         elif comp.kind == "safeguards":
             children.append(_file_like(ComponentType.DATA, "safeguards-policy", POLICY_PATH,
                                        hashes[POLICY_PATH], algorithm, ref="safeguards:policy"))
@@ -131,7 +165,38 @@ def render_sbom(*, name: str, version: str, created: datetime, algorithm: str, c
         bom.components.add(child)
     _register_relations(bom, root, children, wheels, libraries, target)
     text = JsonV1Dot6(bom).output_as_string()
-    return _canonical(json.loads(text), added)
+    parts = re.split(f'"{marker}-([0-9]+)"'.encode(), _canonical(json.loads(text), added))
+    skeleton, order = tuple(parts[0::2]), [int(i) for i in parts[1::2]]
+    if sorted(order) != list(range(len(models))):  # each placeholder once: the marker is random
+        raise AssertionError(f"SBOM file-list placeholders out of place: {order}")
+    stream = SbomStream(skeleton=skeleton, lists=tuple(models[i] for i in order), algorithm=algorithm)
+    return replace(stream, size=sum(map(len, stream.pieces())))
+
+
+def _file_list(comp: Component, algorithm: str) -> Iterator[bytes]:
+    """One CycloneDX ``file`` component per model file, as the JSON :func:`_canonical` would write
+    for it (sorted keys, compact, strings as json.dumps writes them), in pieces of about 64 KiB.
+    Written directly rather than through the library's objects: those cost about a millisecond each
+    to build and serialise, and a bundle may hold 200,000 files (docs/format.md, "Limits"), which took
+    over ten minutes. The tests check the result against the schema like the rest."""
+    alg = _string(_CDX_NAMES[algorithm])
+    batch: list[str] = ["["]
+    held = 0
+    for n, f in enumerate(comp.files):
+        path = _string(f.path)
+        entry = (f'{"," if n else ""}{{"bom-ref":{_string("file:" + f.path)},"hashes":[{{"alg":{alg},'
+                 f'"content":{_string(f.hash)}}}],"name":{path},"type":"file"}}')
+        batch.append(entry)
+        held += len(entry)
+        if held >= 64 * 1024:
+            yield "".join(batch).encode("utf-8")
+            batch, held = [], 0
+    batch.append("]")
+    yield "".join(batch).encode("utf-8")
+
+
+def _string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _version(distribution: str) -> str:
@@ -144,9 +209,18 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def _identity(name: str, version: str, algorithm: str, components: Sequence[Component]) -> str:
-    files = "\n".join(f"{f.path} {f.hash}" for c in components for f in c.files)
-    return f"{name}\n{version}\n{algorithm}\n{files}"
+def _serial(name: str, version: str, algorithm: str, components: Sequence[Component]) -> uuid.UUID:
+    """``uuid.uuid5(_NAMESPACE, identity)`` of the bundle's name, version, algorithm and every file's
+    path and hash, one per line, computed as uuid5 does (SHA-1 of the namespace and the UTF-8 name, the
+    first 16 bytes, version 5) but fed a file at a time instead of from one string of every file."""
+    h = hashlib.sha1(_NAMESPACE.bytes, usedforsecurity=False)
+    h.update(f"{name}\n{version}\n{algorithm}\n".encode("utf-8"))
+    first = True
+    for c in components:
+        for f in c.files:
+            h.update(f"{'' if first else chr(10)}{f.path} {f.hash}".encode("utf-8"))
+            first = False
+    return uuid.UUID(bytes=h.digest()[:16], version=5)
 
 
 def _hashes(digest: str, algorithm: str) -> list[Any]:
@@ -159,16 +233,6 @@ def _file_like(kind: Any, name: str, path: str, digest: str, algorithm: str, *, 
     from cyclonedx.model.component import Component as Cdx
 
     return Cdx(type=kind, name=name, bom_ref=ref, hashes=_hashes(digest, algorithm), description=path)
-
-
-def _files(comp: Component, algorithm: str) -> list[dict[str, object]]:
-    """One CycloneDX ``file`` component per model file, written as JSON directly rather than through
-    the library's objects: those cost about a millisecond each to build and serialise, and a bundle
-    may hold 200,000 files (docs/format.md, "Limits"), which took over ten minutes. The tests check
-    the result against the schema like the rest."""
-    alg = _CDX_NAMES[algorithm]
-    return [{"bom-ref": f"file:{f.path}", "hashes": [{"alg": alg, "content": f.hash}], "name": f.path, "type": "file"}
-            for f in comp.files]
 
 
 def _model(comp: Component) -> CdxComponent:
@@ -276,4 +340,4 @@ def wheels_of(groups: Sequence[Any]) -> dict[str, WheelInfo]:
     return out
 
 
-__all__ = ["EXTRA", "SBOM_PATH", "WheelInfo", "read_wheel_info", "render_sbom", "require_cyclonedx", "wheels_of"]
+__all__ = ["EXTRA", "SBOM_PATH", "WheelInfo", "read_wheel_info", "SbomStream", "render_sbom", "require_cyclonedx", "sbom_stream", "wheels_of"]

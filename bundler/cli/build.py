@@ -139,7 +139,7 @@ def _check_against(spec: Path, against: Path, out: Path, *, key_files: tuple[Pat
                    as_json: bool, progress: bool | None) -> None:
     """Rebuild with the reference's own parameters (docs/sbom.md, "Independent rebuilds"); exit 3 on a difference."""
     reference = load_reference(against)
-    m = reference.manifest
+    m = reference  # its name, version, chunk size, hash and expiry; not the parsed manifest (memory)
     keys = [SigningKey.load(k) for k in key_files] or [SigningKey.generate()]
     bundle_spec = load_spec(spec)
     base = None if base_dir is None else load_base(base_dir, keys=[k.public for k in keys], trust_dir=base_trust)
