@@ -37,17 +37,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from run import drop_caches, sync  # benchmarks/run.py, beside this script (it imports this module lazily)
+
 TARGET_RATE = 50_000  # durable records per second through `gapship audit append` (issue 20)
 
 
 def _drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+    """Flush, then empty the page cache (run.py's, which needs root): the same state for every contender."""
+    sync()
+    return drop_caches()
 
 
 def _clean(log: Path) -> None:

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from run import drop_caches, sync  # benchmarks/run.py, beside this script (it imports this module lazily)
+
 MiB = 1024**2
 POLICY = 'schema_version = 1\nprohibited_uses = ["weapons targeting"]\n\n[sites.bench]\nsafeguards = ["audit-log"]\n\n' \
          '[models.large]\nsites = ["bench"]\n'
@@ -42,13 +44,9 @@ def _run(argv: Sequence[str]) -> float:
 
 
 def _drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+    """Flush, then empty the page cache (run.py's, which needs root): the same state for every contender."""
+    sync()
+    return drop_caches()
 
 
 def _free_port() -> int:
