@@ -40,6 +40,21 @@ def atomic_file(path: Path, *, mode: int = 0o644, replace: bool = True) -> Itera
     fsync_dir(path.parent)
 
 
+def create_private(path: Path, data: bytes) -> None:
+    """A new file ``path`` holding ``data`` (a private key), mode 0600 from its creation, its folder
+    made 0700 when missing; never over an existing file or through a link (O_EXCL, O_NOFOLLOW);
+    fsynced. Raises OSError: callers name the file in their own words."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """``data`` into ``path`` by :func:`atomic_file`; an OSError is the host's (exit 7, naming it)."""
     try:

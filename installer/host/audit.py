@@ -43,7 +43,7 @@ import nacl.signing
 from ..errors import HostError, IntegrityError, TrustError, UsageError
 from ..crypto.keys import MAX_KEY_FILE_BYTES, PublicKey, pem_decode, pem_encode
 from ..kit import Malformed, Refusal, canonical_json, open_regular, parse_json
-from .atomic import atomic_file
+from .atomic import atomic_file, create_private
 
 if TYPE_CHECKING:
     from ..formats.site import Site
@@ -687,13 +687,7 @@ def _write_public(key: HostKey) -> None:
 def _make_host_key(path: Path) -> HostKey:
     key = HostKey(seed=bytes(nacl.signing.SigningKey.generate()), path=path)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, pem_encode(PKCS8_PREFIX + key.seed, "PRIVATE KEY"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        create_private(path, pem_encode(PKCS8_PREFIX + key.seed, "PRIVATE KEY"))
         _write_public(key)
     except OSError as e:
         raise HostError(f"cannot create the host key {path}: {e.strerror}", subject=str(path)) from None

@@ -16,7 +16,7 @@ from typing import Any
 from ..crypto.keys import MAX_KEY_FILE_BYTES, ML_DSA_87, PublicKey
 from ..errors import HostError, UsageError
 from ..kit import Refusal, open_regular
-from .atomic import atomic_file
+from .atomic import atomic_file, create_private
 
 MAX_PQ_KEY_BYTES = 16 * 1024  # the PKCS#8 PEM of an ML-DSA-87 key holds its 32-byte seed, or the expanded key
 
@@ -94,13 +94,7 @@ def _make(path: Path, mldsa: Any) -> MlDsaHostKey:
     pem = key.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        create_private(path, pem)
         _write_public(key)
     except OSError as e:
         raise HostError(f"cannot create the host key {path}: {e.strerror}", subject=str(path)) from None
