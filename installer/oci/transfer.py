@@ -16,11 +16,12 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..bundle.files import CHUNKS, MANIFEST, MAX_UNVERIFIED_BYTES, list_entries, open_nofollow, read_raw_bundle
 from ..bundle.source import attached
@@ -36,6 +37,7 @@ from .artifact import (CHUNK_TYPE, EMPTY_DATA, EMPTY_DIGEST, Artifact, Layer, bu
 from .client import FdSink, RegistryClient
 from .reference import Reference
 
+T = TypeVar("T")
 DEFAULT_JOBS = 4
 # The chunks fetched ahead of the one the install reads, at most this many bytes in all (and at least
 # two chunks): enough to keep --jobs connections busy, bounded whatever the chunk size.
@@ -174,8 +176,10 @@ def _hashed(bundle: Path, path: str) -> _Blob:
     return _Blob(path, size, "sha256:" + h.hexdigest(), None)
 
 
-def _run_parallel(fn: Callable[[_Blob | None], None], items: list[_Blob | None], *, jobs: int) -> None:
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="gapship-oci") as pool:
+def _run_parallel(fn: Callable[[T], None], items: Sequence[T], *, jobs: int, name: str = "gapship-oci") -> None:
+    """``fn`` over ``items``, ``jobs`` at a time with a bounded window; the first error stops the rest
+    (queued calls are cancelled, running ones finish) and is raised."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=name) as pool:
         try:
             for _ in bounded_map(pool, fn, items, window=4 * max(1, jobs)):
                 pass
@@ -471,15 +475,10 @@ def pull(client: RegistryClient, out: Path, *, trust: TrustStore, jobs: int = DE
             counts[0] += 1
             counts[1] += c.size
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="gapship-pull") as pool:
-        try:
-            for _ in bounded_map(pool, one, work, window=4 * max(1, jobs)):
-                pass
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        finally:
-            client.close()
+    try:
+        _run_parallel(one, work, jobs=jobs, name="gapship-pull")
+    finally:
+        client.close()
     return PullResult(digest=artifact.digest, verified=verified, chunks=len(work), fetched=counts[0],
                       kept=len(work) - counts[0], bytes_fetched=counts[1])
 
