@@ -296,12 +296,18 @@ def _components(groups: Sources, reused: dict[str, str], offsets_seq: Sequence[i
     ]
 
 
+def _refuse_target(r: Refusal) -> Exception:
+    """The frozen dependencies' target.json changed under the build (it is the build's own file)."""
+    return HostError(f"cannot read {r.path} (the frozen dependencies' target): {r.strerror or r.reason}",
+                     subject=str(r.path))
+
+
 def _target(groups: Sources) -> Target | None:
     """The dependencies' target (for the SBOM's dependency markers), from the target.json being bundled."""
     for g in groups:
         for f in g:
             if f.path == TARGET:
-                return Target.from_bytes(Path(f.source).read_bytes())
+                return Target.from_bytes(read_bounded(Path(f.source), cap=f.size, refuse=_refuse_target))
     return None
 
 

@@ -38,7 +38,7 @@ class Reference:
 
     @property
     def manifest(self) -> Manifest:
-        return Manifest.from_bytes(_read(self.path))
+        return Manifest.from_bytes(read_manifest(self.path))
 
     @property
     def created(self) -> datetime:
@@ -49,13 +49,14 @@ class Reference:
 def load_reference(bundle: Path) -> Reference:
     if not bundle.is_dir():
         raise UsageError(f"--check-against {str(bundle)!r} is not a bundle directory", subject=str(bundle))
-    data = _read(bundle)
+    data = read_manifest(bundle)
     m = Manifest.from_bytes(data)
     return Reference(path=bundle, digest=manifest_digest(data, m.hash_algorithm), name=m.name, version=m.version, created_text=m.created,
                      expires=m.expires, hash_algorithm=m.hash_algorithm, chunk_size=m.chunk_size)
 
 
-def _read(bundle: Path) -> bytes:
+def read_manifest(bundle: Path) -> bytes:
+    """A bundle's ``manifest.json``, read through the bounded reader (the release's, or the rebuild's)."""
     return read_capped(bundle / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
 
 

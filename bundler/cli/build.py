@@ -22,7 +22,7 @@ from ..parity import parse_percent
 from ..deps.freeze import frozen_dependencies
 from ..keys import SigningKey
 from ..sources import add_dependencies, collect_sources
-from ..rebuild import check_same, load_reference
+from ..rebuild import check_same, load_reference, read_manifest
 from ..spec import load_spec
 
 
@@ -151,7 +151,7 @@ def _check_against(spec: Path, against: Path, out: Path, *, key_files: tuple[Pat
             result = build_bundle(bundle_spec, out=out, key=keys[0], also_sign=keys[1:], chunk_size=m.chunk_size,
                                   algorithm=m.hash_algorithm, expires=m.expires, now=reference.created,
                                   dependencies=deps, sources=sources, base=base, progress=bar, command=_command())
-    checked = check_same(reference, (out / "manifest.json").read_bytes())
+    checked = check_same(reference, read_manifest(out))
     emit(as_json, {**result.to_dict(), "check_against": checked.to_dict()}, [
         f"rebuilt {m.name} {m.version} with SOURCE_DATE_EPOCH={checked.to_dict()['source_date_epoch']}: "
         f"manifest identical to {against} ({reference.digest})",

@@ -581,8 +581,7 @@ class TransparencyLog:
         keys = [(s.name, s.public) for s in signers]
         for p in notes[:MAX_NOTES_TRIED]:
             try:
-                with open(p, "rb") as f:
-                    data = f.read(MAX_CHECKPOINT_BYTES + 1)
+                data = _read_note(p)
                 return open_checkpoint(data, keys, source=str(p), origin=self.origin), str(p)
             except (OSError, GapshipError):
                 continue
@@ -713,7 +712,7 @@ class TransparencyLog:
         for p in sorted(folder.glob("*.note")):
             stem = p.stem
             if stem.isdigit() and low < int(stem) < high:
-                out.append(p.read_bytes()[:MAX_CHECKPOINT_BYTES])
+                out.append(_read_note(p))
         return out
 
 
@@ -769,6 +768,20 @@ def host_error(e: OSError, path: Path) -> HostError:
     what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
     return HostError(f"cannot append to {path}: {what}; the records acknowledged before are kept",
                      subject=str(path))
+
+
+def _read_note(path: Path) -> bytes:
+    """A kept checkpoint note, through the kit's bounded reader: never a FIFO or device waited on, never
+    more than :data:`MAX_CHECKPOINT_BYTES` read. Something else in its place is the store's damage
+    (exit 3); a note that cannot be read, the host's trouble (exit 7)."""
+    from ..kit import Refusal, read_bounded
+
+    def refuse(r: Refusal) -> Exception:
+        if r.reason in ("too-large", "not-regular", "symlink") or r.kind == "directory":
+            return IntegrityError(f"{path} is not a checkpoint note ({r.strerror or r.reason})", subject=str(path))
+        return HostError(f"cannot read {path}: {r.strerror or r.reason}", subject=str(path))
+
+    return read_bounded(path, cap=MAX_CHECKPOINT_BYTES, refuse=refuse)
 
 
 def _load_origin(path: Path, wanted: str | None) -> str:

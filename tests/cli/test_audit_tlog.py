@@ -491,3 +491,34 @@ def test_export_since_refuses_to_sign_over_a_bad_store(signed_site: Site) -> Non
     exported = signed_site.export(signed_site.vendor / "cp1", "exp")
     code, output = signed_site.verify(exported, signed_site.vendor / "cp1")
     assert code == 0, output
+
+
+def _bounded_run(*args: str | Path, timeout: float = 60) -> tuple[int, str]:
+    """The CLI in a daemon thread: a read that blocks (a FIFO) fails the test instead of hanging it."""
+    import threading
+
+    box: list[tuple[int, str]] = []
+    thread = threading.Thread(target=lambda: box.append((lambda r: (r.exit_code, r.output))(run(*args))), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box, f"gapship {' '.join(map(str, args))} blocked for {timeout}s"
+    return box[0]
+
+
+def test_fifo_among_the_kept_checkpoints_is_never_waited_on(site: Site) -> None:
+    """The kept notes in LOG.tree/checkpoints/ are read through the bounded reader: a FIFO there is
+    passed over when the host looks for its last signed checkpoint, and refused (exit 3, naming it)
+    when an export would carry it."""
+    cp = site.checkpoint("cp1")  # size 10
+    site.add(10)
+    kept = site.log.parent / "audit.jsonl.tree" / "checkpoints"
+    os.mkfifo(kept / f"{15:016d}.note")  # between the two: an export since cp1 carries the notes kept between
+    os.mkfifo(kept / f"{99:016d}.note")  # the highest: tried first as the last signed checkpoint
+    code, out = _bounded_run("audit", "checkpoint", "--log", site.log, "--out", site.vendor / "cp2",
+                             "--host-key", site.key)
+    assert code == 0, out
+    code, out = _bounded_run("audit", "export", "--log", site.log, "--since", cp, "--out", site.vendor / "e",
+                             "--host-key", site.key)
+    assert code == 3, out
+    assert f"{15:016d}.note is not a checkpoint note" in out and len(out.strip().splitlines()) == 1, out
+    assert not (site.vendor / "e").exists()
