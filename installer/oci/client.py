@@ -544,11 +544,22 @@ class _Attempts:
         return True
 
 
+MAX_CA_FILE_BYTES = 8 * 1024 * 1024  # a PEM bundle of every public CA is about 200 KiB
+
+
 def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    """The system's CAs, or with ``--ca-file`` only that file's (the enclave's own CA)."""
+    """The system's CAs, or with ``--ca-file`` only that file's (the enclave's own CA). The file is read
+    by the kit's bounded reader (a FIFO is refused, not waited on; symlinks are followed, as CA
+    bundles often are), then handed to ssl as data."""
+    from ..kit import Refusal, read_bounded
+
+    def refuse(r: Refusal) -> Exception:
+        return UsageError(f"--ca-file {str(ca_file)!r}: {r.strerror or r.reason}", subject=str(ca_file))
+
     try:
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as e:
+        pem = read_bounded(ca_file, cap=MAX_CA_FILE_BYTES, refuse=refuse, follow_symlinks=True) if ca_file else None
+        context = ssl.create_default_context(cadata=pem.decode("ascii") if pem is not None else None)
+    except (OSError, ssl.SSLError, UnicodeDecodeError) as e:
         raise UsageError(f"--ca-file {str(ca_file)!r}: cannot load it as PEM certificates: {e}",
                          subject=str(ca_file)) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -277,3 +277,29 @@ def test_proxy_environment_is_ignored_unless_asked(tmp_path: Path, served: tuple
         assert code == 0, out  # straight to the registry
         code, out = _install(state, trust, tmp_path / "prefix2", "--use-proxy-env")
     assert code == 7 and "unreachable" in out["error"]["message"], out  # through the (dead) proxy
+
+
+def test_ca_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    """--ca-file goes through the bounded reader: a FIFO there is refused at once (exit 2, naming it),
+    before any connection, never waited on. Run in a daemon thread so a blocking read fails the test."""
+    import os
+    import threading
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    box: list[tuple[int, dict[str, object]]] = []
+    args = ("verify", "oci://registry.invalid/fleet/model:1.0", "--trust", tmp_path, "--ca-file", fifo)
+    thread = threading.Thread(target=lambda: box.append(run_json(*args)), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert box, "verify blocked reading a FIFO given as --ca-file"
+    code, out = box[0]
+    assert code == 2, out
+    assert "--ca-file" in assert_error(out, code=2, kind="usage", subject=str(fifo))
+
+
+def test_ca_file_that_holds_no_certificate_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    code, out = run_json("verify", "oci://registry.invalid/fleet/model:1.0", "--trust", tmp_path, "--ca-file", bad)
+    assert "cannot load it as PEM certificates" in assert_error(out, code=2, kind="usage", subject=str(bad))
