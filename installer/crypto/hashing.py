@@ -29,6 +29,14 @@ def new_hasher(algorithm: str) -> hashlib._Hash:
     return hashlib.new(algorithm)
 
 
+def hash_constructor(algorithm: str) -> Callable[..., hashlib._Hash]:
+    """hashlib's own constructor for ``algorithm`` (``hashlib.sha256``...): for code that makes a
+    hasher per file, where :func:`new_hasher`'s lookup shows."""
+    new_hasher(algorithm)  # refuses what is not in HASH_ALGORITHMS
+    constructor: Callable[..., hashlib._Hash] = getattr(hashlib, algorithm)
+    return constructor
+
+
 @functools.cache  # the manifest parser asks once for each file
 def digest_hex_length(algorithm: str) -> int:
     return new_hasher(algorithm).digest_size * 2

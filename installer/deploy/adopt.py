@@ -287,7 +287,7 @@ def _check_records(target: Path, verified: VerifiedManifest, *, site: SiteDecisi
         if verified.signature_files.get(name) != _read(target, f"{SIGNATURES}/{name}"):
             raise _Differs(f"{SIGNATURES}/{name}", "is not one of the bundle's signature files")
     expected = {"bundle": {"name": m.name, "version": m.version}, "manifest_digest": verified.digest,
-                "files": m.file_count, "bytes": sum(f.size for f in m.files()),
+                "files": m.file_count, "bytes": m.file_bytes,
                 "site": site.summary() if site else None}
     for key, value in expected.items():
         if receipt.get(key) != value:

@@ -287,7 +287,7 @@ def _result(verified: VerifiedManifest, target: Path, status: str, previous: str
     counts = {str(k): v for k, v in shared.items() if isinstance(v, int)} if isinstance(shared, dict) else None
     return InstallResult(
         name=m.name, version=m.version, path=target, manifest_digest=verified.digest, signers=verified.signers,
-        files=m.file_count, bytes=sum(f.size for f in m.files()), status=status, previous=previous,
+        files=m.file_count, bytes=m.file_bytes, status=status, previous=previous,
         overrides=overrides,
         venv=target / "venv" if deps is not None else None,
         base=m.base.to_dict() if m.base is not None else None, shared=counts,
@@ -501,7 +501,7 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
         "installed_by": _who(),
         "host": socket.gethostname(),
         "files": m.file_count,
-        "bytes": sum(f.size for f in m.files()),
+        "bytes": m.file_bytes,
         "gapship_version": __version__,
         "overrides": list(record.overrides),
         "site": record.site.summary() if record.site else None,

@@ -213,19 +213,38 @@ def _sync_file_range() -> Any:
     return fn
 
 
+def _syncfs() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 class Flusher:
     """Starts the disk writing a large file's finished stretches while the rest is still being
     hashed and written, so that the final flush (syncfs or fsync, which stays the only durability
     guarantee) has little left to do. Linux sync_file_range(2) with SYNC_FILE_RANGE_WRITE, called on
     a thread of its own with a dup of the writer's descriptor: submitting write-back can block, and
     the writer must never wait for the disk. A no-op where the call does not exist; its errors are
-    ignored, as the final flush reports them."""
+    ignored, as the final flush reports them.
+
+    Small files (:meth:`wrote_small`) are too many for a call each: after every ``window`` bytes of
+    them, the same thread runs one syncfs(2) of their filesystem, at most one waiting at a time, so
+    the disk writes them while the rest are still being made. Measured on the benchmark's 20,000
+    small files (162 MiB): the final syncfs took 0.01-0.02 s instead of 0.15-0.22 s, the
+    extraction about 0.05 s longer, 0.64-0.77 s for both instead of 0.71-0.97 s."""
 
     _call = _sync_file_range()
+    _call_fs = _syncfs()
 
     def __init__(self, window: int | None = None) -> None:
         self.window = window or WRITEBACK_WINDOW
         self.start = 0  # of the current file, the first byte not yet handed to the flusher
+        self.small = 0  # bytes of small files written since the last syncfs was asked for
+        self._fs_pending = False  # a syncfs is queued or running
         self.enabled = self._call is not None
         self._slots = threading.BoundedSemaphore(_MAX_PENDING)
         self._queue: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
@@ -238,11 +257,24 @@ class Flusher:
         """The current file (``fd``) now holds its first ``end`` bytes."""
         if not self.enabled or end - self.start < self.window or not self._slots.acquire(blocking=False):
             return
+        self._submit((os.dup(fd), self.start, end - self.start))
+        self.start = end
+
+    def wrote_small(self, dir_fd: int, n: int) -> None:
+        """``n`` more bytes went into a small file on the filesystem of the directory ``dir_fd``."""
+        self.small += n
+        if self.small < self.window or self._call_fs is None:
+            return
+        self.small = 0
+        if not self._fs_pending:
+            self._fs_pending = True
+            self._submit((os.dup(dir_fd), -1, 0))
+
+    def _submit(self, item: tuple[int, int, int]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="gapship-flush", daemon=True)
             self._thread.start()
-        self._queue.put((os.dup(fd), self.start, end - self.start))
-        self.start = end
+        self._queue.put(item)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -254,10 +286,16 @@ class Flusher:
         while (item := self._queue.get()) is not None:
             fd, offset, length = item
             try:
-                self._call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+                if offset < 0:
+                    self._call_fs(fd)
+                else:
+                    self._call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
             finally:
                 os.close(fd)
-                self._slots.release()
+                if offset < 0:
+                    self._fs_pending = False
+                else:
+                    self._slots.release()
 
 
 # -- writing a file from the pipeline's buffers ------------------------------------------------------
@@ -316,7 +354,7 @@ class Output:
                 self.direct = False
         if len(piece):
             self.written += len(piece)
-            _write_all(self.fd, piece)
+            write_all(self.fd, piece)
             self.flusher.wrote(self.fd, self.written)
 
     def finish(self) -> int:
@@ -348,7 +386,7 @@ class Output:
             self.direct = False
             rest = piece[n:]
             self.written += len(rest)
-            _write_all(self.fd, rest)
+            write_all(self.fd, rest)
         return True
 
     def _set_direct(self, on: bool) -> bool:
@@ -364,6 +402,7 @@ class Output:
         return True
 
 
-def _write_all(fd: int, piece: memoryview) -> None:
+def write_all(fd: int, piece: memoryview) -> None:
+    """Write all of ``piece`` to ``fd`` (os.write may write less)."""
     while len(piece):
         piece = piece[os.write(fd, piece):]

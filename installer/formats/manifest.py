@@ -260,6 +260,11 @@ class Manifest:
     def file_count(self) -> int:
         return sum(len(c.files) for c in self.components)
 
+    @property
+    def file_bytes(self) -> int:
+        """The size of every file of the version, summed (from the tables' size column: no entry is built)."""
+        return sum(sum(_table(c).sizes()) for c in self.components)
+
     # -- bytes -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -657,6 +662,9 @@ class FileTable(_Rows[FileEntry]):
         self._modes.append(mode)
         self._offsets.append(offset)
         self._hashes.append(hash)
+
+    def sizes(self) -> Sequence[int]:
+        return self._sizes
 
     def from_base_count(self) -> int:
         return len(self._base)

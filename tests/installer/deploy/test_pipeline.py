@@ -147,6 +147,45 @@ def test_flusher_leaves_no_descriptor_behind_and_never_blocks_the_writer(tmp_pat
     assert set(os.listdir("/proc/self/fd")) == before
 
 
+def test_flusher_starts_write_back_of_small_files_with_one_syncfs_at_a_time(tmp_path: Path) -> None:
+    """Each window of small-file bytes asks for a syncfs of their filesystem on the flusher's thread;
+    while one is queued or running, the next windows ask for none; no descriptor is left behind."""
+    calls: list[int] = []
+    real = Flusher._call_fs
+    assert real is not None, "syncfs(2) is there on Linux"
+    running = threading.Event()
+    release = threading.Event()
+
+    def syncfs(fd: int) -> int:
+        calls.append(fd)
+        running.set()
+        release.wait(10)
+        return int(real(fd))
+
+    class Counting(Flusher):
+        _call_fs = staticmethod(syncfs)
+
+    before = set(os.listdir("/proc/self/fd"))
+    flusher = Counting(window=4096)
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(10):
+            fd = os.open(f"f{i}", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=folder)
+            os.write(fd, b"x" * 5000)
+            os.close(fd)
+            flusher.wrote_small(folder, 5000)  # a window each time
+            assert running.wait(10)
+        assert len(calls) == 1  # the first is still running: the other nine asked for nothing
+        release.set()
+        flusher.close()
+        flusher.wrote_small(folder, 5000)  # after it finished, a window asks again
+        flusher.close()
+    finally:
+        os.close(folder)
+    assert len(calls) == 2
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_producer_does_not_hang_if_a_stage_thread_dies() -> None:
     """A bug that kills a stage thread outside its feed() must fail the run, not hang it."""
