@@ -49,7 +49,7 @@ import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -66,6 +66,7 @@ from ..bundle.files import SIGNATURES
 from .deps import DependencyPlan, create_venv, plan_dependencies
 from ..errors import HostError, IntegrityError, PolicyError
 from ..crypto.hashing import Progress, no_progress
+from ..formats.manifest import Manifest
 from ..kit import Malformed, canonical_json, parse_json, read_bounded, read_optional
 from ..safeguards import SiteDecision, write_site_records
 from ..host.state import STATE_DIR, HostState, StateSnapshot
@@ -473,7 +474,7 @@ def _write_records(staging: Path, verified: VerifiedManifest, record: _ReceiptFa
         (sigdir / name).write_bytes(data)
     if marker:
         (staging / INCOMPLETE).write_bytes(b"")
-    _settle_modes(staging)
+    _settle_modes(staging, verified.manifest)
     write_site_records(staging, verified, record.site, now=datetime.now(timezone.utc))  # read-only, so last
     make_read_only(staging)  # sbom/ (docs/sbom.md)
     if record.provenance is not None:
@@ -514,16 +515,35 @@ def _receipt(verified: VerifiedManifest, deps: DependencyPlan | None, record: _R
     return canonical_json(receipt) + b"\n"
 
 
-def _settle_modes(staging: Path) -> None:
+def _settle_modes(staging: Path, manifest: Manifest) -> None:
     """Directories 755 and the records 644, whatever the caller's umask (each payload file already has
     its manifest mode): under umask 000 the verified tree would otherwise be world-writable, under 077
-    unreadable by the service that loads the model."""
-    for dirpath, _dirnames, _filenames in os.walk(staging):
-        os.chmod(dirpath, 0o755)
+    unreadable by the service that loads the model. The directories are the staging directory,
+    signatures/ and every folder a written file's path in the manifest names: nothing else has made
+    any by now. Named from the manifest rather than walked: os.walk of the benchmark's 20,000 files was most
+    of the time between the extraction and the final flush."""
+    os.chmod(staging, 0o755)
+    os.chmod(staging / SIGNATURES, 0o755)
+    for folder in _folders_of(manifest.file_paths()):
+        try:
+            os.chmod(staging / folder, 0o755)
+        except FileNotFoundError:  # only files of models the site does not enable were to go there
+            pass
     for record in (staging / RECEIPT, staging / INCOMPLETE, staging / "manifest.json",
                    *(staging / SIGNATURES).iterdir()):
         if record.exists():
             os.chmod(record, 0o644)
+
+
+def _folders_of(paths: Iterable[str]) -> set[str]:
+    """Every folder the relative ``paths`` lie in, and each folder above it."""
+    parents = {path.rpartition("/")[0] for path in paths}
+    folders: set[str] = set()
+    for parent in parents:
+        while parent and parent not in folders:
+            folders.add(parent)
+            parent = parent.rpartition("/")[0]
+    return folders
 
 
 def _who() -> str:

@@ -260,10 +260,15 @@ class Manifest:
     def file_count(self) -> int:
         return sum(len(c.files) for c in self.components)
 
+    def file_paths(self) -> Iterator[str]:
+        """Every file's path, in manifest order (from the tables' path column: no entry is built)."""
+        for component in self.components:
+            yield from _table(component).paths()
+
     @property
     def file_bytes(self) -> int:
         """The size of every file of the version, summed (from the tables' size column: no entry is built)."""
-        return sum(sum(_table(c).sizes()) for c in self.components)
+        return sum(_table(c).total_size() for c in self.components)
 
     # -- bytes -------------------------------------------------------------------------------
 
@@ -662,9 +667,6 @@ class FileTable(_Rows[FileEntry]):
         self._modes.append(mode)
         self._offsets.append(offset)
         self._hashes.append(hash)
-
-    def sizes(self) -> Sequence[int]:
-        return self._sizes
 
     def from_base_count(self) -> int:
         return len(self._base)

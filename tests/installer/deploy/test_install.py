@@ -54,3 +54,11 @@ def test_install_removes_staging_litter(tmp_path: Path, make_key: Callable[[str]
     code, out = run_json("install", bundle, "--trust", make_trust(key), "--prefix", home.parent)
     assert code == 0, out
     assert sorted(p.name for p in home.iterdir()) == [".lock", "1.0.0", "current"]
+
+
+def test_folders_of_names_every_folder_and_each_one_above_it() -> None:
+    from gapship.installer.deploy.install import _folders_of
+
+    paths = ["top.txt", "models/a/x.bin", "models/a/deep/y.bin", "models/b/z.bin", "safeguards/policy.toml"]
+    assert _folders_of(paths) == {"models", "models/a", "models/a/deep", "models/b", "safeguards"}
+    assert _folders_of([]) == set()
