@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .pipeline import DIRECT_MIN, Block, Output, Pipeline, write_all
+from .pipeline import DIRECT_MIN, Block, Flusher, Output, Pipeline, write_all
 from .tarstream import check_header_region, is_zero
 from ..bundle.source import source_for
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
@@ -149,9 +149,7 @@ class _Extract:
         self.fd = -1
         self.umask = _umask()
         self.new_hash = hash_constructor(self.algorithm)
-        # large files with O_DIRECT from the pipeline's page-aligned buffers (no page-cache copy), the
-        # rest through the page cache with early write-back (pipeline.Output)
-        self.out = Output()
+        self.flusher = Flusher()  # starts the write-back of the small files early
         self._next_file()
 
     def _next_file(self) -> None:
@@ -224,14 +222,8 @@ class _Extract:
         pad = record[data_at + f.size:]
         if pad != _ZEROS[:len(pad)]:  # at most one block of padding, never longer than _ZEROS
             raise UnsafeContentError(f"unexpected non-zero bytes in the tar stream after {f.path!r}", subject=f.path)
-        if f.size >= DIRECT_MIN:  # a block larger than DIRECT_MIN: Output's O_DIRECT path
-            self._open(block, f)
-            if self.fd >= 0:
-                self._write(block, body)
-            self._close(block, f)
-            return
-        if not self.writing or (self.select is not None and not self.select(f)):
-            return
+        if not self.writing or f.size >= DIRECT_MIN or (self.select is not None and not self.select(f)):
+            return  # nothing more to do, or the large-file writer's
         try:
             parent, _, name = f.path.rpartition("/")
             if parent != self.dir_name:
@@ -242,7 +234,7 @@ class _Extract:
                 written = os.write(fd, body)
                 if written < f.size:
                     write_all(fd, body[written:])
-                self.out.flusher.wrote_small(self.dir_fd, f.size)
+                self.flusher.wrote_small(self.dir_fd, f.size)
                 if umasked:
                     os.fchmod(fd, f.mode)
             finally:
@@ -257,8 +249,8 @@ class _Extract:
     # -- writing (a host error stops the writes, never the checks) --------------------------------------
 
     def _open(self, block: Block, f: FileEntry) -> None:
-        if not self.writing or (self.select is not None and not self.select(f)):  # checked, never written
-            return
+        if not self.writing or f.size >= DIRECT_MIN or (self.select is not None and not self.select(f)):
+            return  # checked, never written, or the large-file writer's
         try:
             parent, _, name = f.path.rpartition("/")
             if parent != self.dir_name:
@@ -266,13 +258,13 @@ class _Extract:
             # Created with its final mode where the umask keeps every bit of it (staging is private),
             # else 0600 and fchmod at the end; one syscall fewer per file in the common case.
             self.fd = os.open(name, _CREATE, 0o600 if f.mode & self.umask else f.mode, dir_fd=self.dir_fd)
-            self.out.start(self.fd, f.size)
         except OSError as e:
             self._host_error(e, block)
 
     def _write(self, block: Block, piece: memoryview) -> None:
         try:
-            self.out.write(piece)
+            write_all(self.fd, piece)
+            self.flusher.wrote_small(self.dir_fd, len(piece))
         except OSError as e:
             self._host_error(e, block)
 
@@ -282,16 +274,17 @@ class _Extract:
         try:
             if f.mode & self.umask:
                 os.fchmod(self.fd, f.mode)
-            os.close(self.out.finish())
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)
         except OSError as e:
             self._host_error(e, block)
 
     def _host_error(self, e: OSError, block: Block) -> None:
         self.record(e, block)
         self.writing = False
-        self.out.close()  # closes the open file, if any
-        self.fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def _enter(self, parent: str) -> None:
         """Make ``parent`` the directory new files go into (the manifest's paths are already checked
@@ -308,10 +301,55 @@ class _Extract:
 
     def abort(self) -> None:
         """Close whatever is open (after success too)."""
-        self.out.close()  # closes the open file, if any
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
+        self.flusher.close()
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)
         self.fd = self.dir_fd = -1
+
+
+class _LargeWriter:
+    """The files of :data:`~.pipeline.DIRECT_MIN` bytes and more, written on a thread of their own
+    with O_DIRECT from the pipeline's page-aligned buffers (no page-cache copy; pipeline.Output).
+    A direct write waits for the disk: on the extraction's thread it would stall the file hash for
+    as long (each 1 MiB block is about as long to write as to hash), so these are the one writing
+    that gets its own stage. It decides nothing, like the extraction's writes: the checks run
+    beside it, and a failed check removes the whole staging directory."""
+
+    def __init__(self, files: Iterator[FileEntry], root: Path, select: Callable[[FileEntry], bool] | None) -> None:
+        self.files, self.root, self.select = files, root, select
+        self.file = next(self.files, None)
+        self.fd = -1  # of self.file, once its first byte arrived (-1 too for a file not written)
+        self.out = Output()
+
+    def feed(self, block: Block) -> None:
+        data, pos = block.data, block.position
+        end = pos + len(data)
+        while (f := self.file) is not None and f.offset < end:
+            start, stop = max(f.offset, pos), min(f.end, end)
+            if start == f.offset:
+                self._open(f)
+            if self.fd >= 0:
+                self.out.write(data[start - pos:stop - pos])
+            if stop < f.end:
+                return
+            if self.fd >= 0:
+                os.fchmod(self.fd, f.mode)
+                os.close(self.out.finish())
+                self.fd = -1
+            self.file = next(self.files, None)
+
+    def _open(self, f: FileEntry) -> None:
+        if self.select is not None and not self.select(f):
+            return
+        path = self.root / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)  # race-free beside the extraction's own mkdirs
+        self.fd = os.open(path, _CREATE, 0o600)
+        self.out.start(self.fd, f.size)
+
+    def abort(self) -> None:
+        self.out.close()  # closes the open file, if any
+        self.fd = -1
 
 
 def _umask() -> int:
@@ -339,7 +377,11 @@ def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: P
         pipeline.record(e, tag=block.tag, rank=HOST_RANK, position=block.position)
 
     writer = _Extract(manifest, root, select, host_error)
-    pipeline = Pipeline((_ChunkCheck(manifest), writer), ranks=(HASH_RANK, CONTENT_RANK), keep_going=(True, False),
+    large = _LargeWriter(manifest.payload_files(min_size=DIRECT_MIN), root, select)
+    stages: tuple[Any, ...] = (_ChunkCheck(manifest), writer)
+    if large.file is not None:
+        stages += (large,)
+    pipeline = Pipeline(stages, ranks=(HASH_RANK, CONTENT_RANK, HOST_RANK), keep_going=(True, False, False),
                         name="gapship-install")
     try:
         for index in range(len(manifest.chunks)):
@@ -355,6 +397,7 @@ def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: P
     finally:
         pipeline.abort()
         writer.abort()
+        large.abort()
 
 
 def _read_chunk(bundle: Path, m: Manifest, index: int, pipeline: Pipeline, progress: Progress) -> None:

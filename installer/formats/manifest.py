@@ -228,12 +228,16 @@ class Manifest:
         for component in self.components:
             yield from component.files
 
-    def payload_files(self) -> Iterator[FileEntry]:
+    def payload_files(self, *, min_size: int = 0) -> Iterator[FileEntry]:
         """The files whose bytes are in the payload, in payload order: all of them but a delta's
-        files taken from its base (section 11.1)."""
+        files taken from its base (section 11.1). With ``min_size``, only those at least that large
+        (picked from the size column: no entry is built for the others)."""
         for component in self.components:
             table = _table(component)
-            if table.from_base_count():
+            if min_size:
+                yield from (f for f in (table[i] for i, size in enumerate(table.sizes()) if size >= min_size)
+                            if not f.from_base)
+            elif table.from_base_count():
                 yield from (f for f in table if not f.from_base)
             else:
                 yield from table
@@ -667,6 +671,9 @@ class FileTable(_Rows[FileEntry]):
         self._modes.append(mode)
         self._offsets.append(offset)
         self._hashes.append(hash)
+
+    def sizes(self) -> Sequence[int]:
+        return self._sizes
 
     def from_base_count(self) -> int:
         return len(self._base)

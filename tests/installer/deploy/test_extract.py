@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from gapship.bundler.payload import member_header
 from gapship.bundler.sign import write_signature
+from gapship.installer.deploy import extract as _extract
 from gapship.installer.deploy import pipeline as _pipeline
 from gapship.installer.deploy.extract import _HeaderCheck
 from gapship.installer.deploy.tarstream import check_header_region
@@ -100,11 +101,17 @@ def install_fails(bundle: Path, trust: Path, prefix: Path, *, code: int, kind: s
     return message
 
 
-@pytest.mark.parametrize(("block", "chunk"), [(512, 512), (700, 1000), (4096, 1536), (0, 4096)])
+@pytest.mark.parametrize(("block", "chunk", "large"), [(512, 512, 0), (700, 1000, 0), (4096, 1536, 0), (0, 4096, 0),
+                                                   (512, 512, 4096), (700, 1000, 3000), (4096, 1536, 4096)])
 def test_installs_exact_bytes_for_any_block_and_chunk_size(
-        block: int, chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_key: Callable[[str], KeyPair],
-        make_trust: Callable[..., Path], make_bundle: Callable[..., Path]) -> None:
+        block: int, chunk: int, large: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path], make_bundle: Callable[..., Path]) -> None:
+    """``large``: files from that size on go to the large-file writer (its own stage, O_DIRECT where
+    aligned), as files of DIRECT_MIN bytes and more do."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    if large:
+        monkeypatch.setattr(_extract, "DIRECT_MIN", large)
+        monkeypatch.setattr(_pipeline, "DIRECT_MIN", large)
     key = make_key("release")
     reference = make_bundle(key, files=FILES, chunk_size=chunk)  # the default 1 MiB blocks
     if block:
