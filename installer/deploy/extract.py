@@ -124,10 +124,11 @@ class _Extract:
 
     A file whose header region, data and padding all lie inside the block at hand (every small
     file, nearly always) takes the fast path: checked whole, then created, written and closed in
-    one go, so nothing is written before its header and hash passed. The rest (a file crossing a
-    block, a large file) is walked piece by piece: its bytes are written as they arrive and its
-    hash is compared at its end; a failed check removes the whole staging directory (the module
-    docstring), so that is as safe. A host error (disk full, quota) is recorded with
+    one go, so nothing is written before its header and hash passed. A file crossing a block is
+    walked piece by piece: its bytes are written as they arrive and its hash is compared at its
+    end; a failed check removes the whole staging directory (the module docstring), so that is as
+    safe. Files of :data:`~.pipeline.DIRECT_MIN` bytes and more are checked here and written by
+    :class:`_LargeWriter`. A host error (disk full, quota) is recorded with
     :data:`HOST_RANK` through ``record`` and stops this stage, as any error does; the chunk check
     still hashes the chunk to its end, so a damaged chunk wins over what the damage caused."""
 
@@ -246,7 +247,7 @@ class _Extract:
         if digest != f.hash:
             raise IntegrityError(f"file {f.path!r} does not match its {self.algorithm} hash", subject=f.path)
 
-    # -- writing (a host error stops the writes, never the checks) --------------------------------------
+    # -- writing (an OSError is the host's: recorded with HOST_RANK, and this stage stops) -------------
 
     def _open(self, block: Block, f: FileEntry) -> None:
         if not self.writing or f.size >= DIRECT_MIN or (self.select is not None and not self.select(f)):

@@ -1,5 +1,5 @@
-"""The streaming install (installer/deploy/extract.py) and build (bundler/payload.py) run three stages on
-three threads. These tests pin what that must not change: the exact bytes, for any block and chunk
+"""The streaming install (installer/deploy/extract.py) and build (bundler/payload.py) run their stages on
+threads of their own. These tests pin what that must not change: the exact bytes, for any block and chunk
 size; a damaged chunk reported as damage (exit 3) and the first one first, whatever its bytes look
 like; and the checks that only the stream can make (file hashes, tar headers, padding) on chunks
 that are intact and properly signed."""
