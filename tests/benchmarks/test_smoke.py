@@ -56,7 +56,8 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
     assert len(targets) == 10 + (4 if uv else 2)  # type: ignore[arg-type]
     assert "small made-up wheels" in str(report["settings"]["deps_wheels"])  # type: ignore[index]
     bounds: list[dict[str, object]] = report["bounds"]  # type: ignore[assignment]
-    assert [b["figure"] for b in bounds] == [_load_script().LIMIT_SHARE, _load_script().LIMIT_VS_TAR]
+    assert [b["figure"] for b in bounds] == [_load_script().LIMIT_SHARE, _load_script().LIMIT_VS_TAR,
+                                             _load_script().STARTUP_SHARE]
     assert all(isinstance(b["value"], float) and b["value"] > 0 for b in bounds)
     machine = report["machine"]
     assert {"nproc", "cpu", "filesystem", "python"} <= set(machine)  # type: ignore[arg-type]
@@ -70,7 +71,7 @@ def test_table_output_is_a_markdown_table(tmp_path: Path) -> None:
     lines = out.splitlines()
     header = lines.index("| data | step | contender | median s | MB/s | CPU s | peak RSS MiB | gapship speed-up |")
     rows = [line for line in lines[header + 2:] if line.startswith("|")]
-    assert len(rows) == 3 + 4 + 4
+    assert len(rows) == 3 + 4 + 5  # install: gapship, tar -x, tar -x; sync, three-pass, the start-up
     assert all(line.replace("\\|", "").count("|") == 9 for line in rows), rows
     assert any(line.startswith("page cache:") for line in lines)
     assert not (tmp_path / "work" / "out").exists() or not any((tmp_path / "work" / "out").iterdir())
@@ -87,6 +88,16 @@ def test_bounds_compare_the_install_and_tar_with_the_durable_write_limit() -> No
     got = {b["figure"]: b["value"] for b in bench.bounds(rows)}
     assert got == {bench.LIMIT_SHARE: 0.625, bench.LIMIT_VS_TAR: 1.12}
     assert bench.bounds(rows[:3]) == []  # no limit row (small data only): nothing to say
+
+
+def test_small_file_bound_sets_start_up_and_flush_against_the_target_time() -> None:
+    bench = _load_script()
+    rows = [{**_row(name, seconds), "dataset": "small"}
+            for name, seconds in (("gapship install", 1.0), ("tar -x", 0.4), ("tar -x; sync", 0.6),
+                                  (bench.STARTUP, 0.15))]
+    # start-up 0.15 s + flush 0.2 s against the 0.5 s that 0.8x tar -x allows
+    assert bench.bounds(rows) == [{"figure": bench.STARTUP_SHARE, "value": 0.7}]
+    assert bench.bounds(rows[:3]) == []
 
 
 def _load_script():  # type: ignore[no-untyped-def]
