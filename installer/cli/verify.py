@@ -11,7 +11,6 @@ from ..bundle.files import read_raw_bundle
 from ..bundle.parity import load_parity
 from ..provenance import load_provenance
 from ..bundle.verify import verify_chunk_file, verify_chunks
-from ..oci.transfer import verify_registry_chunks
 from ..trust import TrustStore, verify_manifest
 from ._host import HostContext, host_options
 from ._oci import RegistryOptions, bundle_or_reference, opened, registry_options
@@ -55,8 +54,12 @@ def _verify(bundle: Path, trust_dir: Path, chunk_files: tuple[Path, ...], as_jso
     else:
         extra = len(parity.layout.parity) * m.chunk_size if parity else 0
         with progress_bar(m.payload_size + extra, "verify", progress) as bar:
-            report = verify_registry_chunks(bundle, verified, progress=bar) if streamed else \
-                verify_chunks(bundle, verified, progress=bar, parity=parity)
+            if streamed:
+                from ..oci.transfer import verify_registry_chunks  # http.client and ssl: only for oci://
+
+                report = verify_registry_chunks(bundle, verified, progress=bar)
+            else:
+                report = verify_chunks(bundle, verified, progress=bar, parity=parity)
         count, size = report.chunks, report.bytes
         host.decide(bundle, verified, trust_dir=trust_dir)
     scope = "chunk" if chunk_files else "bundle"

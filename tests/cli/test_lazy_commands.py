@@ -74,6 +74,7 @@ def test_verify_imports_no_bundler_nor_site_module(make_key: Callable[[str], Key
     assert done.stdout.startswith("OK demo 1.0.0: signed by release")
     assert bundler_modules(modules) == ENTRY_SHIM
     assert "gapship.installer.deploy.install" not in modules  # verify writes nothing; the installer stays unloaded
+    assert not {"gapship.installer.oci.client", "http.client", "ssl"} & set(modules)  # a directory, not oci://
     assert not modules & SITE_ONLY
 
 
@@ -87,6 +88,7 @@ def test_install_imports_no_bundler_module(make_key: Callable[[str], KeyPair], m
     assert (prefix / "demo" / "current" / "models" / "tiny" / "config.json").read_bytes() == b'{"hidden": 4}\n'
     assert bundler_modules(modules) == ENTRY_SHIM
     assert "packaging.tags" not in modules  # a bundle without dependencies needs no wheel tags
+    assert not {"gapship.installer.oci.client", "http.client", "ssl"} & set(modules)  # a directory, not oci://
 
 
 def test_status_imports_no_bundler_module(tmp_path: Path) -> None:
