@@ -9,7 +9,6 @@ import click
 
 from ..bundle.files import read_raw_bundle
 from ..bundle.parity import damage, load_parity
-from ..bundle.repair import NotWhole, repair
 from ..bundle.verify import scan_chunks
 from ..errors import GapshipError, IntegrityError, UsageError
 from ..host.state import HostState
@@ -126,6 +125,8 @@ def _publish(cache: Path | None, prefix: Path, name: str) -> Published | None:
 
 def _repair(bundle: Path, verified: VerifiedManifest, progress: bool | None) -> None:
     """``--repair``: rebuild in place (only the lost chunks are written: no second copy of the payload)."""
+    from ..bundle.repair import NotWhole, repair  # the erasure code's tables: only when asked for
+
     parity = load_parity(bundle, verified)
     if parity is None:
         raise IntegrityError(f"{bundle} has no parity/: --repair has nothing to repair from", subject="parity")
