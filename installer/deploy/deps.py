@@ -16,7 +16,8 @@ runs before verification has finished (the security guide's "Faults on the host"
    asks the chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
    differ from the interpreter running gapship), and refuses a mismatch with :class:`PolicyError`.
 2. The payload is extracted and every file hash-checked as usual (``extract.py``).
-3. :func:`create_venv`: ``python -m venv --without-pip`` at its final path, then, in this process, each
+3. :func:`create_venv`: the venv at its final path (:func:`make_venv`: ``python -m venv --without-pip``,
+   done in this process when ``--python`` is the running interpreter), then, in this process, each
    wheel the lock pins by hash unpacked into it by pypa/installer (:mod:`.wheels`), every file checked against
    its wheel's ``RECORD``. Installing a wheel unpacks files; it runs no code from the wheel (no ``setup.py``),
    and nothing reaches an index: any missing wheel is a failure, not a fallback.
@@ -374,9 +375,10 @@ def create_venv(version_dir: Path, plan: DependencyPlan, *, compile_bytecode: bo
 
     The venv is made at its final path because venvs are not relocatable (absolute paths in
     ``pyvenv.cfg`` and in every script); see install.py for how that fits the atomic switch. It is made
-    without pip (no ensurepip needed on the target Python, and a venv that only serves); the wheels
-    are unpacked in this process by pypa/installer (:mod:`.wheels`), each file checked against its
-    wheel's ``RECORD``, and with ``compile_bytecode`` compiled by the planned interpreter on every core."""
+    without pip (no ensurepip needed on the target Python, and a venv that only serves), by
+    :func:`make_venv`; the wheels are unpacked in this process by pypa/installer (:mod:`.wheels`), all
+    at once, each file checked against its wheel's ``RECORD``, and with ``compile_bytecode`` compiled
+    by the planned interpreter on every core."""
     from .wheels import choose_wheels, compile_bytecode as compile_all, install_wheels
 
     root = Path(os.path.abspath(version_dir))

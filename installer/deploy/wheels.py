@@ -10,8 +10,12 @@ wheel. On top of it this module keeps pip's guarantees and adds some:
 - only wheels whose sha256 the lock pins are installed, one per pin, the one whose tags this
   interpreter prefers (:func:`choose_wheels`), hashed here from the version directory;
 - every file of a wheel is listed in its ``RECORD`` with a hash and size, and each file's bytes are
-  checked against that entry as they are written (:class:`_Checked`); any mismatch refuses the
-  install, which then removes the whole version (install.py);
+  checked against that entry as they are written (:func:`_write_job`, :class:`_Checked` for
+  scripts); any mismatch refuses the install, which then removes the whole version (install.py);
+- the files of all the wheels are written at once, by one thread per core, the largest first, while
+  pypa/installer walks the wheels on the calling thread (:class:`_Unpack`); each wheel's ``RECORD``
+  is written after every file of the batch (issue 16: unpacking one wheel after the other left a
+  core idle);
 - files are created with ``O_EXCL | O_NOFOLLOW`` and modes 0644 or 0755 whatever the umask, so two
   wheels that carry the same file, or a path that leaves its scheme, are refused, not overwritten;
 - console and GUI scripts are made from the entry points as pip makes them (a ``#!`` line to the
@@ -113,25 +117,23 @@ def install_wheels(venv: Path, choices: Sequence[Choice], *, python_version: str
                    workers: int | None = None) -> None:
     """Unpack each chosen wheel into ``venv`` (made at its final path, :func:`~.deps.create_venv`).
 
-    Three steps, so that all wheels are unpacked at once rather than one after the other (issue 16):
-    pypa/installer walks each wheel on this thread, which checks every path, makes the directories,
-    writes the scripts and metadata and queues each other file; the queued files of all the wheels
-    are then decompressed, checked against their ``RECORD`` entry and written by ``workers`` threads,
-    the largest first (zlib, hashlib and the writes release the GIL); each wheel's ``RECORD`` is
-    written last, once every file it lists is. The wheels go in batches so that a bundle of many
-    wheels cannot hold more than :data:`_WHEELS_OPEN` archives open."""
+    All wheels are unpacked at once rather than one after the other (issue 16): pypa/installer walks
+    each wheel on this thread, the biggest wheel first, which checks every path, makes the
+    directories, writes the scripts and metadata and queues each other file; meanwhile ``workers``
+    threads (default: one per core) take the largest queued file, decompress it, check it against
+    its ``RECORD`` entry and write it (inflate, hashlib, pread and write release the GIL). Each
+    wheel's ``RECORD`` is written last, once every queued file is. The wheels go in batches so that a
+    bundle of many wheels cannot hold more than :data:`_WHEELS_OPEN` archives open."""
     scheme = scheme_paths(venv, python_version)
     made: set[str] = set()
+    umask = current_umask()
     with _short_switches():
         for start in range(0, len(choices), _WHEELS_OPEN):
-            _install_batch(choices[start:start + _WHEELS_OPEN], scheme, made, workers or _workers())
-
-
-def _install_batch(choices: Sequence[Choice], scheme: dict[str, str], made: set[str], workers: int) -> None:
-    with _Unpack(workers) as unpack:
-        for choice in sorted(choices, key=lambda c: c.path.stat().st_size, reverse=True):  # big ones queued first
-            _install_one(choice.path, scheme, unpack, made)
-        unpack.run()
+            with _Unpack(workers or _workers(), umask=umask) as unpack:
+                batch = sorted(choices[start:start + _WHEELS_OPEN], key=lambda c: c.path.stat().st_size, reverse=True)
+                for choice in batch:  # the big wheels first: their big files are queued first
+                    _install_one(choice.path, scheme, unpack, made)
+                unpack.run()
 
 
 @contextmanager
@@ -184,7 +186,7 @@ def _install_one(path: Path, scheme: dict[str, str], unpack: _Unpack, made: set[
                                  subject=path.name) from None
     headers = dict(scheme, headers=posixpath.join(scheme["headers"], source.distribution))
     destination = _Destination(scheme_dict=headers, interpreter=str(Path(scheme["scripts"]) / "python"),
-                               script_kind="posix", wheel=path.name, unpack=unpack, made=made)
+                               script_kind="posix", wheel=path.name, unpack=unpack, made=made, umask=unpack.umask)
     with _as_install_error(path.name):
         install_wheel(source, destination, {"INSTALLER": INSTALLER_NAME, "REQUESTED": b""})
 
@@ -324,6 +326,7 @@ class _Destination(SchemeDictionaryDestination):
     wheel: str = ""
     unpack: _Unpack | None = None
     made: set[str] = field(default_factory=set)  # directories known to exist (shared by the wheels)
+    umask: int = 0o777  # the process's (current_umask); unknown: every mode is set explicitly
 
     def write_file(self, scheme: Scheme, path: str | os.PathLike[str], stream: BinaryIO,
                    is_executable: bool) -> RecordEntry:
@@ -342,7 +345,7 @@ class _Destination(SchemeDictionaryDestination):
         if self.unpack is not None:
             self.unpack.claim(target, self.wheel, shown=path)
         self._make_parents(os.path.dirname(target))
-        fd = _create(target, _EXEC_MODE if is_executable else _FILE_MODE, wheel=self.wheel, shown=path)
+        fd = _create(target, _EXEC_MODE if is_executable else _FILE_MODE, umask=self.umask, wheel=self.wheel, shown=path)
         h, size = hashlib.new(self.hash_algorithm), 0
         try:
             while block := stream.read(_BLOCK):
@@ -369,7 +372,7 @@ class _Destination(SchemeDictionaryDestination):
         for each in reversed(missing):
             try:
                 os.mkdir(each, _DIR_MODE)
-                if _umask() & _DIR_MODE:
+                if self.umask & _DIR_MODE:
                     os.chmod(each, _DIR_MODE)
             except FileExistsError:
                 if not os.path.isdir(each) or os.path.islink(each):
@@ -410,7 +413,8 @@ class _Unpack:
     one at the end); then, in :meth:`run`, the wheels' ``RECORD`` files. Leaving the ``with`` block,
     no thread writes any more and the archives are closed, whatever happened."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, umask: int) -> None:
+        self.umask = umask
         self.archives: list[zipfile.ZipFile] = []
         self.records: list[Callable[[], None]] = []
         self._heap: list[tuple[int, int, _Job]] = []
@@ -473,7 +477,7 @@ class _Unpack:
                 job = heapq.heappop(self._heap)[2]
             try:
                 with _as_install_error(job.wheel):
-                    _write_job(job)
+                    _write_job(job, self.umask)
             except BaseException as e:
                 with self._ready:
                     self._failed = self._failed or e  # the other threads stop at their next file
@@ -486,10 +490,10 @@ def _overwrites(wheel: str, shown: str) -> UnsafeContentError:
                               subject=wheel)
 
 
-def _write_job(job: _Job) -> None:
+def _write_job(job: _Job, umask: int) -> None:
     entry = job.entry
     assert entry.hash_ is not None and entry.size is not None
-    fd = _create(job.target, job.mode, wheel=job.wheel, shown=entry.path)
+    fd = _create(job.target, job.mode, umask=umask, wheel=job.wheel, shown=entry.path)
     try:
         h, size = hashlib.new(entry.hash_.name), 0
         for block in _member_blocks(job.archive, job.item, job.wheel):
@@ -506,12 +510,12 @@ def _write_job(job: _Job) -> None:
                                  subject=job.wheel)
 
 
-def _create(target: str, mode: int, *, wheel: str, shown: str) -> int:
+def _create(target: str, mode: int, *, umask: int, wheel: str, shown: str) -> int:
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except FileExistsError:
         raise _overwrites(wheel, shown) from None
-    if _umask() & mode:  # not the caller's umask: 077 would make it unreadable by the serving user
+    if umask & mode:  # not the caller's umask: 077 would make it unreadable by the serving user
         os.fchmod(fd, mode)
     return fd
 
@@ -522,20 +526,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _umask() -> int:
-    """The process umask, read without setting it (``os.umask`` sets it, for every thread)."""
-    global _UMASK
-    if _UMASK is None:
-        try:
-            with open("/proc/self/status", "rb") as f:
-                line = next(x for x in f if x.startswith(b"Umask:"))
-            _UMASK = int(line.split()[1], 8)
-        except (OSError, StopIteration, ValueError, IndexError):
-            _UMASK = 0o777  # unknown: always set the mode explicitly
-    return _UMASK
-
-
-_UMASK: int | None = None
+def current_umask() -> int:
+    """The process umask, read without setting it (``os.umask`` sets it, for every thread at once);
+    0o777 when it cannot be read, so that every mode is then set explicitly."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            line = next(x for x in f if x.startswith(b"Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o777
 
 
 # -- reading a member ----------------------------------------------------------------------------------
