@@ -600,19 +600,18 @@ def _member_blocks(archive: zipfile.ZipFile, item: zipfile.ZipInfo, wheel: str) 
 
 
 def _data_offset(fd: int, item: zipfile.ZipInfo, wheel: str) -> int:
-    header = os.pread(fd, _LOCAL_HEADER.size, item.header_offset)
-    if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+    try:
+        want = item.orig_filename.encode("utf-8" if item.flag_bits & 0x800 else "cp437")
+    except UnicodeEncodeError:
+        want = b""
+    header = os.pread(fd, _LOCAL_HEADER.size + len(want), item.header_offset)  # the header and its name at once
+    if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
         raise _malformed(wheel, item, "has no local file header")
     name_length: int
     extra_length: int
-    _, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-    name = os.pread(fd, name_length, item.header_offset + _LOCAL_HEADER.size)
-    try:
-        same = name == item.orig_filename.encode("utf-8" if item.flag_bits & 0x800 else "cp437")
-    except UnicodeEncodeError:
-        same = False
-    if not same:  # zipfile refuses this too: two names for one member
-        raise _malformed(wheel, item, "has another name in its local header")
+    _, name_length, extra_length = _LOCAL_HEADER.unpack_from(header)
+    if not want or header[_LOCAL_HEADER.size:] != want or name_length != len(want):
+        raise _malformed(wheel, item, "has another name in its local header")  # zipfile refuses this too
     return item.header_offset + _LOCAL_HEADER.size + name_length + extra_length
 
 
