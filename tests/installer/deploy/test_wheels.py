@@ -380,3 +380,17 @@ def test_a_failing_file_stops_every_writer_thread(tmp_path: Path, interpreter: I
 
 
 switch = sys.getswitchinterval()
+
+
+def test_tags_asked_in_process_are_the_ones_the_interpreter_gives(tmp_path: Path) -> None:
+    """The running interpreter is asked in-process; the same one behind another path (a wrapper that
+    realpath cannot see through) is asked in a subprocess: the answers agree."""
+    from gapship.installer.deploy.deps import query_interpreter as ask
+
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    here, there = ask(sys.executable), ask(str(wrapper))
+    assert (here.version, here.full_version, here.implementation, here.tags) == \
+        (there.version, there.full_version, there.implementation, there.tags)
+    assert here.executable == os.path.abspath(sys.executable) and there.executable == str(wrapper)
