@@ -14,7 +14,9 @@ the same lock. Contenders, each into a new venv of the same Python:
   python -m venv && pip install --no-index      (pip compiles bytecode by default)
   uv venv && uv pip install --offline           with an empty cache (a new --cache-dir every run),
                                   without and with --compile-bytecode, when uv is on PATH or beside
-                                  this python (``pip install uv`` into the benchmark's venv)
+                                  this python (``pip install uv`` into the benchmark's venv); and,
+                                  for reference only, the first followed by ``sync`` (uv flushes
+                                  nothing, gapship's install flushes before ``current`` switches)
 
 Public tools only: python, pip, tar, and uv when it is there.
 """
@@ -35,6 +37,7 @@ STACK = ("numpy", "safetensors", "tokenizers", "huggingface-hub", "jinja2")
 PIP = "python -m venv && pip install --no-index"
 UV = "uv venv && uv pip install --offline (empty cache)"
 UV_COMPILE = "uv venv && uv pip install --offline --compile-bytecode (empty cache)"
+UV_SYNC = "uv venv && uv pip install --offline (empty cache); sync"
 COMPILE = "gapship install --compile"
 
 
@@ -138,6 +141,9 @@ def contenders(env: Any, bundle: Path, *, make: Callable[..., Any], shell: Calla
                    f"{q(venv / 'bin' / 'python')} --offline --no-index --find-links {q(wheels)} --require-hashes "
                    f"--cache-dir {q(cache)} -r {q(lock)}")
         rows.append(make("install", UV, shell(install), inputs, outputs=[venv, cache]))
+        # uv flushes nothing; gapship's install ends with a syncfs before `current` switches. For
+        # reference only (no target): the same, followed by a sync, as run.py's 'tar -x; sync' row.
+        rows.append(make("install", UV_SYNC, shell(install + " && sync"), inputs, outputs=[venv, cache]))
         rows.append(make("install", UV_COMPILE, shell(install + " --compile-bytecode"), inputs, outputs=[venv, cache]))
     return rows
 

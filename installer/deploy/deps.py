@@ -16,7 +16,8 @@ runs before verification has finished (the security guide's "Faults on the host"
    asks the chosen interpreter for its version and ``packaging.tags.sys_tags()`` in a subprocess (``--python`` may
    differ from the interpreter running gapship), and refuses a mismatch with :class:`PolicyError`.
 2. The payload is extracted and every file hash-checked as usual (``extract.py``).
-3. :func:`create_venv`: ``python -m venv --without-pip`` at its final path, then, in this process, each
+3. :func:`create_venv`: the venv at its final path (:func:`make_venv`: ``python -m venv --without-pip``,
+   done in this process when ``--python`` is the running interpreter), then, in this process, each
    wheel the lock pins by hash unpacked into it by pypa/installer (:mod:`.wheels`), every file checked against
    its wheel's ``RECORD``. Installing a wheel unpacks files; it runs no code from the wheel (no ``setup.py``),
    and nothing reaches an index: any missing wheel is a failure, not a fallback.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -193,6 +195,8 @@ class DependencyPlan:
     interpreter: Interpreter
     pins: tuple[Pin, ...]
     wheels: tuple[str, ...]  # file names under dependencies/wheels/
+    # (file name, hex sha256) from the signed manifest, when it hashes with sha256 (wheels.choose_wheels)
+    digests: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -227,7 +231,8 @@ def plan_dependencies(bundle: Path, verified: VerifiedManifest, *, python: str |
     _check_pins_have_wheels(pins, wheels)
     interpreter = query_interpreter(python or sys.executable)
     check_host(target, wheels, interpreter)
-    return DependencyPlan(target=target, interpreter=interpreter, pins=pins, wheels=wheels)
+    digests = tuple((name, files[WHEELS + name].hash) for name in wheels) if m.hash_algorithm == "sha256" else ()
+    return DependencyPlan(target=target, interpreter=interpreter, pins=pins, wheels=wheels, digests=digests)
 
 
 def _check_layout(files: dict[str, FileEntry]) -> tuple[str, ...]:
@@ -321,6 +326,8 @@ def query_interpreter(python: str) -> Interpreter:
     if found is None:
         raise UsageError(f"Python interpreter {python!r} not found or not executable", subject=python)
     executable = os.path.abspath(found)
+    if _is_running(executable):
+        return _this_interpreter(executable)
     import packaging
 
     init = Path(packaging.__file__)
@@ -348,27 +355,75 @@ def query_interpreter(python: str) -> Interpreter:
 # -- creating the venv ----------------------------------------------------------------------------
 
 
+def _is_running(executable: str) -> bool:
+    """Whether ``executable`` is the interpreter running gapship (the default ``--python``)."""
+    return os.path.realpath(executable) == os.path.realpath(sys.executable)
+
+
+def _this_interpreter(executable: str) -> Interpreter:
+    """What :data:`_QUERY` would print, asked of this process: the same interpreter and the same copy
+    of ``packaging``, without a second interpreter's start (issue 16: every 10 ms counts here)."""
+    from packaging import tags
+
+    return Interpreter(executable=executable, version="%d.%d" % sys.version_info[:2],
+                       full_version="%d.%d.%d" % sys.version_info[:3], implementation=tags.interpreter_name(),
+                       tags=tuple(str(t) for t in tags.sys_tags()))
+
+
 def create_venv(version_dir: Path, plan: DependencyPlan, *, compile_bytecode: bool = False) -> Path:
     """Create ``version_dir/venv`` with the planned interpreter and install the locked wheels offline.
 
     The venv is made at its final path because venvs are not relocatable (absolute paths in
     ``pyvenv.cfg`` and in every script); see install.py for how that fits the atomic switch. It is made
-    without pip (no ensurepip needed on the target Python, and a venv that only serves); the wheels
-    are unpacked in this process by pypa/installer (:mod:`.wheels`), each file checked against its
-    wheel's ``RECORD``, and with ``compile_bytecode`` compiled by the planned interpreter on every core."""
+    without pip (no ensurepip needed on the target Python, and a venv that only serves), by
+    :func:`make_venv`; the wheels are unpacked in this process by pypa/installer (:mod:`.wheels`), all
+    at once, each file checked against its wheel's ``RECORD``, and with ``compile_bytecode`` compiled
+    by the planned interpreter on every core."""
     from .wheels import choose_wheels, compile_bytecode as compile_all, install_wheels
 
     root = Path(os.path.abspath(version_dir))
     venv = root / VENV
-    _run([plan.interpreter.executable, "-I", "-m", "venv", "--without-pip", str(venv)],
-         what=f"create the venv {venv}")
+    make_venv(venv, plan.interpreter.executable)
     choices = choose_wheels(root / WHEELS, plan.wheels, [(p.name, p.version, p.hashes) for p in plan.pins],
-                            plan.interpreter.tags)
+                            plan.interpreter.tags, digests=dict(plan.digests))
     install_wheels(venv, choices, python_version=plan.interpreter.version)
     if compile_bytecode:
         compile_all(plan.interpreter.executable, venv / "lib" / f"python{plan.interpreter.version}" / "site-packages",
                     pip_env())
     return venv
+
+
+def make_venv(venv: Path, python: str) -> None:
+    """``python -m venv --without-pip venv`` with umask 022. When ``python`` is the interpreter running
+    gapship, this process does it with the same standard library code (``venv.EnvBuilder``, as that
+    command line sets it up) instead of starting a second interpreter; the modes are then set as
+    umask 022 would have made them (the umask is the process's, shared by its threads: not changed
+    here). Either way the result is what ``adopt.check_venv`` checks."""
+    if not _is_running(python):
+        _run([python, "-I", "-m", "venv", "--without-pip", str(venv)], what=f"create the venv {venv}")
+        return
+    import venv as stdlib_venv
+
+    options: dict[str, object] = {"symlinks": os.name != "nt", "with_pip": False}
+    if sys.version_info >= (3, 13):
+        options["scm_ignore_files"] = frozenset({"git"})  # what `python -m venv` writes there (.gitignore)
+    try:
+        stdlib_venv.EnvBuilder(**options).create(str(venv))  # type: ignore[arg-type]
+        _settle_venv_modes(venv)
+    except OSError as e:
+        raise HostError(f"cannot create the venv {venv}: {e.strerror or e}", subject=str(venv)) from None
+
+
+def _settle_venv_modes(venv: Path) -> None:
+    """0755 for directories and executables, 0644 for other files (what umask 022 leaves of what
+    ``venv`` asks for); links keep theirs."""
+    for folder, dirs, files in os.walk(venv):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(path, 0o755 if st.st_mode & 0o100 else 0o644)
 
 
 def _run(argv: list[str], *, what: str) -> None:

@@ -15,8 +15,10 @@ be built in the staging directory and renamed. Instead:
 
 1. before anything is written, :func:`~.deps.plan_dependencies` checks that the host fits;
 2. the staging directory gets the verified files, the manifest copies and an ``.incomplete`` marker,
-   but no receipt, and is renamed to the version directory (``current`` still points elsewhere);
-3. the venv is created at its final path inside the version directory;
+   but no receipt, and is renamed to the version directory (``current`` still points elsewhere); only
+   the marker is flushed before the rename, so that the directory is never on disk without it;
+3. the venv is created at its final path inside the version directory, and one ``syncfs`` flushes
+   the staged files and the venv together;
 4. ``receipt.json`` is written last (atomically), then the marker removed, then ``current`` switched.
 
 A version directory is complete exactly when it holds ``receipt.json``. One that holds the marker
@@ -208,7 +210,10 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             if deps is None:
                 refs = intend("installed")
                 _write_receipt(staging, verified, None, record, refs)
-            _sync(staging)
+                _sync(staging)
+            else:  # one syncfs, after the venv (_finish_dependencies); until then the marker, durable
+                _fsync_file(staging / INCOMPLETE)  # first, says what the version directory is
+                fsync_dir(staging)
             os.rename(staging, target)
             fsync_dir(home)
         except BaseException:
@@ -559,6 +564,14 @@ def _switch_current(home: Path, version: str) -> None:
     os.symlink(version, tmp)
     os.replace(tmp, link)
     fsync_dir(home)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync(path: Path) -> None:

@@ -17,7 +17,9 @@ BASELINES = {
     "verify": {"sha256sum -c", "openssl dgst -sha256"},
     "install": {"tar -x", "tar -x; sync", "three-pass (sha256sum -c; tar -x; sha256sum -c)"},
 }
-DEPS = {"gapship install --compile", "python -m venv && pip install --no-index"}  # and uv's two, when uv is there
+DEPS = {"gapship install --compile", "python -m venv && pip install --no-index"}  # and uv's three, when uv is there
+UV_DEPS = {"uv venv && uv pip install --offline (empty cache)", "uv venv && uv pip install --offline (empty cache); sync",
+           "uv venv && uv pip install --offline --compile-bytecode (empty cache)"}
 
 
 def smoke(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,6 +55,8 @@ def test_json_report_has_every_step_contender_and_target(report: dict[str, objec
     targets = report["targets"]
     assert [t["target"] for t in targets][-1].startswith("peak RSS")  # type: ignore[index]
     uv = any(str(r["contender"]).startswith("uv ") for r in rows)
+    if uv:  # the ; sync row is for reference: it has no target
+        assert {str(r["contender"]) for r in rows if str(r["contender"]).startswith("uv ")} == UV_DEPS
     assert len(targets) == 10 + (4 if uv else 2)  # type: ignore[arg-type]
     assert "small made-up wheels" in str(report["settings"]["deps_wheels"])  # type: ignore[index]
     bounds: list[dict[str, object]] = report["bounds"]  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -205,3 +206,191 @@ def test_rejects_a_wheel_whose_hash_the_lock_does_not_pin(tmp_path: Path, interp
                              pins=(Pin("gsw", "1.0", ("0" * 64,)),))
     with pytest.raises(UnsafeContentError, match="no bundled wheel for gsw==1.0"):
         create_venv(tmp_path / "v", swapped)
+
+
+# -- issue 16: the venv made in-process, wheels unpacked at once -------------------------------------
+
+def _tree(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    """Every entry under ``root``: its kind, mode and bytes (or link target)."""
+    out: dict[str, tuple[str, int, bytes | str]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", 0, os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), b"")
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), p.read_bytes())
+    return out
+
+
+def _cfg(venv: Path) -> dict[str, str]:
+    lines = (venv / "pyvenv.cfg").read_text().splitlines()
+    return {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in lines if "=" in line) if k.strip() != "command"}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_venv_made_in_process_is_the_one_python_m_venv_makes(tmp_path: Path, umask: int) -> None:
+    """Same entries, modes, links and pyvenv.cfg as ``python -m venv --without-pip`` under umask 022,
+    whatever this process's umask; its python runs, and it has no pip."""
+    from gapship.installer.deploy.deps import make_venv
+
+    reference = tmp_path / "ref" / "venv"
+    reference.parent.mkdir()
+    _run(sys.executable, "-I", "-m", "venv", "--without-pip", reference)
+    mine = tmp_path / "mine" / "venv"
+    mine.parent.mkdir()
+    old = os.umask(umask)
+    try:
+        make_venv(mine, sys.executable)
+    finally:
+        os.umask(old)
+    ref_tree, my_tree = _tree(reference), _tree(mine)
+    assert {k: v[:2] for k, v in my_tree.items()} == {k: v[:2] for k, v in ref_tree.items()}
+    links = {k: v[2] for k, v in my_tree.items() if v[0] == "link"}
+    assert links == {k: v[2] for k, v in ref_tree.items() if v[0] == "link"}
+    assert _cfg(mine) == _cfg(reference) and _cfg(mine)["include-system-site-packages"] == "false"
+    assert _run(mine / "bin" / "python", "-c", "import sys; print(sys.prefix)") == f"{mine}\n"
+    done = subprocess.run([str(mine / "bin" / "python"), "-m", "pip", "--version"], capture_output=True,
+                          env=clean_env(), check=False)
+    assert done.returncode != 0 and b"No module named pip" in done.stderr
+
+
+def test_another_python_still_gets_its_venv_from_its_own_venv_module(tmp_path: Path) -> None:
+    """--python naming another interpreter (here the same one by another path that realpath cannot
+    join) is asked in a subprocess, as before."""
+    from gapship.installer.deploy import deps
+
+    calls: list[list[str]] = []
+    real_run = deps._run
+
+    def spy(argv: list[str], *, what: str) -> None:
+        calls.append(argv)
+        real_run(argv, what=what)
+
+    copy = tmp_path / "bin" / "python-copy"
+    copy.parent.mkdir()
+    copy.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    copy.chmod(0o755)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(deps, "_run", spy)
+    try:
+        deps.make_venv(tmp_path / "venv", str(copy))
+    finally:
+        mp.undo()
+    assert calls and calls[0][:4] == [str(copy), "-I", "-m", "venv"]
+    assert (tmp_path / "venv" / "pyvenv.cfg").is_file()
+
+
+def _many(folder: Path) -> list[Path]:
+    """Wheels with big and small files, a console script, a ``#!python`` script, a data file, a
+    stored member and a bzip2 member (zipfile's own reader), so every path of the writer is taken."""
+    folder.mkdir()
+    wheels = [_demo(folder)]
+    for i in range(4):
+        files = {f"gsm{i}/m{j:03d}.py": (f"V = {j}\n" * (1 + j * 37)).encode() for j in range(60)}
+        files[f"gsm{i}/big.bin"] = os.urandom(300_000) + b"\0" * 3_000_000
+        files[f"gsm{i}-1.0.data/data/share/gsm{i}.txt"] = b"data\n"
+        wheels.append(make_wheel(folder, f"gsm{i}", files, entry_points=f"[console_scripts]\ngsm{i} = gsm{i}:main\n"))
+    odd = folder / "odd"
+    odd.mkdir()
+    plain = make_wheel(odd, "gso", {"gso/__init__.py": b"X = 1\n", "gso/stored.txt": b"stored " * 1000,
+                                    "gso/bz.txt": b"bzip2 " * 1000})
+    target = folder / plain.name
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            kind = {"gso/stored.txt": zipfile.ZIP_STORED, "gso/bz.txt": zipfile.ZIP_BZIP2}.get(item.filename,
+                                                                                           zipfile.ZIP_DEFLATED)
+            dst.writestr(item, src.read(item), kind)
+    return [*wheels, target]
+
+
+@pytest.mark.parametrize("inflate", ["default", "zlib"])
+def test_concurrent_unpack_writes_the_same_tree_as_one_thread(tmp_path: Path, interpreter: Interpreter,
+                                                             inflate: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file, mode, RECORD and script of the venv is the same whether the files of all the wheels
+    are written by one thread or by several at once (and with zlib as with ISA-L's inflate)."""
+    from gapship.installer.deploy import wheels as wheels_module
+    from gapship.installer.deploy.deps import make_venv
+
+    if inflate == "zlib":
+        monkeypatch.setattr(wheels_module, "_INFLATE", __import__("zlib"))
+    built = _many(tmp_path / "w")
+    trees = []
+    root = tmp_path / "v"  # the same path both times: scripts and RECORD hold the venv's absolute path
+    for workers in (1, 4):
+        shutil.rmtree(root, ignore_errors=True)
+        (root / WHEELS).mkdir(parents=True)
+        copies = [root / WHEELS / w.name for w in built]
+        for wheel, copy in zip(built, copies):
+            copy.write_bytes(wheel.read_bytes())
+        plan = _plan(root, interpreter, copies)
+        venv = root / "venv"
+        make_venv(venv, sys.executable)
+        choices = wheels_module.choose_wheels(root / WHEELS, plan.wheels,
+                                              [(p.name, p.version, p.hashes) for p in plan.pins], interpreter.tags)
+        wheels_module.install_wheels(venv, choices, python_version=interpreter.version, workers=workers)
+        check_venv(root, plan)
+        trees.append(_tree(venv))
+    assert trees[0] == trees[1]
+    site = f"lib/python{PY}/site-packages"
+    assert trees[1][f"{site}/gso/bz.txt"][2] == b"bzip2 " * 1000
+    assert trees[1][f"{site}/gso/stored.txt"][2] == b"stored " * 1000
+    assert trees[1]["bin/gsm0"][1] == 0o755 and trees[1]["share/gsm3.txt"][2] == b"data\n"
+
+
+def test_rejects_wheel_member_whose_local_header_names_another_file(tmp_path: Path, interpreter: Interpreter) -> None:
+    """The central directory says gsw/__init__.py, the local header another name of the same length:
+    two names for one member, refused as zipfile refuses it."""
+    wheel = make_wheel(tmp_path, "gsw", {"gsw/__init__.py": b"X = 1\n"})
+    data = bytearray(wheel.read_bytes())
+    at = data.index(b"gsw/__init__.py")  # the first local header's name (the central directory comes last)
+    data[at:at + len(b"gsw/__init__.py")] = b"gsw/__evil__.py"
+    wheel.write_bytes(bytes(data))
+    plan = _plan(tmp_path / "v", interpreter, [wheel])
+    with pytest.raises(UnsafeContentError, match="has another name in its local header"):
+        create_venv(tmp_path / "v", plan)
+
+
+def test_rejects_wheel_member_that_inflates_far_past_its_record_size(tmp_path: Path, interpreter: Interpreter) -> None:
+    """A small RECORD entry for 64 MiB of zeros (a few KiB compressed): refused once past the size,
+    after at most a block more, never inflated whole."""
+    bomb = b"\0" * (64 * 1024 * 1024)
+    wheel = make_wheel(tmp_path, "gsw", {"gsw/zeros.bin": bomb}, record_bytes={"gsw/zeros.bin": b"\0" * 10})
+    plan = _plan(tmp_path / "v", interpreter, [wheel])
+    with pytest.raises(UnsafeContentError, match=r"gsw/zeros.bin in wheel .* is longer than its RECORD entry"):
+        create_venv(tmp_path / "v", plan)
+
+
+def test_a_failing_file_stops_every_writer_thread(tmp_path: Path, interpreter: Interpreter) -> None:
+    """One bad file among many: the install raises that file's error, and no writer thread is left
+    running (the version directory is removed right after, install.py)."""
+    import threading
+
+    files = {f"gsw/m{j:03d}.py": b"V = 1\n" * 500 for j in range(200)}
+    files["gsw/bad.py"] = b"EVIL = 1\n"
+    wheel = make_wheel(tmp_path, "gsw", files, record_bytes={"gsw/bad.py": b"GOOD = 1\n"})
+    plan = _plan(tmp_path / "v", interpreter, [wheel])
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(UnsafeContentError, match="gsw/bad.py in wheel .* does not match"):
+        create_venv(tmp_path / "v", plan)
+    assert not [t for t in threading.enumerate() if t.name.startswith("gapship-wheel") and t.name not in before]
+    assert sys.getswitchinterval() == switch  # set back
+
+
+switch = sys.getswitchinterval()
+
+
+def test_tags_asked_in_process_are_the_ones_the_interpreter_gives(tmp_path: Path) -> None:
+    """The running interpreter is asked in-process; the same one behind another path (a wrapper that
+    realpath cannot see through) is asked in a subprocess: the answers agree."""
+    from gapship.installer.deploy.deps import query_interpreter as ask
+
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    here, there = ask(sys.executable), ask(str(wrapper))
+    assert (here.version, here.full_version, here.implementation, here.tags) == \
+        (there.version, there.full_version, there.implementation, there.tags)
+    assert here.executable == os.path.abspath(sys.executable) and there.executable == str(wrapper)
