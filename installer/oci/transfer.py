@@ -397,14 +397,18 @@ class _LazySource:
 
 
 def verify_registry_chunks(bundle: Path, verified: VerifiedManifest, *, progress: Progress = no_progress) -> ChunkReport:
-    """``verify oci://``: every chunk, streamed from the registry, against its signed size and hash;
-    stops at the first bad one (exit 3, naming it)."""
+    """``verify oci://``: every chunk, streamed from the registry, against its signed size and hash.
+    Like the directory's verify, one pass names every chunk whose bytes are wrong (ChunkProblems:
+    exit 3, ``problems`` in ``--json``), so that a pipeline pushes them again at once; a chunk the
+    registry cannot serve at all (no such blob, a drip, other bytes for a digest) stops it there."""
     from ..bundle.source import source_for
+    from ..bundle.verify import ChunkProblems
 
     m = verified.manifest
     src = source_for(bundle)
     src.check_names(m)
     size = 0
+    problems = []
     for i, c in enumerate(m.chunks):
         fd = src.open_chunk(i, c)
         try:
@@ -413,8 +417,10 @@ def verify_registry_chunks(bundle: Path, verified: VerifiedManifest, *, progress
         finally:
             os.close(fd)
         if problem is not None:
-            raise problem.error()
+            problems.append(problem)
         size += c.size
+    if problems:
+        raise ChunkProblems(problems)
     return ChunkReport(chunks=len(m.chunks), bytes=size)
 
 

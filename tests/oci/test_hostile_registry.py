@@ -73,6 +73,23 @@ def test_rejects_other_bytes_for_a_digest(tmp_path: Path, served: tuple[Path, Pa
         assert "other bytes" in message
 
 
+def test_verify_names_every_chunk_with_other_bytes(tmp_path: Path, served: tuple[Path, Path, dict[str, object]]) -> None:
+    """As the directory's verify does: one pass, every bad chunk in ``problems``, the first as the error."""
+    bundle, trust, manifest = served
+    state = _hostile(bundle)
+    names = []
+    for i in (1, 3):
+        digest, name = _chunk_digest(manifest, i)
+        good = state.blobs[digest]
+        state.blobs[digest] = good[:-1] + bytes([good[-1] ^ 1])
+        names.append(name)
+    with hostile_registry(state):
+        code, out = run_json("verify", f"oci://{state.host}/fleet/model:1.0", "--plain-http", "--trust", trust)
+    assert_error(out, code=3, kind="integrity", subject=names[0])
+    problems: list[dict[str, object]] = out["problems"]  # type: ignore[assignment]
+    assert [(p["chunk"], p["problem"]) for p in problems] == [(n, "damaged") for n in names]
+
+
 def test_rejects_a_redirect_to_another_host(tmp_path: Path, served: tuple[Path, Path, dict[str, object]]) -> None:
     bundle, trust, manifest = served
     digest, name = _chunk_digest(manifest, 1)
