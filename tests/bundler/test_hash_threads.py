@@ -20,7 +20,7 @@ from gapship.bundler.sources import collect_sources
 from gapship.bundler.spec import load_spec
 from gapship.installer.deploy import pipeline as _pipeline
 from gapship.installer.errors import UsageError
-from gapship_testing import KeyPair, noise, tree
+from gapship_testing import KeyPair, assert_error, noise, run_json, tree
 
 THREADS = [1, 2, 4]
 
@@ -170,4 +170,16 @@ def test_build_rejects_a_source_that_grew_after_the_walk(
     with pytest.raises(UsageError, match="changed size while it was being bundled") as info:
         build(spec, out=out, key=make_key("release").key, chunk_size=64 * 1024, sources=sources)
     assert info.value.subject == str(target)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_build_rejects_bad_thread_count_with_exit_2(tmp_path: Path, make_key: Callable[[str], KeyPair],
+                                                     make_spec: Callable[..., Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GAPSHIP_HASH_THREADS", "many")
+    out = tmp_path / "out"
+    code, result = run_json("build", make_spec(), "--out", out, "--key", make_key("release").private)
+    assert code == 2
+    assert assert_error(result, code=2, kind="usage", subject="GAPSHIP_HASH_THREADS") == \
+        "GAPSHIP_HASH_THREADS='many' is not a whole number from 1 to 64"
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
