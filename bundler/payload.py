@@ -12,12 +12,12 @@ Who hashes a file (the design of issue 16; docs/benchmarks.md, "Build"):
 
 - **Small files, in the reading thread.** A file of at most :data:`INLINE_MAX` bytes is hashed by
   the producer, piece by piece from the buffer it was just read into, before that buffer goes to
-  any stage. A stage thread would cost more than the hash: each small file
-  meant a Python step on the stage thread and a hand-over of the GIL to and from the reading thread
-  (measured on 20,000 files of 0.5-16 KiB: the payload took 0.44 s so, 0.57-0.64 s with the stage).
+  any stage. On a stage thread each small file cost more than its hash: a Python step there and a
+  hand-over of the GIL to and from the reading thread (20,000 files of 0.5-16 KiB: the payload took
+  0.50 s against 0.62 s with the stage, medians of 5 alternating runs of the same bytes).
 - **Larger files, in file-hash stages.** ``threads`` stages (:func:`file_hash_threads`) each see every
   buffer and hash the files given to them: each file goes to the stage with the fewest bytes given
-  so far, so stages that lag behind get fewer. hashlib releases the GIL on spans of 2 KiB and more,
+  so far, which keeps their work even. hashlib releases the GIL on spans of 2 KiB and more,
   so on a machine with cores to spare, files that are near each other in the stream (within the
   pipeline's buffers) are hashed at once. A large file is still one sequential SHA-256 on one
   thread: SHA-256 cannot be split; the gain is across files, and the chunk hash, one sequential
@@ -29,9 +29,9 @@ Who hashes a file (the design of issue 16; docs/benchmarks.md, "Build"):
 
 Whoever hashes a file, it hashes the very bytes that go into the stream, read once (a buffer is
 refilled only after every stage released it, so media that changes between two reads cannot slip
-anything in: RAUC CVE-2020-25860), and the
-output, every chunk, offset and hash, is the same byte for byte whatever the thread count: the
-threads only decide who computes a hash, never what goes into it or in which order it is listed.
+anything in: RAUC CVE-2020-25860), and the output, every chunk, offset and hash, is the same byte
+for byte whatever the thread count: the threads only decide who computes a hash, never what goes
+into it or in which order it is listed.
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ class _FileHashes:
             self.spans.popleft()
 
 
-# Files up to this size that fit in the buffer being filled are hashed by the reading thread (module
-# doc). 64 KiB takes about 40 us to hash with SHA-NI, about what handing a file to a stage costs.
+# Files up to this size are hashed by the reading thread (module doc). A bound chosen, not tuned: the
+# many small files of a model (configs, tokenizer parts, the benchmark's 0.5-16 KiB) are all below it,
+# and above it the hash itself (40 us or more with SHA-NI) is worth overlapping with the reading.
 INLINE_MAX = 64 * 1024
 MAX_HASH_THREADS = 64
 HASH_THREADS_ENV = "GAPSHIP_HASH_THREADS"
@@ -443,11 +444,12 @@ class PayloadWriter:
     def _read(self, fd: int, size: int, hasher: Any = None) -> tuple[int, bool]:
         """Read up to ``size`` bytes of ``fd`` into the stream: how many came, and whether the file
         held more; with a ``hasher``, hash each piece from the buffer just read into, before the
-        buffer can go to the stages (a byte more than ``size`` is never hashed). The read that asks for the last bytes also asks for one byte more, into a byte of
-        its own, so a file that grew is caught without a syscall more per file: a read of a regular
-        file that returns fewer bytes than asked has reached the end of the file (read(2); local
-        filesystems do not return short reads for signals). Like the separate one-byte read it
-        replaces, it is a check at one moment: the bundle holds the bytes and hash of what was read."""
+        buffer can go to the stages (a byte more than ``size`` is never hashed). The read that asks
+        for the last bytes also asks for one byte more, into a byte of its own, so a file that grew
+        is caught without a syscall more per file: a read of a regular file that returns fewer bytes
+        than asked has reached the end of the file (read(2); local filesystems do not return short
+        reads for signals). Like the separate one-byte read it replaces, it is a check at one
+        moment: the bundle holds the bytes and hash of what was read."""
         seen = 0
         while True:
             want = min(self._room(), size - seen)

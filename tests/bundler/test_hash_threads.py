@@ -183,3 +183,16 @@ def test_build_rejects_bad_thread_count_with_exit_2(tmp_path: Path, make_key: Ca
     assert assert_error(result, code=2, kind="usage", subject="GAPSHIP_HASH_THREADS") == \
         "GAPSHIP_HASH_THREADS='many' is not a whole number from 1 to 64"
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_larger_files_are_spread_over_every_stage_and_small_ones_stay_with_the_reader(tmp_path: Path) -> None:
+    (tmp_path / "chunks").mkdir()
+    writer = PayloadWriter(tmp_path / "chunks", chunk_size=1 << 20, algorithm="sha256", mtime=0, hash_threads=4)
+    try:
+        for i, size in enumerate([200_000, 100, 200_000, 200_000, 0, 200_000, 300_000]):
+            (tmp_path / f"f{i}").write_bytes(noise(size, seed=i))
+            writer.add(tmp_path / f"f{i}", f"models/m/f{i}", size, 0o644)
+        writer.finish()
+    finally:
+        writer.abort()
+    assert list(writer._owners) == [0, payload._INLINE, 1, 2, payload._INLINE, 3, 0]
