@@ -17,7 +17,8 @@ from ..installer.host.fs import remove_tree
 from ..installer.errors import HostError, UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import (
-    MAX_CHUNK_SIZE, MAX_FILES, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, Manifest, needed_format_version,
+    MAX_CHUNK_SIZE, MAX_FILES, MIN_CHUNK_SIZE, POLICY_PATH, Component, FileEntry, FileTable, Manifest,
+    needed_format_version,
 )
 from ..installer.deploy.deps import TARGET, Target
 from ..installer.formats.policy import parse_policy
@@ -26,7 +27,7 @@ from ..installer.safeguards import MAX_POLICY_BYTES
 from .expiry import parse_expires
 from .parity import ParityResult, write_parity
 from .payload import PayloadWriter
-from .sources import Sources, collect_sources
+from .sources import SourceGroup, Sources, collect_sources
 from .deps.freeze import FrozenDependencies, frozen_dependencies
 from .delta import Base, check_base_fits, may_come_from_base, source_hash
 from .keys import SigningKey
@@ -213,7 +214,8 @@ def _check_policy_unchanged(manifest: Manifest, policy: bytes, spec: BundleSpec)
     """The policy was validated from the bytes read first; the payload must carry exactly those."""
     hasher = new_hasher(manifest.hash_algorithm)
     hasher.update(policy)
-    bundled = next(f for f in manifest.files() if f.path == POLICY_PATH)
+    # In the safeguards component: the models' files, nearly all of them, are not walked for it.
+    bundled = next(f for c in manifest.components if c.kind == "safeguards" for f in c.files if f.path == POLICY_PATH)
     if bundled.hash != hasher.hexdigest():
         raise UsageError(f"{spec.safeguards} changed while the bundle was being built", subject=str(spec.safeguards))
 
@@ -287,13 +289,21 @@ def _components(groups: Sources, reused: dict[str, str], offsets_seq: Sequence[i
                 hashes_seq: Sequence[str]) -> list[Component]:
     """The manifest's components for ``groups``, the payload's files taking their offsets and hashes in order."""
     offsets, hashes = iter(offsets_seq), iter(hashes_seq)
-    return [
-        Component(kind=g.kind, name=g.name, origin=g.origin, card=g.card, left_out=g.left_out, files=tuple(
-            FileEntry(path=path, size=size, mode=mode, hash=reused[path], offset=0, from_base=True) if path in reused
-            else FileEntry(path=path, size=size, mode=mode, hash=next(hashes), offset=next(offsets))
-            for path, size, mode in zip(g.paths, g.sizes, g.modes)))
-        for g in groups
-    ]
+    return [Component(kind=g.kind, name=g.name, origin=g.origin, card=g.card, left_out=g.left_out,
+                      files=_file_table(g, reused, offsets, hashes)) for g in groups]
+
+
+def _file_table(group: SourceGroup, reused: dict[str, str], offsets: Iterator[int],
+                hashes: Iterator[str]) -> FileTable:
+    """The group's rows, straight into the table a Component keeps, without a FileEntry per file that
+    the table would take apart again."""
+    table = FileTable()
+    for path, size, mode in zip(group.paths, group.sizes, group.modes):
+        if path in reused:
+            table.append(path, size, mode, reused[path], 0, from_base=True)
+        else:
+            table.append(path, size, mode, next(hashes), next(offsets))
+    return table
 
 
 def _refuse_target(r: Refusal) -> Exception:

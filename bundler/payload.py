@@ -3,10 +3,35 @@
 
 :class:`PayloadWriter` lays the stream (tar headers, each source file's bytes, padding, the end of
 the archive) into the buffers of a :class:`~gapship.installer.deploy.pipeline.Pipeline`, reading every source
-file once, straight into a buffer. Three stages see every buffer on their own threads: the file
-hashes, the chunk hashes and the chunk files, so the two SHA-256 passes every byte needs and the
-writes run on separate cores (docs/benchmarks.md). Nothing here holds more than the pipeline's few
+file once, straight into a buffer. Stages see every buffer on their own threads: the file hashes,
+the chunk hashes and the chunk files, so the two SHA-256 passes every byte needs and the writes run
+on separate cores (docs/benchmarks.md, "Build"). Nothing here holds more than the pipeline's few
 buffers in memory.
+
+Who hashes a file (the design of issue 16; docs/benchmarks.md, "Build"):
+
+- **Small files, in the reading thread.** A file of at most :data:`INLINE_MAX` bytes is hashed by
+  the producer, piece by piece from the buffer it was just read into, before that buffer goes to
+  any stage. On a stage thread each small file cost more than its hash: a Python step there and a
+  hand-over of the GIL to and from the reading thread (20,000 files of 0.5-16 KiB: the payload took
+  0.50 s against 0.62 s with the stage, medians of 5 alternating runs of the same bytes).
+- **Larger files, in file-hash stages.** ``threads`` stages (:func:`file_hash_threads`) each see every
+  buffer and hash the files given to them: each file goes to the stage with the fewest bytes given
+  so far, which keeps their work even. hashlib releases the GIL on spans of 2 KiB and more,
+  so on a machine with cores to spare, files that are near each other in the stream (within the
+  pipeline's buffers) are hashed at once. A large file is still one sequential SHA-256 on one
+  thread: SHA-256 cannot be split; the gain is across files, and the chunk hash, one sequential
+  pass over the whole stream, stays a floor.
+- The rule: ``min(cores - 1, 8)`` file-hash stages when the process may run on more than 2 cores,
+  else 1: on 2 cores the chunk hash and the writer need the other core. ``GAPSHIP_HASH_THREADS``
+  (1 to 64) in the environment, or ``hash_threads=`` here, overrides it (for tests, and for a
+  release engineer sizing a build host).
+
+Whoever hashes a file, it hashes the very bytes that go into the stream, read once (a buffer is
+refilled only after every stage released it, so media that changes between two reads cannot slip
+anything in: RAUC CVE-2020-25860), and the output, every chunk, offset and hash, is the same byte
+for byte whatever the thread count: the threads only decide who computes a hash, never what goes
+into it or in which order it is listed.
 """
 
 from __future__ import annotations
@@ -118,13 +143,13 @@ class Payload:
 
 
 class _FileHashes:
-    """Hashes each file's data span, empty ones included. The producer appends a span before any of
-    its bytes are handed out, so every span a block touches is already queued when the block
-    arrives; a span leaves the queue once hashed, so the queue stays as short as the pipeline (an
-    empty file's span is hashed by the first block past it: the end of the archive always follows)."""
+    """One file-hash stage: hashes the data span of each file given to it. The producer appends a
+    span before any of its bytes are handed out, so every span a block touches is already queued
+    when the block arrives; a span leaves the queue once hashed, so the queue stays as short as the
+    pipeline. Empty files never come here (the producer hashes them: there is nothing to read)."""
 
-    def __init__(self, spans: deque[tuple[int, int]], algorithm: str) -> None:
-        self.spans = spans
+    def __init__(self, algorithm: str) -> None:
+        self.spans: deque[tuple[int, int]] = deque()  # appended by the producer, consumed here
         self.algorithm = algorithm
         self.hasher: Any = None
         self.digests: list[str] = []
@@ -143,6 +168,36 @@ class _FileHashes:
             self.digests.append(self.hasher.hexdigest())
             self.hasher = None
             self.spans.popleft()
+
+
+# Files up to this size are hashed by the reading thread (module doc). A bound chosen, not tuned: the
+# many small files of a model (configs, tokenizer parts, the benchmark's 0.5-16 KiB) are all below it,
+# and above it the hash itself (40 us or more with SHA-NI) is worth overlapping with the reading.
+INLINE_MAX = 64 * 1024
+MAX_HASH_THREADS = 64
+HASH_THREADS_ENV = "GAPSHIP_HASH_THREADS"
+_INLINE = 255  # in PayloadWriter._owners: hashed by the producer, not by a stage
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as taskset or a cgroup cpuset set it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def file_hash_threads(cores: int | None = None) -> int:
+    """How many file-hash stages a build runs: ``GAPSHIP_HASH_THREADS`` when set, else
+    ``min(cores - 1, 8)`` on more than 2 cores, else 1 (module doc)."""
+    given = os.environ.get(HASH_THREADS_ENV)
+    if given is not None:
+        if not (given.isascii() and given.isdigit() and 1 <= int(given) <= MAX_HASH_THREADS):
+            raise UsageError(f"{HASH_THREADS_ENV}={given!r} is not a whole number from 1 to {MAX_HASH_THREADS}",
+                             subject=HASH_THREADS_ENV)
+        return int(given)
+    cores = usable_cores() if cores is None else cores
+    return min(cores - 1, 8) if cores > 2 else 1
 
 
 class _ChunkHashes:
@@ -240,16 +295,23 @@ class PayloadWriter:
     ``abort`` and discard the folder."""
 
     def __init__(self, folder: Path, *, chunk_size: int, algorithm: str, mtime: int,
-                 progress: Progress = no_progress) -> None:
+                 progress: Progress = no_progress, hash_threads: int | None = None) -> None:
+        threads = file_hash_threads() if hash_threads is None else hash_threads
+        if not 1 <= threads <= MAX_HASH_THREADS:
+            raise ValueError(f"hash_threads={threads} is outside 1..{MAX_HASH_THREADS}")
         self.mtime = mtime
         self.progress = progress
+        self.algorithm = algorithm
         self.position = 0  # bytes of the stream laid out so far
-        self._spans: deque[tuple[int, int]] = deque()  # appended here, consumed by _FileHashes' thread
         self._offsets = array("q")  # where every file's data starts, in order (8 bytes per file)
-        self._file_hashes = _FileHashes(self._spans, algorithm)
+        # Who hashed each file, in order (1 byte per file): a stage's index, or _INLINE.
+        self._owners = array("B")
+        self._inline: list[str] = []  # the producer's digests, in order
+        self._file_hashes = [_FileHashes(algorithm) for _ in range(threads)]
+        self._given = [0] * threads  # bytes given to each file-hash stage so far
         self._chunk_hashes = _ChunkHashes(chunk_size, algorithm)
         self._chunk_files = _ChunkFiles(folder, chunk_size)
-        self._pipeline = Pipeline((self._file_hashes, self._chunk_hashes, self._chunk_files), name="gapship-build")
+        self._pipeline = Pipeline((*self._file_hashes, self._chunk_hashes, self._chunk_files), name="gapship-build")
         self._slot: Any = None
         self._view = memoryview(b"")
         self._fill = 0
@@ -260,16 +322,18 @@ class PayloadWriter:
         """Header, then the file's bytes read once (hashed and chunked from the same buffer), then padding."""
         self._put(member_header(path, size, mode, self.mtime))
         self._offsets.append(self.position)
-        self._spans.append((self.position, self.position + size))
+        hasher = self._start_file(size)
         # Through the kit: a source swapped for a FIFO since it was walked is refused at once instead
         # of blocking the build on a writer that never comes (a symlink is refused too, as walked).
         fd, _ = open_regular(Path(source), refuse=_refuse_source)
         try:
-            seen, more = self._read(fd, size)
+            seen, more = self._read(fd, size, hasher)
         finally:
             os.close(fd)
         if seen != size or more:
             raise UsageError(f"{source} changed size while it was being bundled", subject=str(source))
+        if hasher is not None:
+            self._inline.append(hasher.hexdigest())
         self._put(_ZEROS[:padded(self.position) - self.position])
 
     def add_bytes(self, data: bytes, path: str, mode: int) -> None:
@@ -281,15 +345,19 @@ class PayloadWriter:
         file cap: never whole in memory). Pieces adding up to another size are a bug: refused."""
         self._put(member_header(path, size, mode, self.mtime))
         self._offsets.append(self.position)
-        self._spans.append((self.position, self.position + size))
+        hasher = self._start_file(size)
         seen = 0
         for piece in pieces:
             seen += len(piece)
             if seen > size:
                 break
+            if hasher is not None:
+                hasher.update(piece)
             self._put(piece)
         if seen != size:
             raise AssertionError(f"{path}: its pieces are not the {size} bytes announced")
+        if hasher is not None:
+            self._inline.append(hasher.hexdigest())
         self.progress(size)
         self._put(_ZEROS[:padded(self.position) - self.position])
 
@@ -298,20 +366,22 @@ class PayloadWriter:
         return self._offsets
 
     def hashes_so_far(self) -> list[str]:
-        """The hash of every file added so far, in order: waits for the file-hash stage to catch up
-        (once per build, before the SBOM, which lists them, is added). A file that ends exactly where
-        the stream now ends has not been closed by the stage yet; only an empty one can, and its hash
-        is that of no bytes."""
+        """The hash of every file added so far, in order: waits for the file-hash stages to catch up
+        (once per build, before the SBOM, which lists them, is added)."""
         self._submit()
         self._pipeline.drain()
         if self._pipeline.failed():
             self._pipeline.close()
-        done = list(self._file_hashes.digests)
-        pending = len(self._offsets) - len(done)
-        if pending:
-            assert all(start == stop for start, stop in self._spans)
-            done += [new_hasher(self._file_hashes.algorithm).hexdigest()] * pending
-        return done
+        return self._merged()
+
+    def _merged(self) -> list[str]:
+        """Every file's digest in payload order, each taken from whoever hashed it (see _owners)."""
+        assert not any(stage.spans for stage in self._file_hashes), "a file-hash stage is behind"
+        if not self._inline and len(self._file_hashes) == 1:
+            return self._file_hashes[0].digests
+        sources = [iter(stage.digests) for stage in self._file_hashes]
+        inline = iter(self._inline)
+        return [next(inline) if owner == _INLINE else next(sources[owner]) for owner in self._owners]
 
     def finish(self) -> Payload:
         """Two zero blocks, then zeros to a whole tar record, as tar(1) writes; then wait for the
@@ -324,11 +394,30 @@ class PayloadWriter:
         self._chunk_files.finish()
         chunks = tuple(Chunk(name=name, size=size, hash=digest)
                        for name, (digest, size) in zip(self._chunk_files.names, self._chunk_hashes.finish()))
-        return Payload(size=self.position, chunks=chunks, offsets=self._offsets, hashes=self._file_hashes.digests)
+        return Payload(size=self.position, chunks=chunks, offsets=self._offsets, hashes=self._merged())
 
     def abort(self) -> None:
         self._pipeline.abort()
         self._chunk_files.abort()
+
+    # -- who hashes a file (module doc) ------------------------------------------------------------
+
+    def _start_file(self, size: int) -> Any:
+        """A hasher when the producer hashes this file itself (a small one), else None, the file's
+        span having gone to a file-hash stage."""
+        if size <= INLINE_MAX:
+            self._owners.append(_INLINE)
+            return new_hasher(self.algorithm)
+        self._give(size)
+        return None
+
+    def _give(self, size: int) -> None:
+        """Queue the span of the file that starts here with the stage given the fewest bytes so far."""
+        given = self._given
+        stage = 0 if len(given) == 1 else given.index(min(given))
+        given[stage] += size
+        self._owners.append(stage)
+        self._file_hashes[stage].spans.append((self.position, self.position + size))
 
     # -- laying bytes into buffers ---------------------------------------------------------------
 
@@ -352,13 +441,15 @@ class PayloadWriter:
             view = view[n:]
             self._advance(n)
 
-    def _read(self, fd: int, size: int) -> tuple[int, bool]:
+    def _read(self, fd: int, size: int, hasher: Any = None) -> tuple[int, bool]:
         """Read up to ``size`` bytes of ``fd`` into the stream: how many came, and whether the file
-        held more. The read that asks for the last bytes also asks for one byte more, into a byte of
-        its own, so a file that grew is caught without a syscall more per file: a read of a regular
-        file that returns fewer bytes than asked has reached the end of the file (read(2); local
-        filesystems do not return short reads for signals). Like the separate one-byte read it
-        replaces, it is a check at one moment: the bundle holds the bytes and hash of what was read."""
+        held more; with a ``hasher``, hash each piece from the buffer just read into, before the
+        buffer can go to the stages (a byte more than ``size`` is never hashed). The read that asks
+        for the last bytes also asks for one byte more, into a byte of its own, so a file that grew
+        is caught without a syscall more per file: a read of a regular file that returns fewer bytes
+        than asked has reached the end of the file (read(2); local filesystems do not return short
+        reads for signals). Like the separate one-byte read it replaces, it is a check at one
+        moment: the bundle holds the bytes and hash of what was read."""
         seen = 0
         while True:
             want = min(self._room(), size - seen)
@@ -369,6 +460,8 @@ class PayloadWriter:
                 return seen, False
             took = min(n, want)
             seen += took
+            if hasher is not None:
+                hasher.update(target[:took])
             self._advance(took)
             self.progress(took)
             if n > want:

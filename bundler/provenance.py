@@ -33,7 +33,7 @@ from ..installer.provenance import (
     MANIFEST_SUBJECT, MAX_STATEMENT_BYTES, PREDICATE_TYPE, PROVENANCE, STATEMENT, STATEMENT_TYPE,
 )
 from .keys import SigningKey
-from .sbom import WheelInfo
+from .sbom import WheelInfo, json_string
 from .spec import MAX_SPEC_BYTES, BundleSpec
 
 BUILD_TYPE = "urn:gapship:build-type:v1"  # names this predicate's parameters (docs/sbom.md, "Provenance")
@@ -91,10 +91,24 @@ def render_provenance(*, manifest: Manifest, manifest_bytes: bytes, spec: Bundle
         for n, entry in enumerate(lists[part]):
             if n:
                 out.write(b",")
-            out.write(canonical_json(entry))
+            out.write(_entry_json(entry))
         out.write(b"]")
     out.write(b"\n")
     return out.getvalue()
+
+
+def _entry_json(entry: object) -> bytes:
+    """``canonical_json(entry)`` for one subject or input. The common entry (a name and one digest)
+    is written directly, as canonical_json writes it (keys sorted: digest, name): json.dumps with
+    these options builds an encoder per call, most of the statement's time for 20,000 files."""
+    if isinstance(entry, dict) and entry.keys() == {"digest", "name"}:
+        digest, name = entry["digest"], entry["name"]
+        if isinstance(digest, dict) and len(digest) == 1 and isinstance(name, str):
+            (alg, value), = digest.items()
+            if isinstance(alg, str) and isinstance(value, str):
+                text = f'{{"digest":{{{json_string(alg)}:{json_string(value)}}},"name":{json_string(name)}}}'
+                return text.encode("utf-8")
+    return canonical_json(entry)
 
 
 def _epoch(created: str) -> int:
