@@ -35,7 +35,7 @@ may (root: echo 3 > /proc/sys/vm/drop_caches), then reads the inputs once: on th
 not touched before is slow to fault in, and a run after a cache full of stale pages paid for it.
 Dropping the cache evicts the programs too, and gapship is a few hundred Python files to read back
 (its start-up took 0.21 to 0.50 s cold against 0.12 s warm, by how busy the disk was), while tar is
-one: so every program of every contender (tar, cat, dd, sync, sha256sum, openssl, and gapship's
+one: so every program of every contender (tar, cat, dd, sync, sha256sum, openssl, pip, venv, uv, and gapship's
 build, verify and install commands, through --version or --help) is then loaded once, untimed,
 the same for all, as on a host where the admin has run the tool before.
 
@@ -380,7 +380,12 @@ def programs(gapship: Sequence[str]) -> list[list[str]]:
     (module doc): the same for every contender."""
     tools = [["tar", "--version"], ["cat", "--version"], ["dd", "--version"], ["sync", "--version"],
              ["sha256sum", "--version"], ["openssl", "version"]]
-    return [t for t in tools if shutil.which(t[0])] + [[*gapship, step, "--help"] for step in ("build", "verify", "install")]
+    found = [t for t in tools if shutil.which(t[0])]
+    found += [[sys.executable, "-m", "pip", "--version"], [sys.executable, "-m", "venv", "--help"]]  # the deps case
+    uv = bench_module("deps").find_uv()
+    if uv:
+        found.append([uv, "--version"])
+    return found + [[*gapship, step, "--help"] for step in ("build", "verify", "install")]
 
 
 def load_programs(commands: Sequence[Sequence[str]]) -> None:
