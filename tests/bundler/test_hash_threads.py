@@ -20,7 +20,7 @@ from gapship.bundler.sources import collect_sources
 from gapship.bundler.spec import load_spec
 from gapship.installer.deploy import pipeline as _pipeline
 from gapship.installer.errors import UsageError
-from gapship_testing import KeyPair, assert_error, noise, run_json, tree
+from gapship_testing import KeyPair, assert_error, noise, run_json, tree, write_payload
 
 THREADS = [1, 2, 4]
 
@@ -43,18 +43,7 @@ SOURCES = {
 
 def _write(folder: Path, sources: dict[str, bytes], *, threads: int, chunk_size: int = 50_000,
            declared: dict[str, int] | None = None) -> tuple[payload.Payload, bytes]:
-    (folder / "chunks").mkdir(parents=True)
-    writer = PayloadWriter(folder / "chunks", chunk_size=chunk_size, algorithm="sha256", mtime=1_700_000_000,
-                           hash_threads=threads)
-    try:
-        for name, data in sources.items():
-            src = folder / "src" / name
-            src.parent.mkdir(parents=True, exist_ok=True)
-            src.write_bytes(data)
-            writer.add(src, f"models/m/{name}", (declared or {}).get(name, len(data)), 0o644)
-        result = writer.finish()
-    finally:
-        writer.abort()
+    result = write_payload(folder, sources, chunk_size=chunk_size, declared=declared, hash_threads=threads)
     return result, b"".join((folder / "chunks" / c.name).read_bytes() for c in result.chunks)
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gapship.bundler.payload import PayloadWriter, member_header
 from gapship.installer.errors import UsageError
 from gapship.installer.deploy import pipeline as _pipeline
-from gapship_testing import KeyPair, noise
+from gapship_testing import KeyPair, noise, write_payload
 
 
 # -- the stream as a tar sees it -------------------------------------------------------------------
@@ -86,17 +86,7 @@ def test_tar_lists_only_regular_files(bundle: Path) -> None:
 
 
 def write(folder: Path, sources: dict[str, bytes], chunk_size: int, *, declared: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
-    (folder / "chunks").mkdir()
-    writer = PayloadWriter(folder / "chunks", chunk_size=chunk_size, algorithm="sha256", mtime=1_700_000_000)
-    try:
-        for name, data in sources.items():
-            src = folder / "src" / name
-            src.parent.mkdir(parents=True, exist_ok=True)
-            src.write_bytes(data)
-            writer.add(src, f"models/m/{name}", (declared or {}).get(name, len(data)), 0o644)
-        return writer.finish()
-    finally:
-        writer.abort()
+    return write_payload(folder, sources, chunk_size=chunk_size, declared=declared)
 
 
 @pytest.mark.parametrize("block", [512, 1000, 0])

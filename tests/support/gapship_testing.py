@@ -6,6 +6,7 @@ import json
 import random
 import sys
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -98,3 +99,24 @@ def tree(root: Path) -> dict[str, bytes | str]:
         elif p.is_file():
             out[rel] = p.read_bytes()
     return out
+
+
+def write_payload(folder: Path, sources: dict[str, bytes], *, chunk_size: int, declared: dict[str, int] | None = None,
+                  hash_threads: int | None = None) -> Any:
+    """Lay ``sources`` (name -> bytes, written under ``folder/src``) into a payload in
+    ``folder/chunks`` with gapship's PayloadWriter, as ``models/m/<name>``; ``declared`` gives a size
+    other than the bytes' own (a source that changes under the build). Returns the Payload."""
+    from gapship.bundler.payload import PayloadWriter
+
+    (folder / "chunks").mkdir(parents=True)
+    writer = PayloadWriter(folder / "chunks", chunk_size=chunk_size, algorithm="sha256", mtime=1_700_000_000,
+                           hash_threads=hash_threads)
+    try:
+        for name, data in sources.items():
+            src = folder / "src" / name
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_bytes(data)
+            writer.add(src, f"models/m/{name}", (declared or {}).get(name, len(data)), 0o644)
+        return writer.finish()
+    finally:
+        writer.abort()
