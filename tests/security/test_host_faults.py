@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from attack_site import PREVIOUS_FILES, Site, build_real_bundle, run_harness, victim_files
-from gapship_testing import run_json
+from gapship_testing import noise, run_json
 from hostile import Payload, craft, litter, pax_header, snapshot
 
 NS_SCENARIO = Path(__file__).with_name("ns_scenario.py")
@@ -141,6 +141,24 @@ def test_survives_file_size_limit_while_writing_data(site: Site, victim: Path) -
     code, out = site.install(victim)
     assert code == 0, out
     _assert_victim_active(site)
+
+
+@pytest.fixture(scope="session")
+def large_file(tmp_path_factory: pytest.TempPathFactory, template) -> Path:
+    """demo 2.0.0 with one 9 MiB file: written by the large-file writer (extract.py, DIRECT_MIN)."""
+    base = tmp_path_factory.mktemp("large-file")
+    return build_real_bundle(base, template.key, version="2.0.0", files={"weights-large.bin": noise(9 << 20, seed=7)})
+
+
+def test_survives_file_size_limit_while_writing_a_large_file(site: Site, large_file: Path) -> None:
+    """RLIMIT_FSIZE of 4 MiB: EFBIG in the large-file writer's stage, reported like any host error."""
+    before = snapshot(site.prefix)
+    result = _finished(run_harness("rlimit-fsize", str(4 << 20), site, large_file))
+    assert result.returncode == 7, result
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "environment" and "file size limit" in error["message"]
+    assert snapshot(site.prefix) == before
+    site.assert_previous_intact()
 
 
 @pytest.fixture(scope="session")
