@@ -39,6 +39,7 @@ from .tarstream import check_header_region, is_zero
 from ..bundle.source import source_for
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
 from ..crypto.hashing import Progress, hash_constructor, new_hasher, no_progress
+from ..host.fs import creation_mask
 from ..formats.manifest import BLOCK, END_OF_ARCHIVE, RECORD, FileEntry, Manifest, padded
 
 HEADER, DATA, ZEROS = "header", "data", "zeros"
@@ -148,7 +149,7 @@ class _Extract:
         self.dir_name: str | None = None
         self.dir_fd = -1  # the directory files are being created in: a short path walk per file
         self.fd = -1
-        self.umask = _umask()
+        self.umask = creation_mask(root)  # staging is new: its folders inherit whatever it has
         self.new_hash = hash_constructor(self.algorithm)
         self.flusher = Flusher()  # starts the write-back of the small files early
         self._next_file()
@@ -351,19 +352,6 @@ class _LargeWriter:
     def abort(self) -> None:
         self.out.close()  # closes the open file, if any
         self.fd = -1
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux: /proc/self/status); where that is not
-    there, 0o777, so every file is created 0600 and given its mode by fchmod."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o777
 
 
 def extract_payload(bundle: Path, manifest: Manifest, root: Path, *, progress: Progress = no_progress,

@@ -202,6 +202,7 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
         staging = Path(_mkdtemp(home))
         record = _ReceiptFacts(overrides=overrides, site=site, provenance=provenance)
+        flush = _Flush(staging)  # opened before anything is written: see _Flush
         try:
             extract_payload(bundle, m, staging, progress=progress, select=select)
             share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
@@ -210,18 +211,23 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
             if deps is None:
                 refs = intend("installed")
                 _write_receipt(staging, verified, None, record, refs)
-                _sync(staging)
+                flush.now()
             else:  # one syncfs, after the venv (_finish_dependencies); until then the marker, durable
                 _fsync_file(staging / INCOMPLETE)  # first, says what the version directory is
                 fsync_dir(staging)
             os.rename(staging, target)
             fsync_dir(home)
         except BaseException:
+            flush.close()
             remove_tree(staging)
             raise
         if deps is not None:
-            refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"),
-                                        compile_bytecode=compile_bytecode)
+            try:
+                refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"),
+                                            compile_bytecode=compile_bytecode, flush=flush)
+            finally:
+                flush.close()
+        flush.close()
         _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
@@ -272,11 +278,16 @@ def _intender(record_intent: RecordIntent | None, verified: VerifiedManifest, pr
 
 def _finish_dependencies(target: Path, verified: VerifiedManifest, deps: DependencyPlan,
                          record: _ReceiptFacts, intend: Callable[[], tuple[AuditRef, ...]], *,
-                         compile_bytecode: bool) -> tuple[AuditRef, ...]:
-    """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes."""
+                         compile_bytecode: bool, flush: _Flush) -> tuple[AuditRef, ...]:
+    """Steps 3 and 4 of the module docstring; on any failure the (never current) version goes.
+    The version directory is 0700 while the venv is made: the venv's files are created under the
+    caller's umask (000 would make its folders world-writable) until their modes are set, and the
+    directory is already in the prefix, so nobody else may get in before then."""
     try:
+        os.chmod(target, 0o700)
         create_venv(target, deps, compile_bytecode=compile_bytecode)
-        _sync(target)
+        os.chmod(target, 0o755)
+        flush.now()
         refs = intend()
         _write_receipt(target, verified, deps, record, refs)
         (target / INCOMPLETE).unlink()
@@ -574,10 +585,28 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _sync(path: Path) -> None:
+class _Flush:
+    """One syncfs(2) of the filesystem holding ``path``, on a descriptor opened before the files it
+    must flush are written. Linux reports a write-back error to syncfs only on descriptors opened
+    before the error: the extraction starts write-back early (pipeline.Flusher), so an error can
+    happen before the end, and a descriptor opened then would not see it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def now(self) -> None:
+        _syncfs(self.fd, self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _syncfs(fd: int, path: Path) -> None:
     """Flush the staged files to disk before they become visible: one syncfs(2) of the filesystem
-    instead of an fsync per file."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    (on ``fd``, a directory in it) instead of an fsync per file."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.syncfs(fd) != 0:
@@ -585,5 +614,3 @@ def _sync(path: Path) -> None:
             raise HostError(f"cannot flush {path} to disk: {os.strerror(err)}", subject=str(path))
     except AttributeError:
         os.sync()
-    finally:
-        os.close(fd)

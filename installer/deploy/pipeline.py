@@ -229,7 +229,9 @@ class Flusher:
     guarantee) has little left to do. Linux sync_file_range(2) with SYNC_FILE_RANGE_WRITE, called on
     a thread of its own with a dup of the writer's descriptor: submitting write-back can block, and
     the writer must never wait for the disk. A no-op where the call does not exist; its errors are
-    ignored, as the final flush reports them.
+    ignored, as the final flush reports them: syncfs reports a write-back error only on descriptors
+    opened before it, so the install opens the one of its final syncfs before it writes anything
+    (install.py, ``_Flush``).
 
     Small files (:meth:`wrote_small`) are too many for a call each: after every ``window`` bytes of
     them, the same thread runs one syncfs(2) of their filesystem, at most one waiting at a time, so

@@ -52,6 +52,7 @@ from installer.sources import WheelContentElement, WheelFile
 from installer.utils import Scheme
 
 from ..errors import HostError, UnsafeContentError
+from ..host.fs import creation_mask
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
@@ -126,7 +127,7 @@ def install_wheels(venv: Path, choices: Sequence[Choice], *, python_version: str
     bundle of many wheels cannot hold more than :data:`_WHEELS_OPEN` archives open."""
     scheme = scheme_paths(venv, python_version)
     made: set[str] = set()
-    umask = current_umask()
+    umask = creation_mask(venv)
     with _short_switches():
         for start in range(0, len(choices), _WHEELS_OPEN):
             with _Unpack(workers or _workers(), umask=umask) as unpack:
@@ -326,7 +327,7 @@ class _Destination(SchemeDictionaryDestination):
     wheel: str = ""
     unpack: _Unpack | None = None
     made: set[str] = field(default_factory=set)  # directories known to exist (shared by the wheels)
-    umask: int = 0o777  # the process's (current_umask); unknown: every mode is set explicitly
+    umask: int = 0o777  # host.fs.creation_mask of the venv; unknown: every mode is set explicitly
 
     def write_file(self, scheme: Scheme, path: str | os.PathLike[str], stream: BinaryIO,
                    is_executable: bool) -> RecordEntry:
@@ -515,8 +516,12 @@ def _create(target: str, mode: int, *, umask: int, wheel: str, shown: str) -> in
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except FileExistsError:
         raise _overwrites(wheel, shown) from None
-    if umask & mode:  # not the caller's umask: 077 would make it unreadable by the serving user
-        os.fchmod(fd, mode)
+    if umask & mode:  # not the caller's umask (077 would make it unreadable by the serving user), or an ACL
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
@@ -524,17 +529,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def current_umask() -> int:
-    """The process umask, read without setting it (``os.umask`` sets it, for every thread at once);
-    0o777 when it cannot be read, so that every mode is then set explicitly."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            line = next(x for x in f if x.startswith(b"Umask:"))
-        return int(line.split()[1], 8)
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0o777
 
 
 # -- reading a member ----------------------------------------------------------------------------------

@@ -22,3 +22,26 @@ def remove_tree(path: Path) -> None:
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o700)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def creation_mask(folder: Path) -> int:
+    """The mode bits a file created in ``folder`` may lose: the process's umask, read without setting
+    it (``os.umask`` sets it, for every thread at once; Linux: /proc/self/status), or 0o777 when it
+    cannot be read or when ``folder`` has a default ACL, which replaces the umask with its own mask
+    (so a file created 0644 could come out 0640). A caller creates a file with its final mode only
+    where none of its bits are in this mask, and else sets the mode explicitly (fchmod)."""
+    try:
+        os.getxattr(folder, "system.posix_acl_default")
+        return 0o777  # a default ACL: the umask does not decide
+    except OSError:
+        pass  # ENODATA (no default ACL), or no ACL support at all: the umask decides
+    except AttributeError:  # no xattr calls on this platform: be explicit
+        return 0o777
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777

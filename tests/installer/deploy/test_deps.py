@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -83,6 +84,33 @@ def test_installs_dependencies_into_the_versions_venv(tmp_path: Path, shared: di
     receipt = json.loads((prefix / "demo" / "current" / "receipt.json").read_text())
     assert receipt["dependencies"]["packages"] == 2 and receipt["dependencies"]["target_python"] == PY
     assert not (prefix / "demo" / "1.0.0" / ".incomplete").exists()
+
+
+def test_venv_is_made_inside_a_version_directory_nobody_else_may_enter(
+        tmp_path: Path, shared: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The version directory is already in the prefix when the venv is made under the caller's umask
+    (000 would leave its folders world-writable until their modes are set): it is 0700 until then."""
+    from gapship.installer.deploy import deps
+
+    seen: list[int] = []
+    real = deps.make_venv
+
+    def spy(venv: Path, python: str) -> None:
+        seen.append(stat.S_IMODE(os.stat(venv.parent).st_mode))
+        real(venv, python)
+
+    monkeypatch.setattr(deps, "make_venv", spy)
+    old = os.umask(0)
+    try:
+        result = run("install", shared["1.0.0"], "--trust", shared["trust"], "--prefix", tmp_path / "prefix", "--json")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert seen == [0o700]
+    version = tmp_path / "prefix" / "demo" / "1.0.0"
+    assert stat.S_IMODE(version.stat().st_mode) == 0o755
+    for folder in (version / "venv", version / "venv" / "bin", version / "venv" / "lib"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
 
 
 def test_rejects_platform_mismatch_before_writing(tmp_path: Path, house: Wheelhouse, make_key, make_trust,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import struct
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -266,3 +268,26 @@ def test_header_shortcut_takes_the_common_case() -> None:
     checker.check(member_header(entries[0].path, entries[0].size, entries[0].mode, MTIME), entries[0])
     for e in entries[1:]:
         assert checker._expected(e) == member_header(e.path, e.size, e.mode, MTIME)
+
+
+# A default ACL u::rwx,g::r-x,o::--- in the kernel's xattr form (version 2, then tag, permissions, id).
+_DEFAULT_ACL = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                               for tag, perm in ((0x01, 7), (0x04, 5), (0x20, 0)))
+
+
+def test_modes_are_exact_under_a_default_acl(setup: tuple[Path, Path, Path, KeyPair]) -> None:
+    """A default ACL on the prefix replaces the umask with its own mask (a file created 0644 would
+    come out 0640): files still get exactly their manifest mode, and the version re-adopts."""
+    bundle, trust, prefix, _ = setup
+    prefix.mkdir()
+    try:
+        os.setxattr(prefix, "system.posix_acl_default", _DEFAULT_ACL)
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs on {prefix}: {e.strerror}")
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix)
+    assert code == 0, out
+    root = prefix / "demo" / "current" / "models" / "tiny"
+    for rel in FILES:
+        assert stat.S_IMODE((root / rel).stat().st_mode) == 0o644, rel
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", prefix, "--allow-reinstall")
+    assert code == 0, out

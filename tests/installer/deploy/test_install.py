@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gapship_testing import KeyPair, assert_error, noise, run, run_json, tree
 
 
@@ -62,3 +64,39 @@ def test_folders_of_names_every_folder_and_each_one_above_it() -> None:
     paths = ["top.txt", "models/a/x.bin", "models/a/deep/y.bin", "models/b/z.bin", "safeguards/policy.toml"]
     assert _folders_of(paths) == {"models", "models/a", "models/a/deep", "models/b", "safeguards"}
     assert _folders_of([]) == set()
+
+
+def test_final_flush_uses_a_descriptor_opened_before_the_extraction(
+        tmp_path: Path, make_key: Callable[[str], KeyPair], make_trust: Callable[..., Path],
+        make_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux reports a write-back error to syncfs only on descriptors opened before it, and the
+    extraction starts write-back early: the final syncfs must use a descriptor opened before any
+    payload byte is written, and close it afterwards."""
+    from gapship.installer.deploy import install as install_module
+
+    events: list[str] = []
+
+    class Recording(install_module._Flush):  # type: ignore[name-defined,misc]
+        def __init__(self, path: Path) -> None:
+            events.append("open")
+            super().__init__(path)
+
+        def now(self) -> None:
+            events.append("flush")
+            super().now()
+
+    real_extract = install_module.extract_payload
+
+    def extract(*args: object, **kwargs: object) -> None:
+        events.append("extract")
+        real_extract(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(install_module, "_Flush", Recording)
+    monkeypatch.setattr(install_module, "extract_payload", extract)
+    key = make_key("release")
+    bundle, trust = make_bundle(key, files={"a.bin": noise(5000, seed=1)}), make_trust(key)
+    before = set(os.listdir("/proc/self/fd"))
+    code, out = run_json("install", bundle, "--trust", trust, "--prefix", tmp_path / "prefix")
+    assert code == 0, out
+    assert events == ["open", "extract", "flush"]
+    assert set(os.listdir("/proc/self/fd")) <= before
