@@ -133,6 +133,8 @@ def install_wheels(venv: Path, choices: Sequence[Choice], *, python_version: str
             with _Unpack(workers or _workers(), umask=umask) as unpack:
                 batch = sorted(choices[start:start + _WHEELS_OPEN], key=lambda c: c.path.stat().st_size, reverse=True)
                 for choice in batch:  # the big wheels first: their big files are queued first
+                    if unpack.failed:
+                        break  # a writer has failed: run() raises it; walking the rest is wasted work
                     _install_one(choice.path, scheme, unpack, made)
                 unpack.run()
 
@@ -436,6 +438,11 @@ class _Unpack:
             self._stop(failed=True)
         for archive in self.archives:
             archive.close()
+
+    @property
+    def failed(self) -> bool:
+        """Whether a writer thread has failed already (its error is raised by :meth:`run`)."""
+        return self._failed is not None
 
     def claim(self, target: str, wheel: str, *, shown: str) -> None:
         """Two wheels that carry the same file are refused before either is written."""
