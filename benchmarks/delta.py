@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from run import write_random  # benchmarks/run.py, beside this script (it imports this module lazily)
+
 MiB = 1024**2
 POLICY = 'schema_version = 1\nprohibited_uses = ["weapons targeting"]\n\n[sites.bench]\nsafeguards = ["audit-log"]\n\n' \
          '[models.large]\nsites = ["bench"]\n'
@@ -65,12 +67,7 @@ def prepare(work: Path, gapship: list[str], *, size: int, files: int, chunk_size
         d.mkdir(parents=True, exist_ok=True)
     each = size // files
     for i in range(files):
-        with open(data / "model" / f"shard-{i:02d}.bin", "wb") as f:
-            left = each
-            while left:
-                n = min(4 * MiB, left)
-                f.write(os.urandom(n))
-                left -= n
+        write_random(data / "model" / f"shard-{i:02d}.bin", each)
     for version, policy in (("1.0.0", POLICY), ("2.0.0", POLICY + '\n[sites.bench2]\nsafeguards = ["audit-log"]\n')):
         (data / f"policy-{version}.toml").write_text(policy)
         (data / f"spec-{version}.toml").write_text(

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from run import drop_caches, sync  # benchmarks/run.py, beside this script (it imports this module lazily)
+from run import drop_caches, sync, write_random  # benchmarks/run.py, beside this script (it imports this module lazily)
 
 MiB = 1024**2
 POLICY = 'schema_version = 1\nprohibited_uses = ["weapons targeting"]\n\n[sites.bench]\nsafeguards = ["audit-log"]\n\n' \
@@ -60,12 +60,7 @@ def prepare(root: Path, gapship: list[str], *, size: int, files: int, chunk_size
     (data / "model").mkdir(parents=True)
     each = size // files
     for i in range(files):
-        with open(data / "model" / f"shard-{i:02d}.bin", "wb") as f:
-            left = each
-            while left:
-                n = min(4 * MiB, left)
-                f.write(os.urandom(n))
-                left -= n
+        write_random(data / "model" / f"shard-{i:02d}.bin", each)
     (data / "policy.toml").write_text(POLICY)
     (data / "spec.toml").write_text('[bundle]\nname = "bench-oci"\nversion = "1.0.0"\n\n[[model]]\nname = "large"\n'
                                     'source = "model"\n\n[safeguards]\nsource = "policy.toml"\n')

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # Buffers of 1 MiB: large enough that hashlib and os.write release the GIL and syscalls are few, small
-# enough that the three stages read a buffer while it is still in the CPU caches. Measured on the
+# enough that the stages read a buffer while it is still in the CPU caches. Measured on the
 # benchmark (docs/benchmarks.md): with 4 MiB buffers the writer spent 2-3x the kernel CPU time per
 # byte. Sixteen of them (16 MiB in all) let a stage that stalls briefly (a write waiting on the disk)
 # fall behind without stopping the others.
