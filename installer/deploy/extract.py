@@ -224,20 +224,16 @@ class _Extract:
         pad = record[data_at + f.size:]
         if pad != _ZEROS[:len(pad)]:  # at most one block of padding, never longer than _ZEROS
             raise UnsafeContentError(f"unexpected non-zero bytes in the tar stream after {f.path!r}", subject=f.path)
-        if not self.writing or f.size >= DIRECT_MIN or (self.select is not None and not self.select(f)):
-            return  # nothing more to do, or the large-file writer's
+        if not self._writes(f):
+            return
         try:
-            parent, _, name = f.path.rpartition("/")
-            if parent != self.dir_name:
-                self._enter(parent)
-            umasked = f.mode & self.umask
-            fd = os.open(name, _CREATE, 0o600 if umasked else f.mode, dir_fd=self.dir_fd)
+            fd = self._create(f)
             try:
                 written = os.write(fd, body)
                 if written < f.size:
                     write_all(fd, body[written:])
                 self.flusher.wrote_small(self.dir_fd, f.size)
-                if umasked:
+                if f.mode & self.umask:
                     os.fchmod(fd, f.mode)
             finally:
                 os.close(fd)
@@ -250,16 +246,26 @@ class _Extract:
 
     # -- writing (an OSError is the host's: recorded with HOST_RANK, and this stage stops) -------------
 
+    def _writes(self, f: FileEntry) -> bool:
+        """Whether this stage writes ``f``: not after a host error, not a file the site does not
+        enable (checked, never written), not a large one (:class:`_LargeWriter`'s)."""
+        return self.writing and f.size < DIRECT_MIN and (self.select is None or self.select(f))
+
+    def _create(self, f: FileEntry) -> int:
+        """A new file for ``f`` in staging. Created with its final mode where neither the umask nor a
+        default ACL can change it (``self.umask``, host.fs.creation_mask; staging is private), else
+        0600, and the caller sets the mode when it closes the file: one syscall fewer per file in the
+        common case."""
+        parent, _, name = f.path.rpartition("/")
+        if parent != self.dir_name:
+            self._enter(parent)
+        return os.open(name, _CREATE, 0o600 if f.mode & self.umask else f.mode, dir_fd=self.dir_fd)
+
     def _open(self, block: Block, f: FileEntry) -> None:
-        if not self.writing or f.size >= DIRECT_MIN or (self.select is not None and not self.select(f)):
-            return  # checked, never written, or the large-file writer's
+        if not self._writes(f):
+            return
         try:
-            parent, _, name = f.path.rpartition("/")
-            if parent != self.dir_name:
-                self._enter(parent)
-            # Created with its final mode where the umask keeps every bit of it (staging is private),
-            # else 0600 and fchmod at the end; one syscall fewer per file in the common case.
-            self.fd = os.open(name, _CREATE, 0o600 if f.mode & self.umask else f.mode, dir_fd=self.dir_fd)
+            self.fd = self._create(f)
         except OSError as e:
             self._host_error(e, block)
 

@@ -202,32 +202,27 @@ def install(bundle: Path, verified: VerifiedManifest, *, prefix: Path, progress:
         reuse = plan_from_base(m, find_base(prefix, m.base, needed_by=m), select) if m.base is not None else []
         staging = Path(_mkdtemp(home))
         record = _ReceiptFacts(overrides=overrides, site=site, provenance=provenance)
-        flush = _Flush(staging)  # opened before anything is written: see _Flush
-        try:
-            extract_payload(bundle, m, staging, progress=progress, select=select)
-            share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
-            fill_from_base(staging, m, reuse, record.shared)
-            _write_records(staging, verified, record, marker=deps is not None)
-            if deps is None:
-                refs = intend("installed")
-                _write_receipt(staging, verified, None, record, refs)
-                flush.now()
-            else:  # one syncfs, after the venv (_finish_dependencies); until then the marker, durable
-                _fsync_file(staging / INCOMPLETE)  # first, says what the version directory is
-                fsync_dir(staging)
-            os.rename(staging, target)
-            fsync_dir(home)
-        except BaseException:
-            flush.close()
-            remove_tree(staging)
-            raise
-        if deps is not None:
+        with _Flush(staging) as flush:  # opened before anything is written: see _Flush
             try:
+                extract_payload(bundle, m, staging, progress=progress, select=select)
+                share_installed(staging, m, home, skip=m.version, select=select, counts=record.shared)
+                fill_from_base(staging, m, reuse, record.shared)
+                _write_records(staging, verified, record, marker=deps is not None)
+                if deps is None:
+                    refs = intend("installed")
+                    _write_receipt(staging, verified, None, record, refs)
+                    flush.now()
+                else:  # one syncfs, after the venv (_finish_dependencies); until then the marker, durable
+                    _fsync_file(staging / INCOMPLETE)  # first, says what the version directory is
+                    fsync_dir(staging)
+                os.rename(staging, target)
+                fsync_dir(home)
+            except BaseException:
+                remove_tree(staging)
+                raise
+            if deps is not None:
                 refs = _finish_dependencies(target, verified, deps, record, lambda: intend("installed"),
                                             compile_bytecode=compile_bytecode, flush=flush)
-            finally:
-                flush.close()
-        flush.close()
         _raise_floor(state, snapshot, verified, plan, target, refs)
         mark_site(prefix, site.site if site else None)
         _switch_current(home, m.version)
@@ -595,13 +590,14 @@ class _Flush:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def __enter__(self) -> _Flush:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
+
     def now(self) -> None:
         _syncfs(self.fd, self.path)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _syncfs(fd: int, path: Path) -> None:

@@ -272,7 +272,7 @@ class Manifest:
     @property
     def file_bytes(self) -> int:
         """The size of every file of the version, summed (from the tables' size column: no entry is built)."""
-        return sum(_table(c).total_size() for c in self.components)
+        return sum(c.size for c in self.components)
 
     # -- bytes -------------------------------------------------------------------------------
 
