@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .pipeline import DIRECT_MIN, Block, Flusher, Output, Pipeline, write_all
+from .pipeline import DIRECT_MIN, Block, Flusher, Output, Pipeline
 from .tarstream import check_header_region, is_zero
 from ..bundle.source import source_for
 from ..errors import GapshipError, HostError, IntegrityError, UnsafeContentError
 from ..crypto.hashing import Progress, hash_constructor, new_hasher, no_progress
-from ..host.fs import creation_mask
+from ..host.fs import creation_mask, write_all
 from ..formats.manifest import BLOCK, END_OF_ARCHIVE, RECORD, FileEntry, Manifest, padded
 
 HEADER, DATA, ZEROS = "header", "data", "zeros"

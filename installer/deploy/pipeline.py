@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..host.fs import write_all
+
 # Buffers of 1 MiB: large enough that hashlib and os.write release the GIL and syscalls are few, small
 # enough that the stages read a buffer while it is still in the CPU caches. Measured on the
 # benchmark (docs/benchmarks.md): with 4 MiB buffers the writer spent 2-3x the kernel CPU time per
@@ -405,8 +407,3 @@ class Output:
             return False
         return True
 
-
-def write_all(fd: int, piece: memoryview) -> None:
-    """Write all of ``piece`` to ``fd`` (os.write may write less)."""
-    while len(piece):
-        piece = piece[os.write(fd, piece):]

@@ -52,7 +52,7 @@ from installer.sources import WheelContentElement, WheelFile
 from installer.utils import Scheme
 
 from ..errors import HostError, UnsafeContentError
-from ..host.fs import creation_mask
+from ..host.fs import creation_mask, write_all
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
@@ -354,7 +354,7 @@ class _Destination(SchemeDictionaryDestination):
             while block := stream.read(_BLOCK):
                 h.update(block)
                 size += len(block)
-                _write_all(fd, block)
+                write_all(fd, block)
         finally:
             os.close(fd)
         return RecordEntry(path, Hash(self.hash_algorithm, _b64(h.digest())), size)
@@ -510,7 +510,7 @@ def _write_job(job: _Job, umask: int) -> None:
                 raise UnsafeContentError(f"{entry.path} in wheel {job.wheel} is longer than its RECORD entry",
                                          subject=job.wheel)
             h.update(block)
-            _write_all(fd, block)
+            write_all(fd, block)
     finally:
         os.close(fd)
     if size != entry.size or _b64(h.digest()) != entry.hash_.value:
@@ -530,12 +530,6 @@ def _create(target: str, mode: int, *, umask: int, wheel: str, shown: str) -> in
             os.close(fd)
             raise
     return fd
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 # -- reading a member ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from ..errors import HostError
 from ..kit import Refusal, read_optional
+from .fs import write_all
 
 
 @contextmanager
@@ -47,9 +48,7 @@ def create_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

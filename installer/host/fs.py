@@ -24,6 +24,13 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def creation_mask(folder: Path) -> int:
     """The mode bits a file created in ``folder`` may lose: the process's umask, read without setting
     it (``os.umask`` sets it, for every thread at once; Linux: /proc/self/status), or 0o777 when it
