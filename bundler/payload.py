@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..installer.deploy.pipeline import Block, Output, Pipeline
+from ..installer.deploy.pipeline import Block, Output, Pipeline, usable_cores
 from ..installer.errors import UsageError
 from ..installer.crypto.hashing import Progress, new_hasher, no_progress
 from ..installer.formats.manifest import BLOCK, END_OF_ARCHIVE, MAX_CHUNKS, RECORD, Chunk, chunk_name, padded
@@ -177,14 +177,6 @@ INLINE_MAX = 64 * 1024
 MAX_HASH_THREADS = 64
 HASH_THREADS_ENV = "GAPSHIP_HASH_THREADS"
 _INLINE = 255  # in PayloadWriter._owners: hashed by the producer, not by a stage
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, as taskset or a cgroup cpuset set it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def file_hash_threads(cores: int | None = None) -> int:

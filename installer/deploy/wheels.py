@@ -53,6 +53,7 @@ from installer.utils import Scheme
 
 from ..errors import HostError, UnsafeContentError
 from ..host.fs import creation_mask, write_all
+from .pipeline import usable_cores
 
 if TYPE_CHECKING:
     from installer.scripts import ScriptSection
@@ -164,7 +165,7 @@ _WHEELS_OPEN = 256
 def _workers() -> int:
     """One thread per core: the queued work is decompression, hashing and writes, which run without
     the GIL; more threads than cores only add switches (measured: benchmarks/deps.py)."""
-    return max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(2, min(8, usable_cores()))
 
 
 def scheme_paths(venv: Path, python_version: str) -> dict[str, str]:
