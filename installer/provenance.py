@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, Budget, list_entries
+from .bundle.files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, SIGNATURES, Budget, list_entries, read_signatures
 from .errors import IntegrityError, TrustError, UnsafeContentError
 from .trust import VerifiedManifest, verify_release
 
@@ -58,13 +58,7 @@ def load_provenance(root: Path, verified: VerifiedManifest) -> VerifiedProvenanc
         raise TrustError(f"{PROVENANCE}/ has no {STATEMENT}", subject=where)
     budget = Budget(left=MAX_STATEMENT_BYTES + MAX_SIGNATURE_FILES * MAX_SIGNATURE_BYTES)
     statement = budget.read(folder / STATEMENT, MAX_STATEMENT_BYTES)
-    shown = f"{PROVENANCE}/{SIGNATURES}"
-    try:
-        signature_names = list_entries(folder / SIGNATURES, MAX_SIGNATURE_FILES, shown=shown)
-    except FileNotFoundError:
-        raise TrustError(f"{PROVENANCE}/ has no {SIGNATURES}/ directory", subject=shown) from None
-    signatures = {n: budget.read(folder / SIGNATURES / n, MAX_SIGNATURE_BYTES) for n in signature_names}
-    return verify_provenance(statement, signatures, verified)
+    return verify_provenance(statement, read_signatures(folder / SIGNATURES, budget, within=PROVENANCE), verified)
 
 
 def verify_provenance(statement: bytes, signatures: dict[str, bytes], verified: VerifiedManifest) -> VerifiedProvenance:

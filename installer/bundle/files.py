@@ -63,17 +63,21 @@ def read_raw_bundle(root: Path) -> RawBundle:
         raise UsageError(f"bundle directory {str(root)!r} does not exist or is not a directory", subject=str(root))
     manifest = read_capped(root / MANIFEST, MAX_MANIFEST_BYTES, missing=IntegrityError)
     budget = Budget()
-    return RawBundle(root=root, manifest_bytes=manifest, signatures=_read_signatures(root / SIGNATURES, budget),
+    return RawBundle(root=root, manifest_bytes=manifest, signatures=read_signatures(root / SIGNATURES, budget),
                      roots=_read_roots(root / ROOTS, budget))
 
 
-def _read_signatures(folder: Path, budget: Budget) -> dict[str, bytes]:
+def read_signatures(folder: Path, budget: Budget, *, within: str | None = None) -> dict[str, bytes]:
+    """The signature files in ``folder``: the bundle's ``signatures/``, or, ``within`` a side
+    document's folder (``parity``, ``provenance``), that document's. Missing, or a file in its place,
+    is refused (exit 4): a document that is there is signed."""
+    shown = f"{within}/{SIGNATURES}" if within else SIGNATURES
     try:
-        names = list_entries(folder, MAX_SIGNATURE_FILES)
+        names = list_entries(folder, MAX_SIGNATURE_FILES, shown=shown)
     except FileNotFoundError:
-        raise TrustError(f"bundle has no {SIGNATURES}/ directory", subject=SIGNATURES) from None
+        raise TrustError(f"{within + '/' if within else 'bundle'} has no {SIGNATURES}/ directory", subject=shown) from None
     except NotADirectoryError:
-        raise TrustError(f"{SIGNATURES} is not a directory", subject=SIGNATURES) from None
+        raise TrustError(f"{shown} is not a directory", subject=shown) from None
     return {name: budget.read(folder / name, MAX_SIGNATURE_BYTES) for name in names}
 
 

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import IntegrityError, TrustError
 from ..formats.parity import LAYOUT, MAX_LAYOUT_BYTES, MAX_PARITY_CHUNKS, PARITY, ParityLayout
 from ..trust import VerifiedManifest, VerifiedParity, verify_parity
-from .files import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_FILES, MAX_UNVERIFIED_BYTES, SIGNATURES, Budget, list_entries, \
-    unverified_bytes
+from .files import MAX_UNVERIFIED_BYTES, SIGNATURES, Budget, list_entries, read_signatures, unverified_bytes
 
 if TYPE_CHECKING:
     from .verify import ChunkProblem
@@ -47,15 +46,7 @@ def load_parity(root: Path, verified: VerifiedManifest) -> VerifiedParity | None
         raise TrustError(f"{PARITY}/ has no {LAYOUT}: its chunks cannot be checked", subject=f"{PARITY}/{LAYOUT}")
     budget = Budget(left=max(0, MAX_UNVERIFIED_BYTES - unverified_bytes(root)))
     layout = budget.read(folder / LAYOUT, MAX_LAYOUT_BYTES)
-    shown = f"{PARITY}/{SIGNATURES}"
-    try:
-        signature_names = list_entries(folder / SIGNATURES, MAX_SIGNATURE_FILES, shown=shown)
-    except FileNotFoundError:
-        raise TrustError(f"{PARITY}/ has no {SIGNATURES}/ directory", subject=shown) from None
-    except NotADirectoryError:
-        raise TrustError(f"{shown} is not a directory", subject=shown) from None
-    signatures = {name: budget.read(folder / SIGNATURES / name, MAX_SIGNATURE_BYTES) for name in signature_names}
-    return verify_parity(layout, signatures, verified)
+    return verify_parity(layout, read_signatures(folder / SIGNATURES, budget, within=PARITY), verified)
 
 
 def parity_path(root: Path, name: str) -> Path:

@@ -155,6 +155,16 @@ def test_rejects_provenance_without_signatures(bundle: Path, key: KeyPair, make_
     assert_error(out, code=4, kind="trust", subject="provenance/signatures")
 
 
+def test_rejects_provenance_whose_signatures_is_a_file(bundle: Path, key: KeyPair,
+                                                      make_trust: Callable[..., Path]) -> None:
+    """Refused as the bundle's and parity's own signatures/ are (it used to end as an internal error)."""
+    shutil.rmtree(bundle / "provenance" / "signatures")
+    (bundle / "provenance" / "signatures").write_bytes(b"not a folder")
+    code, out = run_json("verify", bundle, "--trust", make_trust(key))
+    message = assert_error(out, code=4, kind="trust", subject="provenance/signatures")
+    assert message == "provenance/signatures is not a directory"
+
+
 def test_bundle_without_provenance_still_installs(bundle: Path, key: KeyPair, make_trust: Callable[..., Path],
                                                   tmp_path: Path) -> None:
     """An older bundle (or one whose provenance was stripped): the provenance decides nothing at a site."""
